@@ -1,0 +1,155 @@
+use actix_web::http::{header, StatusCode};
+use actix_web::{error, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+use switchboard_core::{ErrorCode, Problem};
+use switchboard_service::ServiceError;
+
+/// Every error the API returns. Rendered as RFC 9457 problem+json in `error_response`, the one
+/// place where service errors become HTTP.
+#[derive(Debug)]
+pub struct ApiError(pub Problem);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.detail)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self(Problem::new(code, detail))
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let code = e.code();
+        let problem = match e {
+            ServiceError::InvalidSettings(errors) => Problem::new(
+                code,
+                format!("{} setting(s) are invalid", errors.len()),
+            )
+            .with("errors", json!(errors)),
+            ServiceError::InvalidParams(errors) => Problem::new(
+                code,
+                format!("{} parameter(s) are invalid", errors.len()),
+            )
+            .with("errors", json!(errors)),
+            ServiceError::InstallNotAuthorized { status, detail } => Problem::new(code, detail)
+                .with("install_status", status)
+                .with(
+                    "hint",
+                    "POST /v1/accounts/{account}/installs/{install}/authorize returns a new authorize_url",
+                ),
+            ServiceError::Upstream {
+                detail,
+                retry_after_secs,
+                issues,
+                ..
+            } => {
+                let mut p = Problem::new(code, detail);
+                if let Some(s) = retry_after_secs {
+                    p = p.with("retry_after", s);
+                }
+                if !issues.is_empty() {
+                    p = p.with("issues", issues);
+                }
+                p
+            }
+            ServiceError::Internal(cause) => {
+                // The cause is logged, never shown.
+                tracing::error!(cause = %cause, "internal error");
+                Problem::new(code, "an internal error occurred; it has been logged")
+            }
+            other => Problem::new(code, other.to_string()),
+        };
+        Self(problem)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(s) = self
+            .0
+            .extensions
+            .get("retry_after")
+            .and_then(|v| v.as_u64())
+        {
+            res.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        if self.0.status == 401 {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.body(serde_json::to_string(&self.0).unwrap_or_default())
+    }
+}
+
+pub(crate) fn json_config(limit: usize) -> actix_web::web::JsonConfig {
+    actix_web::web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _req| {
+            let e = match &err {
+                error::JsonPayloadError::OverflowKnownLength { .. }
+                | error::JsonPayloadError::Overflow { .. } => ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the request body exceeds server.max_body_bytes",
+                ),
+                error::JsonPayloadError::ContentType => ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "send the body as application/json",
+                ),
+                error::JsonPayloadError::Deserialize(d) => ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("the JSON body is invalid: {}", sanitize(&d.to_string())),
+                ),
+                _ => ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "the request body could not be read",
+                ),
+            };
+            error::InternalError::from_response(err, e.error_response()).into()
+        })
+}
+
+pub(crate) fn query_config() -> actix_web::web::QueryConfig {
+    actix_web::web::QueryConfig::default().error_handler(|err, _req| {
+        let e = ApiError::new(ErrorCode::InvalidRequest, "the query string is invalid");
+        error::InternalError::from_response(err, e.error_response()).into()
+    })
+}
+
+pub(crate) fn path_config() -> actix_web::web::PathConfig {
+    actix_web::web::PathConfig::default().error_handler(|err, _req| {
+        let e = ApiError::new(ErrorCode::InvalidId, "a path segment is invalid");
+        error::InternalError::from_response(err, e.error_response()).into()
+    })
+}
+
+/// serde messages name fields and types; cut anything that could echo a long value.
+fn sanitize(s: &str) -> String {
+    let s: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    s
+}
+
+pub(crate) async fn not_found_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let _ = req;
+    Err(ApiError::new(ErrorCode::NotFound, "no such route"))
+}
+
+/// Path ids: 1..=64 of `[A-Za-z0-9_.-]`; anything else is rejected before any lookup.
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
+    if switchboard_core::valid_external_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidId,
+            "ids are 1 to 64 characters of A-Z a-z 0-9 _ . - and do not start with '.'",
+        ))
+    }
+}

@@ -1,0 +1,44 @@
+use crate::error::ApiError;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use switchboard_core::ErrorCode;
+use switchboard_service::{Services, TenantCtx};
+
+/// The authenticated tenant of a `/v1` request. Handlers that take it can only reach that
+/// tenant's data: every service function they call is scoped by it.
+pub struct Tenant(pub TenantCtx);
+
+impl FromRequest for Tenant {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let services = req.app_data::<web::Data<Services>>().cloned();
+        let key = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| rest.trim().to_owned())
+            });
+        Box::pin(async move {
+            let unauthorized = || {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "send Authorization: Bearer <api key>",
+                )
+            };
+            let services = services.ok_or_else(unauthorized)?;
+            let key = key.ok_or_else(unauthorized)?;
+            match services.authenticate(&key).await? {
+                Some(ctx) => Ok(Tenant(ctx)),
+                None => Err(unauthorized()),
+            }
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! One file per resource; each handler extracts (already tenant-scoped), calls one service
+//! function and maps the result.
+
+mod accounts;
+mod api_keys;
+mod callback;
+mod connectors;
+mod health;
+mod installs;
+mod methods;
+mod setups;
+mod tenant;
+
+use actix_web::{web, Scope};
+
+pub(crate) type Result<T> = std::result::Result<T, crate::ApiError>;
+
+pub fn routes() -> Scope {
+    web::scope("")
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
+        .route("/connector/callback", web::get().to(callback::callback))
+        .service(
+            web::scope("/v1")
+                .route("/tenant", web::get().to(tenant::get_tenant))
+                .route("/tenant", web::patch().to(tenant::update_tenant))
+                .route("/connectors", web::get().to(connectors::list_connectors))
+                .route(
+                    "/connectors/{connector}",
+                    web::get().to(connectors::get_connector),
+                )
+                .route(
+                    "/connectors/{connector}/setup",
+                    web::put().to(setups::put_setup),
+                )
+                .route(
+                    "/connectors/{connector}/setup",
+                    web::get().to(setups::get_setup),
+                )
+                .route(
+                    "/connectors/{connector}/setup",
+                    web::delete().to(setups::delete_setup),
+                )
+                .route("/api-keys", web::post().to(api_keys::create_api_key))
+                .route("/api-keys", web::get().to(api_keys::list_api_keys))
+                .route("/api-keys/{id}", web::delete().to(api_keys::revoke_api_key))
+                .route("/accounts", web::post().to(accounts::create_account))
+                .route("/accounts", web::get().to(accounts::list_accounts))
+                .route("/accounts/{account}", web::get().to(accounts::get_account))
+                .route(
+                    "/accounts/{account}",
+                    web::delete().to(accounts::delete_account),
+                )
+                .route(
+                    "/accounts/{account}/installs",
+                    web::post().to(installs::create_install),
+                )
+                .route(
+                    "/accounts/{account}/installs",
+                    web::get().to(installs::list_installs),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}",
+                    web::get().to(installs::get_install),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}",
+                    web::delete().to(installs::delete_install),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/authorize",
+                    web::post().to(installs::authorize_install),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/methods/{method}",
+                    web::post().to(methods::call_method),
+                ),
+        )
+}

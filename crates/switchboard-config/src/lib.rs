@@ -1,0 +1,320 @@
+//! Settings of a Switchboard process: the embedded `config/default.toml`, then
+//! `config/default.toml` and `config/{SWITCHBOARD_ENV}.toml` from the working directory, then
+//! `SWITCHBOARD__SECTION__KEY` environment variables; validated once at start-up.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded defaults (also the documentation of every key).
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub server: ServerSettings,
+    pub connectors: ConnectorsSettings,
+    pub secrets: SecretsSettings,
+    pub security: SecuritySettings,
+    pub oauth: OAuthSettings,
+    pub upstream: UpstreamSettings,
+    pub tokens: TokenSettings,
+    pub api_keys: ApiKeySettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub public_url: String,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorsSettings {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub allow_insecure_upstreams: bool,
+    pub allowed_return_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    pub state_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_response_bytes: usize,
+    pub max_retries: u32,
+    pub max_retry_wait_ms: u64,
+    pub max_pages: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub refresh_margin_max_secs: u64,
+    pub lease_ttl_ms: u64,
+    pub wait_timeout_ms: u64,
+    pub background_refresh_interval_secs: u64,
+    pub background_refresh_horizon_secs: u64,
+    pub install_cache_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub cache_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads from the current working directory and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(Path::new("config"), std::env::vars())
+    }
+
+    /// Loads with an explicit config directory and environment (tests pass their own).
+    pub fn load_from(
+        dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SWITCHBOARD"))
+            .collect();
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from(dir.join("default.toml")).required(false));
+        if let Some(name) = env.get("SWITCHBOARD_ENV").filter(|n| !n.is_empty()) {
+            builder =
+                builder.add_source(File::from(dir.join(format!("{name}.toml"))).required(true));
+        }
+        let env_source = Environment::with_prefix("SWITCHBOARD")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("security.allowed_return_urls")
+            .try_parsing(true)
+            .source(Some(
+                env.into_iter()
+                    .filter(|(k, _)| k != "SWITCHBOARD_ENV")
+                    .collect(),
+            ));
+        let settings: Settings = builder.add_source(env_source).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite://")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite://, postgres:// or postgresql://".into(),
+            );
+        }
+        if self.database.pool_size == 0 {
+            return invalid("database.pool_size", "must be at least 1".into());
+        }
+        match url::Url::parse(&self.server.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => {}
+            _ => {
+                return invalid(
+                    "server.public_url",
+                    "must be an absolute http(s) URL without query".into(),
+                )
+            }
+        }
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("server.bind", "must be HOST:PORT with an IP address".into());
+        }
+        for prefix in &self.security.allowed_return_urls {
+            match url::Url::parse(prefix) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return invalid(
+                        "security.allowed_return_urls",
+                        "each entry must be an absolute http(s) URL prefix".into(),
+                    )
+                }
+            }
+        }
+        if self.upstream.max_pages == 0 {
+            return invalid("upstream.max_pages", "must be at least 1".into());
+        }
+        if self.log.level.trim().is_empty() {
+            return invalid("log.level", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// `{public_url}/connector/callback`, byte for byte what must be registered with each EHR.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}/connector/callback",
+            self.server.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        match url::Url::parse(&self.database.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => self.database.url.clone(),
+        }
+    }
+}
+
+impl UpstreamSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn max_retry_wait(&self) -> Duration {
+        Duration::from_millis(self.max_retry_wait_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_from(dir.path(), env(&[])).unwrap();
+        assert_eq!(s.database.url, "sqlite://data/switchboard.db");
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.server.public_url, "http://127.0.0.1:8080");
+        assert_eq!(s.connectors.dir, PathBuf::from("connectors"));
+        assert_eq!(s.secrets.key_file, PathBuf::from("data/secret.key"));
+        assert!(!s.security.allow_insecure_upstreams);
+        assert!(s.security.allowed_return_urls.is_empty());
+        assert_eq!(s.redirect_uri(), "http://127.0.0.1:8080/connector/callback");
+    }
+
+    #[test]
+    fn env_overrides_files_and_parses_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[server]\nbind = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[server]\npublic_url = \"https://sb.example\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            dir.path(),
+            env(&[
+                ("SWITCHBOARD_ENV", "staging"),
+                ("SWITCHBOARD__DATABASE__URL", "postgres://u:pw@localhost/db"),
+                ("SWITCHBOARD__SECURITY__ALLOW_INSECURE_UPSTREAMS", "true"),
+                (
+                    "SWITCHBOARD__SECURITY__ALLOWED_RETURN_URLS",
+                    "https://a.example/,https://b.example/x",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:9000");
+        assert_eq!(s.server.public_url, "https://sb.example");
+        assert_eq!(s.database.url, "postgres://u:pw@localhost/db");
+        assert!(s.security.allow_insecure_upstreams);
+        assert_eq!(
+            s.security.allowed_return_urls,
+            vec!["https://a.example/", "https://b.example/x"]
+        );
+        assert!(!s.database_url_redacted().contains("pw"));
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Settings::load_from(
+            dir.path(),
+            env(&[("SWITCHBOARD__DATABASE__URL", "mysql://x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+        let err = Settings::load_from(
+            dir.path(),
+            env(&[("SWITCHBOARD__SERVER__PUBLIC_URL", "not a url")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn missing_environment_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Settings::load_from(dir.path(), env(&[("SWITCHBOARD_ENV", "nope")])).is_err());
+    }
+}

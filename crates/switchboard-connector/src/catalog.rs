@@ -1,0 +1,286 @@
+//! Loaded connectors, precompiled for the hot path: templates parsed, path templates parsed,
+//! param regexes compiled once at load instead of on every method call.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use regex::Regex;
+
+use crate::model::{ConnectorDef, MethodDef, ParamDef};
+use crate::path::{PathError, PathTemplate};
+use crate::template::{Template, TemplateContext, TemplateError};
+use crate::validate::{compile_pattern, validate};
+
+/// A definition that failed validation when built in code (files go through the loader, which
+/// reports `file:line` diagnostics instead).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid connector definition: {}", problems.join("; "))]
+pub struct InvalidConnector {
+    /// `path: message` per problem, e.g. `methods[0].path: ...`.
+    pub problems: Vec<String>,
+}
+
+/// A validated connector definition with its templates and regexes compiled.
+///
+/// Derefs to [`ConnectorDef`], so `connector.id`, `connector.settings`... read the definition.
+#[derive(Debug)]
+pub struct Connector {
+    pub def: ConnectorDef,
+    fhir_base: Template,
+    headers: Vec<(String, Template)>,
+    methods: Vec<CompiledMethod>,
+}
+
+/// A method with its path template parsed and param patterns compiled.
+#[derive(Debug)]
+pub struct CompiledMethod {
+    pub def: MethodDef,
+    pub path: PathTemplate,
+    params: Vec<CompiledParam>,
+}
+
+/// A param with its `pattern` compiled (anchored: it must match the whole value).
+#[derive(Debug)]
+pub struct CompiledParam {
+    pub def: ParamDef,
+    pub pattern: Option<Regex>,
+}
+
+impl Connector {
+    /// Validate and compile a definition.
+    pub fn new(def: ConnectorDef) -> Result<Self, InvalidConnector> {
+        let issues = validate(&def);
+        if !issues.is_empty() {
+            return Err(InvalidConnector {
+                problems: issues.iter().map(ToString::to_string).collect(),
+            });
+        }
+        Self::compile(def)
+    }
+
+    /// Compile an already validated definition. Errors can only come from a definition that
+    /// skipped validation, so they are reported rather than trusted away.
+    pub(crate) fn compile(def: ConnectorDef) -> Result<Self, InvalidConnector> {
+        let bad = |what: String| InvalidConnector {
+            problems: vec![what],
+        };
+        let fhir_base =
+            Template::parse(&def.fhir_base).map_err(|e| bad(format!("fhir_base: {e}")))?;
+        let headers = def
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                Template::parse(v)
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| bad(format!("headers.{k}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut methods = Vec::with_capacity(def.methods.len());
+        for m in &def.methods {
+            let path =
+                PathTemplate::parse(&m.path).map_err(|e| bad(format!("{}.path: {e}", m.id)))?;
+            let mut params = Vec::with_capacity(m.params.len());
+            for p in &m.params {
+                let pattern = match &p.pattern {
+                    Some(src) => Some(
+                        compile_pattern(src)
+                            .map_err(|e| bad(format!("{}.{}.pattern: {e}", m.id, p.name)))?,
+                    ),
+                    None => None,
+                };
+                params.push(CompiledParam {
+                    def: p.clone(),
+                    pattern,
+                });
+            }
+            methods.push(CompiledMethod {
+                def: m.clone(),
+                path,
+                params,
+            });
+        }
+        Ok(Self {
+            def,
+            fhir_base,
+            headers,
+            methods,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.def.id
+    }
+
+    /// The method declared under `id`.
+    pub fn method(&self, id: &str) -> Option<&CompiledMethod> {
+        self.methods.iter().find(|m| m.def.id == id)
+    }
+
+    /// All methods, in file order.
+    pub fn methods(&self) -> &[CompiledMethod] {
+        &self.methods
+    }
+
+    pub fn fhir_base_template(&self) -> &Template {
+        &self.fhir_base
+    }
+
+    /// Static header templates, sorted by name.
+    pub fn header_templates(&self) -> &[(String, Template)] {
+        &self.headers
+    }
+
+    /// Render the FHIR base for merged settings, with the trailing `/` the model promises, so
+    /// that relative method paths can be appended by concatenation.
+    pub fn render_fhir_base(
+        &self,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<String, TemplateError> {
+        let ctx = TemplateContext {
+            settings: settings.clone(),
+            fhir_base: None,
+            redirect_uri: None,
+        };
+        let mut base = self.fhir_base.render(&ctx)?;
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Ok(base)
+    }
+
+    /// The context every other template renders against: the merged settings plus the rendered
+    /// FHIR base (`redirect_uri` is added by the auth code when building token requests).
+    pub fn context(
+        &self,
+        settings: BTreeMap<String, String>,
+    ) -> Result<TemplateContext, TemplateError> {
+        let base = self.render_fhir_base(&settings)?;
+        Ok(TemplateContext::new(settings).with_fhir_base(base))
+    }
+
+    /// Render the static headers.
+    pub fn render_headers(
+        &self,
+        ctx: &TemplateContext,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        self.headers
+            .iter()
+            .map(|(k, t)| t.render(ctx).map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// See [`crate::public_view`].
+    pub fn public_view(&self) -> serde_json::Value {
+        crate::view::public_view(&self.def)
+    }
+
+    /// See [`crate::summary`].
+    pub fn summary(&self) -> serde_json::Value {
+        crate::view::summary(&self.def)
+    }
+}
+
+impl Deref for Connector {
+    type Target = ConnectorDef;
+
+    fn deref(&self) -> &ConnectorDef {
+        &self.def
+    }
+}
+
+impl CompiledMethod {
+    /// The param the caller names `name`.
+    pub fn param(&self, name: &str) -> Option<&CompiledParam> {
+        self.params.iter().find(|p| p.def.name == name)
+    }
+
+    /// All params, in file order.
+    pub fn params(&self) -> &[CompiledParam] {
+        &self.params
+    }
+
+    /// Render the path with each value encoded as one segment (relative to the FHIR base).
+    pub fn render_path(&self, values: &BTreeMap<String, String>) -> Result<String, PathError> {
+        self.path.render(values)
+    }
+
+    /// Whether the params the caller gave (`provided(name)` says whether `name` was given)
+    /// satisfy `require_one_of`: every param of at least one combination, or no combinations.
+    pub fn satisfies_required_combinations(&self, provided: impl Fn(&str) -> bool) -> bool {
+        self.def.require_one_of.is_empty()
+            || self
+                .def
+                .require_one_of
+                .iter()
+                .any(|set| set.iter().all(|name| provided(name)))
+    }
+
+    /// Human-readable list of the accepted combinations, for `invalid_params` details:
+    /// `[_id] or [identifier] or [given, family, birthdate]`.
+    pub fn required_combinations_hint(&self) -> String {
+        self.def
+            .require_one_of
+            .iter()
+            .map(|set| format!("[{}]", set.join(", ")))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
+
+impl CompiledParam {
+    /// Whether a (string form of a) value passes the param's `pattern`; true without one.
+    pub fn matches_pattern(&self, value: &str) -> bool {
+        self.pattern.as_ref().is_none_or(|re| re.is_match(value))
+    }
+}
+
+/// The loaded connectors by id. Cheap to clone and share (`Arc` per connector).
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    by_id: BTreeMap<String, Arc<Connector>>,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a connector, returning the one it replaces (the loader reports duplicate ids as
+    /// diagnostics before it gets here).
+    pub fn insert(&mut self, connector: Connector) -> Option<Arc<Connector>> {
+        self.by_id
+            .insert(connector.def.id.clone(), Arc::new(connector))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Connector>> {
+        self.by_id.get(id).cloned()
+    }
+
+    /// Connectors in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Connector>> + '_ {
+        self.by_id.values()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_id.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+impl FromIterator<Connector> for Catalog {
+    fn from_iter<I: IntoIterator<Item = Connector>>(iter: I) -> Self {
+        let mut c = Self::new();
+        for connector in iter {
+            c.insert(connector);
+        }
+        c
+    }
+}

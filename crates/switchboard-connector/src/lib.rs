@@ -1,0 +1,47 @@
+//! Connector definitions: the file format (`model`), templates over settings, setting
+//! normalisers, loading and validating `connectors/*.toml` with `file:line` diagnostics, and the
+//! generated JSON Schema. Pure: no network, no database.
+//!
+//! How the other crates use it:
+//! - **Loading**: [`load_dir`] returns a [`Catalog`] or every problem as a [`Diagnostic`]
+//!   (`file:line: message`); `switchboard connectors validate` prints them. [`load_file`] /
+//!   [`load_str`] do one file.
+//! - **The catalog**: [`Catalog::get`] gives an `Arc<`[`Connector`]`>`: the validated
+//!   [`ConnectorDef`] (`connector.def`, also reachable through `Deref`) with its templates parsed
+//!   and param regexes compiled once, so the engine does no parsing per call:
+//!   [`Connector::method`] -> [`CompiledMethod`] (`render_path`, `param(name)` ->
+//!   [`CompiledParam`] with `matches_pattern`, `satisfies_required_combinations`),
+//!   [`Connector::context`] (merged settings + rendered FHIR base), [`Connector::render_headers`].
+//! - **Settings**: [`SettingDef::validate_value`] (normalise, then type-check a submitted value),
+//!   [`merge_settings`] (defaults < setup < install overrides), [`missing_required`], and, since
+//!   required-ness is really per auth type, [`settings_used_by_auth`] / [`missing_for_auth`].
+//! - **Templates**: [`Template`] (`{{settings.KEY}}`, `{{fhir_base}}`, `{{redirect_uri}}`),
+//!   [`render_str`] for one-off rendering; errors name setting keys, never values.
+//! - **API views**: [`summary`] and [`public_view`] for `GET /v1/connectors[/{id}]`.
+//! - **Schema**: [`json_schema`], committed as `connectors/connector.schema.json`.
+
+pub mod catalog;
+pub mod load;
+pub mod model;
+pub mod normalize;
+pub mod path;
+pub mod schema;
+pub mod settings;
+mod shape;
+pub mod template;
+#[cfg(test)]
+mod tests_load;
+mod validate;
+pub mod view;
+
+pub use catalog::{Catalog, CompiledMethod, CompiledParam, Connector, InvalidConnector};
+pub use load::{load_dir, load_file, load_str, Diagnostic};
+pub use model::*;
+pub use path::{PathError, PathSegment, PathTemplate};
+pub use schema::{json_schema, json_schema_pretty};
+pub use settings::{
+    check_url, merge_settings, missing_for_auth, missing_required, settings_used_by_auth,
+    MAX_SETTING_LEN,
+};
+pub use template::{render_str, Template, TemplateContext, TemplateError, Variable};
+pub use view::{public_view, summary};

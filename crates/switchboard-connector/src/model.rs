@@ -1,0 +1,452 @@
+//! The connector definition as written in `connectors/*.toml`. These types ARE the format: the
+//! JSON Schema in `connectors/connector.schema.json` is generated from them (schemars), and
+//! every struct denies unknown keys so a typo is an error with a line number, not a silent no-op.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One connector file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorDef {
+    /// Stable id used in API paths (`epic`, `canvas`, `medplum`): `[a-z][a-z0-9_]{0,31}`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Version of this definition (semver).
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Settings a tenant's connector setup (and, where allowed, an install) provides.
+    #[serde(default)]
+    pub settings: Vec<SettingDef>,
+    /// Supported authentication types; an install picks one (the first is the default).
+    pub auth: Vec<AuthDef>,
+    /// Template of the FHIR base URL, e.g. `{{settings.endpoint}}api/FHIR/R4/`. Must render to
+    /// an absolute URL; a trailing `/` is added when missing.
+    pub fhir_base: String,
+    /// Static headers sent on every method call (values are templates).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub methods: Vec<MethodDef>,
+}
+
+/// A settings field.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingDef {
+    /// Key used in templates as `{{settings.<key>}}` and in API bodies.
+    pub key: String,
+    pub label: String,
+    #[serde(rename = "type", default)]
+    pub kind: SettingType,
+    #[serde(default)]
+    pub required: bool,
+    /// Secret values are encrypted at rest and masked (`{"set":true}`) in every response.
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+    /// Whether an install may override the tenant's setup value (e.g. a per-customer endpoint).
+    #[serde(default)]
+    pub install_override: bool,
+    /// Allowed values when `type = "enum"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalizer>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SettingType {
+    #[default]
+    String,
+    /// Absolute http(s) URL.
+    Url,
+    Integer,
+    Boolean,
+    /// One of `options`.
+    Enum,
+}
+
+/// Built-in normalisers applied to a setting value before validation and storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalizer {
+    /// Trim whitespace; strip a trailing `api/FHIR/R4` (any letter case, with or without a final
+    /// `/`); ensure a trailing `/`. Turns what users paste from Epic's endpoint directory into
+    /// the organisation root.
+    EpicEndpoint,
+    /// Trim whitespace and ensure a trailing `/`.
+    TrailingSlash,
+    /// Trim whitespace.
+    Trim,
+}
+
+/// One authentication type.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthDef {
+    /// OAuth 2.0 authorization code with PKCE S256 (always) through `/connector/callback`.
+    Oauth2AuthorizationCode(AuthCodeDef),
+    /// OAuth 2.0 client credentials (machine to machine).
+    Oauth2ClientCredentials(ClientCredentialsDef),
+    /// A static bearer token from a secret setting (e.g. Canvas sandbox dashboard token).
+    StaticBearer(StaticBearerDef),
+}
+
+impl AuthDef {
+    pub fn kind(&self) -> AuthKind {
+        match self {
+            Self::Oauth2AuthorizationCode(_) => AuthKind::Oauth2AuthorizationCode,
+            Self::Oauth2ClientCredentials(_) => AuthKind::Oauth2ClientCredentials,
+            Self::StaticBearer(_) => AuthKind::StaticBearer,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Oauth2AuthorizationCode,
+    Oauth2ClientCredentials,
+    StaticBearer,
+}
+
+impl AuthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oauth2AuthorizationCode => "oauth2_authorization_code",
+            Self::Oauth2ClientCredentials => "oauth2_client_credentials",
+            Self::StaticBearer => "static_bearer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "oauth2_authorization_code" => Self::Oauth2AuthorizationCode,
+            "oauth2_client_credentials" => Self::Oauth2ClientCredentials,
+            "static_bearer" => Self::StaticBearer,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthCodeDef {
+    /// Template of the authorization endpoint.
+    pub authorize_url: String,
+    /// Template of the token endpoint.
+    pub token_url: String,
+    /// Template of the client id (usually `{{settings.client_id}}`).
+    pub client_id: String,
+    /// Template of the client secret; absent for public clients (`client_auth = "none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Space-separated scopes (a template, so scopes can be a setting).
+    #[serde(default)]
+    pub scopes: String,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Extra authorize parameters, e.g. SMART `aud = "{{fhir_base}}"` (values are templates).
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+    /// Extra token-request parameters sent with code exchange and refresh (e.g. Canvas wants
+    /// `redirect_uri` on refresh): values are templates; `{{redirect_uri}}` is available.
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub refresh: RefreshPolicy,
+    /// Expected RFC 9207 `iss` of authorization responses (template). When a callback carries
+    /// `iss` it must equal this, byte for byte, or the code is not redeemed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// RFC 7009 revocation endpoint (template), used when an install is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentialsDef {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub scopes: String,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticBearerDef {
+    /// Template of the token, normally a secret setting: `{{settings.api_token}}`.
+    pub token: String,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic, id and secret form-urlencoded before base64 (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// Public client: `client_id` in the body, no secret (PKCE protects the code).
+    None,
+}
+
+/// What the provider does with refresh tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshPolicy {
+    /// Single-use refresh tokens, a new one on every refresh (Canvas, Medplum).
+    Rotating,
+    /// The refresh token may be reused; a response without one keeps the stored one (Epic).
+    #[default]
+    Reusable,
+    /// The connector never refreshes (no refresh tokens issued).
+    None,
+}
+
+/// One method.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MethodDef {
+    /// `[a-z][a-z0-9_]{0,63}`, unique within the connector.
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub verb: HttpVerb,
+    /// Path relative to the FHIR base, with `{param}` placeholders for `in = "path"` params,
+    /// e.g. `Patient/{id}`. Each placeholder is one percent-encoded segment.
+    pub path: String,
+    #[serde(default)]
+    pub params: Vec<ParamDef>,
+    /// Minimum parameter combinations: the call must supply every param of at least one set
+    /// (Epic's Patient.Search rules). Empty = no constraint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_one_of: Vec<Vec<String>>,
+    /// Scope this method needs (documentation and install checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub paging: Paging,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpVerb {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpVerb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    /// Safe to retry on 429/503 (RFC 9110 §9.2.2).
+    pub fn idempotent(self) -> bool {
+        matches!(self, Self::Get | Self::Put | Self::Delete)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Paging {
+    #[default]
+    None,
+    /// FHIR searchset Bundle: follow `link[relation=next]`, merge `entry` arrays.
+    FhirBundle,
+}
+
+/// A typed method parameter.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDef {
+    /// Name the caller uses in `params`.
+    pub name: String,
+    /// Name sent upstream when it differs (e.g. Canvas spells `birthdate` as `birthDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_name: Option<String>,
+    #[serde(rename = "in")]
+    pub location: ParamLocation,
+    #[serde(rename = "type", default)]
+    pub kind: ParamType,
+    #[serde(default)]
+    pub required: bool,
+    /// Allowed values.
+    #[serde(default, rename = "enum", skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+    /// Regex the (string form of the) value must match in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Whether an array of values is accepted (sent as a repeated query parameter).
+    #[serde(default)]
+    pub repeated: bool,
+    /// Inclusive bounds for `integer` params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl ParamDef {
+    pub fn wire_name(&self) -> &str {
+        self.upstream_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamLocation {
+    Path,
+    Query,
+    Header,
+    Body,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    #[default]
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, optionally prefixed by a FHIR comparator (`ge`, `le`...).
+    Date,
+    /// FHIR token: `code`, `system|code`, `system|` or `|code`.
+    Token,
+    /// Any JSON value (for `in = "body"`).
+    Json,
+}
+
+// Lookup helpers shared by the service, auth and engine crates, so that none of them re-implements
+// "find the method / setting / auth type" with subtly different rules.
+
+impl ConnectorDef {
+    /// The setting declared under `key`.
+    pub fn setting(&self, key: &str) -> Option<&SettingDef> {
+        self.settings.iter().find(|s| s.key == key)
+    }
+
+    /// The method declared under `id`.
+    pub fn method(&self, id: &str) -> Option<&MethodDef> {
+        self.methods.iter().find(|m| m.id == id)
+    }
+
+    /// The auth entry of the given type.
+    pub fn auth(&self, kind: AuthKind) -> Option<&AuthDef> {
+        self.auth.iter().find(|a| a.kind() == kind)
+    }
+
+    /// The default auth type: the first one declared (the loader rejects files without any).
+    pub fn default_auth(&self) -> Option<&AuthDef> {
+        self.auth.first()
+    }
+
+    /// The declared auth types, in file order.
+    pub fn auth_kinds(&self) -> Vec<AuthKind> {
+        self.auth.iter().map(AuthDef::kind).collect()
+    }
+}
+
+impl AuthDef {
+    /// Template of the token endpoint (`None` for a static bearer token).
+    pub fn token_url(&self) -> Option<&str> {
+        match self {
+            Self::Oauth2AuthorizationCode(a) => Some(&a.token_url),
+            Self::Oauth2ClientCredentials(c) => Some(&c.token_url),
+            Self::StaticBearer(_) => None,
+        }
+    }
+
+    /// Template of the scopes requested (empty for a static bearer token).
+    pub fn scopes(&self) -> &str {
+        match self {
+            Self::Oauth2AuthorizationCode(a) => &a.scopes,
+            Self::Oauth2ClientCredentials(c) => &c.scopes,
+            Self::StaticBearer(_) => "",
+        }
+    }
+
+    /// Whether an install of this type starts with a user's consent in a browser.
+    pub fn needs_user(&self) -> bool {
+        matches!(self, Self::Oauth2AuthorizationCode(_))
+    }
+
+    /// Every template of this entry with its field name (for validation and for computing which
+    /// settings the auth type needs).
+    pub fn templates(&self) -> Vec<(String, &str)> {
+        let mut out: Vec<(String, &str)> = Vec::new();
+        match self {
+            Self::Oauth2AuthorizationCode(a) => {
+                out.push(("authorize_url".into(), &a.authorize_url));
+                out.push(("token_url".into(), &a.token_url));
+                out.push(("client_id".into(), &a.client_id));
+                if let Some(s) = &a.client_secret {
+                    out.push(("client_secret".into(), s));
+                }
+                out.push(("scopes".into(), &a.scopes));
+                for (k, v) in &a.authorize_params {
+                    out.push((format!("authorize_params.{k}"), v));
+                }
+                for (k, v) in &a.token_params {
+                    out.push((format!("token_params.{k}"), v));
+                }
+                if let Some(s) = &a.issuer {
+                    out.push(("issuer".into(), s));
+                }
+                if let Some(s) = &a.revocation_url {
+                    out.push(("revocation_url".into(), s));
+                }
+            }
+            Self::Oauth2ClientCredentials(c) => {
+                out.push(("token_url".into(), &c.token_url));
+                out.push(("client_id".into(), &c.client_id));
+                out.push(("client_secret".into(), &c.client_secret));
+                out.push(("scopes".into(), &c.scopes));
+                for (k, v) in &c.token_params {
+                    out.push((format!("token_params.{k}"), v));
+                }
+                if let Some(s) = &c.revocation_url {
+                    out.push(("revocation_url".into(), s));
+                }
+            }
+            Self::StaticBearer(b) => out.push(("token".into(), &b.token)),
+        }
+        out
+    }
+}
+
+impl MethodDef {
+    /// The parameter the caller names `name`.
+    pub fn param(&self, name: &str) -> Option<&ParamDef> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,127 @@
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $status:literal, $title:literal) ),+ $(,)?) => {
+        /// THE table of error codes. Every error the API returns has one of these `code`s; the
+        /// HTTP status and title come from here and nowhere else.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $( $variant ),+ }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant ),+ ];
+
+            pub fn code(self) -> &'static str { match self { $( Self::$variant => $code ),+ } }
+            pub fn status(self) -> u16 { match self { $( Self::$variant => $status ),+ } }
+            pub fn title(self) -> &'static str { match self { $( Self::$variant => $title ),+ } }
+        }
+    };
+}
+
+error_codes! {
+    Unauthorized            => ("unauthorized", 401, "Missing or invalid API key"),
+    NotFound                => ("not_found", 404, "Not found"),
+    UnknownConnector        => ("unknown_connector", 404, "Unknown connector"),
+    UnknownMethod           => ("unknown_method", 404, "Unknown method"),
+    InvalidRequest          => ("invalid_request", 400, "Invalid request"),
+    InvalidId               => ("invalid_id", 400, "Invalid identifier"),
+    PayloadTooLarge         => ("payload_too_large", 413, "Request body too large"),
+    UnsupportedMediaType    => ("unsupported_media_type", 415, "Unsupported media type"),
+    MethodNotAllowed        => ("method_not_allowed", 405, "Method not allowed"),
+    AlreadyExists           => ("already_exists", 409, "Already exists"),
+    InvalidSettings         => ("invalid_settings", 422, "Invalid connector settings"),
+    InvalidParams           => ("invalid_params", 422, "Invalid method parameters"),
+    InvalidReturnUrl        => ("invalid_return_url", 400, "return_url is not allowed"),
+    UnsupportedAuthType     => ("unsupported_auth_type", 422, "Unsupported authentication type"),
+    InstallNotAuthorized    => ("install_not_authorized", 409, "Install is not authorized"),
+    CredentialsRejected     => ("credentials_rejected", 422, "The provider rejected the credentials"),
+    InvalidState            => ("invalid_state", 400, "Unknown, expired or already used state"),
+    AuthorizationDenied     => ("authorization_denied", 400, "The user or provider denied the authorization"),
+    IssuerMismatch          => ("issuer_mismatch", 400, "Authorization response issuer does not match"),
+    TokenExchangeFailed     => ("token_exchange_failed", 502, "Token exchange with the provider failed"),
+    SearchTooBroad          => ("search_too_broad", 422, "Search matches too many records; narrow it"),
+    UpstreamRejected        => ("upstream_rejected", 422, "The EHR rejected the request"),
+    UpstreamForbidden       => ("upstream_forbidden", 403, "The EHR refused access"),
+    UpstreamError           => ("upstream_error", 502, "The EHR returned an unusable response"),
+    UpstreamUnavailable     => ("upstream_unavailable", 503, "The EHR is unavailable"),
+    UpstreamTimeout         => ("upstream_timeout", 504, "The EHR did not answer in time"),
+    UpstreamTooLarge        => ("upstream_response_too_large", 502, "The EHR response exceeds the configured size limit"),
+    UpstreamNotAllowed      => ("upstream_not_allowed", 422, "Upstream address not allowed by policy"),
+    ServiceUnavailable      => ("service_unavailable", 503, "Service unavailable"),
+    Internal                => ("internal_error", 500, "Internal server error"),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// An RFC 9457 problem. Built from an [`ErrorCode`] plus a human `detail` and optional
+/// extension members; rendered as `application/problem+json` by the HTTP layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub code: &'static str,
+    #[serde(flatten)]
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            type_: format!("urn:switchboard:problem:{}", code.code()),
+            title: code.title(),
+            status: code.status(),
+            detail: detail.into(),
+            code: code.code(),
+            extensions: Map::new(),
+        }
+    }
+
+    /// Adds an extension member (e.g. `errors`, `retry_after`, `issues`, `hint`).
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_statuses_are_errors() {
+        let mut seen = HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.code()), "duplicate code {}", c.code());
+            assert!(c
+                .code()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                (400..600).contains(&c.status()),
+                "{} has status {}",
+                c,
+                c.status()
+            );
+        }
+    }
+
+    #[test]
+    fn problem_renders_rfc9457_members() {
+        let p = Problem::new(ErrorCode::InvalidParams, "bad").with("errors", vec!["x"]);
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["code"], "invalid_params");
+        assert_eq!(v["type"], "urn:switchboard:problem:invalid_params");
+        assert_eq!(v["title"], "Invalid method parameters");
+        assert_eq!(v["detail"], "bad");
+        assert_eq!(v["errors"][0], "x");
+    }
+}

@@ -1,0 +1,249 @@
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{self, CustomizeConnection, ManageConnection, R2D2Connection};
+use diesel::{Connection, PgConnection, SqliteConnection};
+
+use crate::error::DbError;
+
+/// One connection to either backend. Queries built with the diesel DSL run on both; the few
+/// statements that differ (upserts) match on the variant in `dialect.rs`.
+#[derive(diesel::MultiConnection)]
+pub enum AnyConnection {
+    Postgresql(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl AnyConnection {
+    pub fn backend(&self) -> Backend {
+        match self {
+            AnyConnection::Postgresql(_) => Backend::Postgres,
+            AnyConnection::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// r2d2 manager that picks the backend from the URL scheme itself (diesel's
+/// `MultiConnection::establish` tries variants in order, and SQLite accepts any string).
+#[derive(Clone)]
+pub struct AnyConnectionManager {
+    backend: Backend,
+    /// A file path for SQLite, the full URL for PostgreSQL. Never logged: it may hold a password.
+    target: String,
+}
+
+impl std::fmt::Debug for AnyConnectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyConnectionManager")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnyConnectionManager {
+    /// Accepts `sqlite://PATH` (relative or, with a third slash, absolute), `sqlite:PATH`,
+    /// `postgres://...` and `postgresql://...`.
+    pub fn new(url: &str) -> Result<Self, DbError> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self {
+                backend: Backend::Postgres,
+                target: url.to_owned(),
+            });
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| {
+                DbError::Config(
+                    "database.url must start with sqlite:// or postgres:// (or postgresql://)"
+                        .to_owned(),
+                )
+            })?;
+        if path.is_empty() || path.starts_with(":memory:") {
+            return Err(DbError::Config(
+                "database.url needs a file path after sqlite:// (in-memory databases are not \
+                 shared between pooled connections)"
+                    .to_owned(),
+            ));
+        }
+        Ok(Self {
+            backend: Backend::Sqlite,
+            target: path.to_owned(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+impl ManageConnection for AnyConnectionManager {
+    type Connection = AnyConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<AnyConnection, r2d2::Error> {
+        match self.backend {
+            Backend::Postgres => {
+                PgConnection::establish(&self.target).map(AnyConnection::Postgresql)
+            }
+            Backend::Sqlite => SqliteConnection::establish(&self.target).map(AnyConnection::Sqlite),
+        }
+        .map_err(r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
+        conn.ping().map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
+        std::thread::panicking() || conn.is_broken()
+    }
+}
+
+/// Per-connection SQLite settings. `busy_timeout` comes first so that switching a fresh file to
+/// WAL waits for, rather than fails on, a concurrently opening connection.
+#[derive(Debug, Clone, Copy)]
+struct SqlitePragmas;
+
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+     PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
+
+impl CustomizeConnection<AnyConnection, r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
+        if let AnyConnection::Sqlite(c) = conn {
+            c.batch_execute(SQLITE_PRAGMAS)
+                .map_err(r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+pub type Pool = r2d2::Pool<AnyConnectionManager>;
+/// A connection checked out of the pool; derefs to [`AnyConnection`].
+pub type PooledConn = r2d2::PooledConnection<AnyConnectionManager>;
+
+/// The database handle: a pool of [`AnyConnection`]s. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .field("connections", &state.connections)
+            .field("idle", &state.idle_connections)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Opens a pool of at most `pool_size` connections to `url` (see [`AnyConnectionManager::new`]).
+    /// For SQLite the parent directory of the file is created. Blocks until one connection is
+    /// established, so a wrong URL fails here rather than on the first request.
+    pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
+        let manager = AnyConnectionManager::new(url)?;
+        let backend = manager.backend();
+        if backend == Backend::Sqlite {
+            if let Some(parent) = Path::new(&manager.target)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    DbError::Pool(format!(
+                        "cannot create the directory of the SQLite database: {e}"
+                    ))
+                })?;
+            }
+        }
+        // Fail fast with the real cause (r2d2 alone would retry until its timeout).
+        let mut first = manager.connect()?;
+        SqlitePragmas.on_acquire(&mut first)?;
+        drop(first);
+
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build_unchecked(manager);
+        Ok(Db { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A connection for synchronous callers (CLI commands, tests). Async code uses [`Db::run`].
+    pub fn get(&self) -> Result<PooledConn, DbError> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Applies pending migrations (blocking) and returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>, DbError> {
+        let mut conn = self.get()?;
+        crate::migrate::run_migrations(&mut conn)
+    }
+
+    /// Runs `f` with a pooled connection on tokio's blocking pool, so diesel's synchronous calls
+    /// never stall the async workers.
+    pub fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, DbError>> + Send + 'static
+    where
+        F: FnOnce(&mut AnyConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get()?;
+                f(&mut conn)
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "a database task panicked or was cancelled");
+                DbError::Query("the database task did not complete".to_owned())
+            })?
+        }
+    }
+
+    /// Checks out a connection and runs a trivial query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(|conn| conn.ping().map_err(DbError::from)).await
+    }
+}
+
+impl From<r2d2::Error> for DbError {
+    fn from(e: r2d2::Error) -> Self {
+        match e {
+            r2d2::Error::ConnectionError(e) => e.into(),
+            r2d2::Error::QueryError(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Errors of the storage layer. Messages name tables, constraints and causes, never row data.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    /// A unique or primary-key constraint was violated (e.g. an account id already taken).
+    #[error("conflict with an existing row")]
+    Conflict,
+    /// The database URL is not usable (unknown scheme, empty path). Never echoes the URL, which
+    /// may hold a password.
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("database connection: {0}")]
+    Pool(String),
+    #[error("database query: {0}")]
+    Query(String),
+    #[error("database migration: {0}")]
+    Migration(String),
+}
+
+impl From<DieselError> for DbError {
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::NotFound => DbError::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Conflict,
+            // The primary message of both backends names the table/constraint; values only ever
+            // appear in `details()`, which is left out on purpose.
+            DieselError::DatabaseError(kind, info) => {
+                let mut msg = format!("{kind:?}: {}", info.message());
+                if let Some(c) = info.constraint_name() {
+                    msg.push_str(&format!(" (constraint {c})"));
+                }
+                DbError::Query(msg)
+            }
+            other => DbError::Query(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for DbError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        DbError::Pool(e.to_string())
+    }
+}
+
+impl From<diesel::ConnectionError> for DbError {
+    fn from(e: diesel::ConnectionError) -> Self {
+        DbError::Pool(e.to_string())
+    }
+}

@@ -1,0 +1,233 @@
+//! Row structs (`Queryable` + `Selectable`) and insertables (`New*`). Rows that hold ciphertext
+//! (or JSON embedding ciphertext) have a `Debug` that shows only its size.
+
+use std::fmt;
+
+use diesel::prelude::*;
+use switchboard_core::InstallStatus;
+
+use crate::schema::{accounts, api_keys, connector_setups, installs, oauth_states, tenants};
+
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted {} bytes>", self.0)
+    }
+}
+
+fn redacted_opt(v: &Option<Vec<u8>>) -> Option<Redacted> {
+    v.as_ref().map(|b| Redacted(b.len()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// JSON array of URL prefixes.
+    pub allowed_return_urls: String,
+    pub created_at: i64,
+}
+
+/// Insertable tenant (same columns as the row).
+pub type NewTenant = Tenant;
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ApiKey {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub prefix: String,
+    /// Hex SHA-256 of the whole key (the key itself is never stored).
+    pub key_hash: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = api_keys)]
+pub struct NewApiKey {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub key_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = connector_setups, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ConnectorSetup {
+    pub tenant_id: String,
+    pub connector_id: String,
+    /// JSON object; secret values are `{"enc":"<base64 ciphertext>"}`.
+    pub settings: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Insertable setup (same columns as the row).
+pub type NewConnectorSetup = ConnectorSetup;
+
+impl fmt::Debug for ConnectorSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectorSetup")
+            .field("tenant_id", &self.tenant_id)
+            .field("connector_id", &self.connector_id)
+            .field("settings", &Redacted(self.settings.len()))
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = accounts, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Account {
+    pub tenant_id: String,
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// Insertable account (same columns as the row).
+pub type NewAccount = Account;
+
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = installs, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Install {
+    pub id: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub connector_id: String,
+    pub auth_type: String,
+    /// An [`InstallStatus`] name; see [`Install::install_status`].
+    pub status: String,
+    /// JSON object of setting overrides; secrets as `{"enc":..}` with AAD `install:{id}:{key}`.
+    pub settings: String,
+    pub return_url: Option<String>,
+    /// Ciphertext, AAD `install:{id}:access_token`.
+    pub access_token: Option<Vec<u8>>,
+    /// Ciphertext, AAD `install:{id}:refresh_token`.
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_expires_at: Option<i64>,
+    pub scopes: Option<String>,
+    /// JSON object (SMART launch context: patient, encounter, ...).
+    pub context: Option<String>,
+    /// Bumped by every token write; writers fence on it.
+    pub token_version: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_refresh_at: Option<i64>,
+    pub last_refresh_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Install {
+    /// The status as the shared enum (`None` only if the column holds an unknown name).
+    pub fn install_status(&self) -> Option<InstallStatus> {
+        InstallStatus::parse(&self.status)
+    }
+}
+
+impl fmt::Debug for Install {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Install")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("account_id", &self.account_id)
+            .field("connector_id", &self.connector_id)
+            .field("auth_type", &self.auth_type)
+            .field("status", &self.status)
+            .field("settings", &Redacted(self.settings.len()))
+            .field("return_url", &self.return_url)
+            .field("access_token", &redacted_opt(&self.access_token))
+            .field("refresh_token", &redacted_opt(&self.refresh_token))
+            .field("token_expires_at", &self.token_expires_at)
+            .field("scopes", &self.scopes)
+            .field("context", &self.context.as_ref().map(|c| Redacted(c.len())))
+            .field("token_version", &self.token_version)
+            .field("lease_owner", &self.lease_owner)
+            .field("lease_until", &self.lease_until)
+            .field("last_error", &self.last_error)
+            .field("last_refresh_at", &self.last_refresh_at)
+            .field("last_refresh_error", &self.last_refresh_error)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+/// A new install: no tokens yet, `token_version` 0, no lease.
+#[derive(Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = installs)]
+pub struct NewInstall {
+    pub id: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub connector_id: String,
+    pub auth_type: String,
+    /// An [`InstallStatus`] name (`InstallStatus::as_str`).
+    pub status: String,
+    pub settings: String,
+    pub return_url: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl fmt::Debug for NewInstall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewInstall")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("account_id", &self.account_id)
+            .field("connector_id", &self.connector_id)
+            .field("auth_type", &self.auth_type)
+            .field("status", &self.status)
+            .field("settings", &Redacted(self.settings.len()))
+            .field("return_url", &self.return_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = oauth_states, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct OAuthState {
+    /// Hex SHA-256 of the `state` parameter (the state itself is never stored).
+    pub state_hash: String,
+    pub install_id: String,
+    pub tenant_id: String,
+    /// PKCE verifier ciphertext, AAD `state:{state_hash}:verifier`.
+    pub verifier: Vec<u8>,
+    pub token_url: String,
+    pub redirect_uri: String,
+    pub expected_issuer: Option<String>,
+    pub return_url: Option<String>,
+    pub expires_at: i64,
+    pub created_at: i64,
+}
+
+/// Insertable OAuth state (same columns as the row).
+pub type NewOAuthState = OAuthState;
+
+impl fmt::Debug for OAuthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthState")
+            .field("state_hash", &self.state_hash)
+            .field("install_id", &self.install_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("verifier", &Redacted(self.verifier.len()))
+            .field("token_url", &self.token_url)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("expected_issuer", &self.expected_issuer)
+            .field("return_url", &self.return_url)
+            .field("expires_at", &self.expires_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}

@@ -1,0 +1,40 @@
+use diesel::prelude::*;
+
+use crate::models::{Account, NewAccount};
+use crate::schema::accounts::dsl as a;
+use crate::{AnyConnection, DbError};
+
+/// `DbError::Conflict` when the tenant already has an account with this id.
+pub fn insert(conn: &mut AnyConnection, new: &NewAccount) -> Result<Account, DbError> {
+    Ok(diesel::insert_into(a::accounts)
+        .values(new)
+        .returning(crate::schema::accounts::all_columns)
+        .get_result(conn)?)
+}
+
+pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<Account>, DbError> {
+    Ok(a::accounts
+        .filter(a::tenant_id.eq(tenant_id))
+        .order((a::created_at.asc(), a::id.asc()))
+        .select(Account::as_select())
+        .load(conn)?)
+}
+
+pub fn find(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<Account>, DbError> {
+    Ok(a::accounts
+        .find((tenant_id, id))
+        .select(Account::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Deletes the account; its installs (and their pending OAuth states) go with it by foreign-key
+/// cascade. False if the tenant has no such account.
+pub fn delete(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> Result<bool, DbError> {
+    let n = diesel::delete(a::accounts.find((tenant_id, id))).execute(conn)?;
+    Ok(n == 1)
+}

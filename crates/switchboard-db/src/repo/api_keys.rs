@@ -1,0 +1,81 @@
+use diesel::prelude::*;
+
+use crate::models::{ApiKey, NewApiKey};
+use crate::schema::api_keys::dsl as k;
+use crate::{AnyConnection, DbError};
+
+pub fn insert(conn: &mut AnyConnection, new: &NewApiKey) -> Result<ApiKey, DbError> {
+    Ok(diesel::insert_into(k::api_keys)
+        .values(new)
+        .returning(crate::schema::api_keys::all_columns)
+        .get_result(conn)?)
+}
+
+/// Authentication lookup (unscoped: the key hash is what identifies the tenant).
+pub fn find_active_by_hash(
+    conn: &mut AnyConnection,
+    key_hash: &str,
+) -> Result<Option<ApiKey>, DbError> {
+    Ok(k::api_keys
+        .filter(k::key_hash.eq(key_hash))
+        .filter(k::revoked_at.is_null())
+        .select(ApiKey::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The tenant's keys that are not revoked, oldest first.
+pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<ApiKey>, DbError> {
+    Ok(k::api_keys
+        .filter(k::tenant_id.eq(tenant_id))
+        .filter(k::revoked_at.is_null())
+        .order((k::created_at.asc(), k::id.asc()))
+        .select(ApiKey::as_select())
+        .load(conn)?)
+}
+
+pub fn find(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<ApiKey>, DbError> {
+    Ok(k::api_keys
+        .filter(k::tenant_id.eq(tenant_id))
+        .filter(k::id.eq(id))
+        .select(ApiKey::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Revokes a key of the tenant. False if there is no such active key (unknown, another
+/// tenant's, or already revoked).
+pub fn revoke(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        k::api_keys
+            .filter(k::tenant_id.eq(tenant_id))
+            .filter(k::id.eq(id))
+            .filter(k::revoked_at.is_null()),
+    )
+    .set(k::revoked_at.eq(now))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Records use of keys in one statement (batched by the caller). Returns rows updated.
+pub fn touch_last_used(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    now: i64,
+) -> Result<usize, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(diesel::update(k::api_keys.filter(k::id.eq_any(ids)))
+        .set(k::last_used_at.eq(now))
+        .execute(conn)?)
+}

@@ -1,0 +1,319 @@
+use std::fmt;
+
+use diesel::prelude::*;
+use switchboard_core::InstallStatus;
+
+use crate::models::{Install, NewInstall};
+use crate::schema::installs::dsl as i;
+use crate::{AnyConnection, DbError};
+
+pub fn insert(conn: &mut AnyConnection, new: &NewInstall) -> Result<Install, DbError> {
+    Ok(diesel::insert_into(i::installs)
+        .values(new)
+        .returning(crate::schema::installs::all_columns)
+        .get_result(conn)?)
+}
+
+/// The account's installs, oldest first.
+pub fn list(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    account_id: &str,
+) -> Result<Vec<Install>, DbError> {
+    Ok(i::installs
+        .filter(i::tenant_id.eq(tenant_id))
+        .filter(i::account_id.eq(account_id))
+        .order((i::created_at.asc(), i::id.asc()))
+        .select(Install::as_select())
+        .load(conn)?)
+}
+
+pub fn find(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    account_id: &str,
+    id: &str,
+) -> Result<Option<Install>, DbError> {
+    Ok(i::installs
+        .filter(i::tenant_id.eq(tenant_id))
+        .filter(i::account_id.eq(account_id))
+        .filter(i::id.eq(id))
+        .select(Install::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Unscoped lookup for the OAuth callback and the token lifecycle, which reach an install
+/// through an unguessable handle (state, lease) rather than a tenant's request.
+pub fn find_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<Install>, DbError> {
+    Ok(i::installs
+        .find(id)
+        .select(Install::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Deletes the install (its OAuth states cascade). False if the account has no such install.
+pub fn delete(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    account_id: &str,
+    id: &str,
+) -> Result<bool, DbError> {
+    let n = diesel::delete(
+        i::installs
+            .filter(i::tenant_id.eq(tenant_id))
+            .filter(i::account_id.eq(account_id))
+            .filter(i::id.eq(id)),
+    )
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Replaces the install's setting overrides (JSON object).
+pub fn update_settings(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    account_id: &str,
+    id: &str,
+    settings_json: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        i::installs
+            .filter(i::tenant_id.eq(tenant_id))
+            .filter(i::account_id.eq(account_id))
+            .filter(i::id.eq(id)),
+    )
+    .set((i::settings.eq(settings_json), i::updated_at.eq(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Sets (or clears) the URL the OAuth callback redirects to (re-authorisation).
+pub fn set_return_url(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    account_id: &str,
+    id: &str,
+    return_url: Option<&str>,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        i::installs
+            .filter(i::tenant_id.eq(tenant_id))
+            .filter(i::account_id.eq(account_id))
+            .filter(i::id.eq(id)),
+    )
+    .set((i::return_url.eq(return_url), i::updated_at.eq(now)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Sets the status and `last_error` (None clears it). Not fenced: use it for transitions that
+/// do not write tokens (e.g. `needs_reauthorization` after a refused refresh).
+pub fn set_status(
+    conn: &mut AnyConnection,
+    id: &str,
+    status: InstallStatus,
+    last_error: Option<&str>,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(i::installs.find(id))
+        .set((
+            i::status.eq(status.as_str()),
+            i::last_error.eq(last_error),
+            i::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// A token write (after a code exchange, refresh or client-credentials grant). Token fields are
+/// ciphertexts from the key ring.
+#[derive(Clone)]
+pub struct TokenWrite {
+    pub access_token: Vec<u8>,
+    /// `None` keeps the stored refresh token (servers may not rotate it).
+    pub refresh_token: Option<Vec<u8>>,
+    pub expires_at: Option<i64>,
+    pub scopes: Option<String>,
+    /// JSON object (SMART launch context).
+    pub context: Option<String>,
+    pub status: InstallStatus,
+    pub last_error: Option<String>,
+    pub last_refresh_at: Option<i64>,
+    pub last_refresh_error: Option<String>,
+    /// Becomes `updated_at`.
+    pub now: i64,
+}
+
+impl fmt::Debug for TokenWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenWrite")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .field("status", &self.status)
+            .field("last_error", &self.last_error)
+            .field("last_refresh_at", &self.last_refresh_at)
+            .field("last_refresh_error", &self.last_refresh_error)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = crate::schema::installs, treat_none_as_null = true)]
+struct TokenChanges<'a> {
+    access_token: &'a [u8],
+    #[diesel(treat_none_as_null = false)]
+    refresh_token: Option<&'a [u8]>,
+    token_expires_at: Option<i64>,
+    scopes: Option<&'a str>,
+    context: Option<&'a str>,
+    status: &'a str,
+    last_error: Option<&'a str>,
+    last_refresh_at: Option<i64>,
+    last_refresh_error: Option<&'a str>,
+    updated_at: i64,
+}
+
+/// Writes tokens fenced by `token_version`:
+/// `UPDATE ... SET ..., token_version = token_version + 1 WHERE id = ? AND token_version = ?`.
+/// True if this write won; false if another writer got there first (re-read and use its
+/// tokens) or the install is gone.
+pub fn store_tokens(
+    conn: &mut AnyConnection,
+    id: &str,
+    expected_version: i64,
+    write: &TokenWrite,
+) -> Result<bool, DbError> {
+    let changes = TokenChanges {
+        access_token: &write.access_token,
+        refresh_token: write.refresh_token.as_deref(),
+        token_expires_at: write.expires_at,
+        scopes: write.scopes.as_deref(),
+        context: write.context.as_deref(),
+        status: write.status.as_str(),
+        last_error: write.last_error.as_deref(),
+        last_refresh_at: write.last_refresh_at,
+        last_refresh_error: write.last_refresh_error.as_deref(),
+        updated_at: write.now,
+    };
+    let n = diesel::update(
+        i::installs
+            .filter(i::id.eq(id))
+            .filter(i::token_version.eq(expected_version)),
+    )
+    .set((&changes, i::token_version.eq(i::token_version + 1)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Replaces the stored token ciphertexts without changing what they decrypt to (key
+/// rotation), fenced like [`store_tokens`]. `None` leaves a column as it is.
+pub fn rewrap_tokens(
+    conn: &mut AnyConnection,
+    id: &str,
+    expected_version: i64,
+    access_token: Option<&[u8]>,
+    refresh_token: Option<&[u8]>,
+) -> Result<bool, DbError> {
+    #[derive(AsChangeset)]
+    #[diesel(table_name = crate::schema::installs)]
+    struct Rewrap<'a> {
+        access_token: Option<&'a [u8]>,
+        refresh_token: Option<&'a [u8]>,
+    }
+    let n = diesel::update(
+        i::installs
+            .filter(i::id.eq(id))
+            .filter(i::token_version.eq(expected_version)),
+    )
+    .set((
+        &Rewrap {
+            access_token,
+            refresh_token,
+        },
+        i::token_version.eq(i::token_version + 1),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Records a failed refresh attempt (the tokens and status are left alone).
+pub fn set_refresh_error(
+    conn: &mut AnyConnection,
+    id: &str,
+    message: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(i::installs.find(id))
+        .set((
+            i::last_refresh_error.eq(message),
+            i::last_refresh_at.eq(now),
+            i::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Every install of every tenant (key rotation).
+pub fn list_all(conn: &mut AnyConnection) -> Result<Vec<Install>, DbError> {
+    Ok(i::installs
+        .order(i::id.asc())
+        .select(Install::as_select())
+        .load(conn)?)
+}
+
+/// Authorized installs holding a refresh token whose access token expires before
+/// `now + horizon_ms`, soonest first (the background refresher).
+pub fn list_refresh_candidates(
+    conn: &mut AnyConnection,
+    now: i64,
+    horizon_ms: i64,
+) -> Result<Vec<Install>, DbError> {
+    Ok(i::installs
+        .filter(i::status.eq(InstallStatus::Authorized.as_str()))
+        .filter(i::token_expires_at.lt(now.saturating_add(horizon_ms)))
+        .filter(i::refresh_token.is_not_null())
+        .order((i::token_expires_at.asc(), i::id.asc()))
+        .select(Install::as_select())
+        .load(conn)?)
+}
+
+/// Records why the last authorization attempt failed; status and tokens are left alone (a
+/// failed re-authorisation never overwrites good tokens).
+pub fn set_last_error(
+    conn: &mut AnyConnection,
+    id: &str,
+    message: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(i::installs.find(id))
+        .set((i::last_error.eq(message), i::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Drops the stored refresh token, fenced like [`store_tokens`] but without bumping the version
+/// (used with a following `store_tokens` when a new grant comes without a refresh token).
+pub fn clear_refresh_token(
+    conn: &mut AnyConnection,
+    id: &str,
+    expected_version: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        i::installs
+            .filter(i::id.eq(id))
+            .filter(i::token_version.eq(expected_version)),
+    )
+    .set(i::refresh_token.eq(None::<Vec<u8>>))
+    .execute(conn)?;
+    Ok(n == 1)
+}

@@ -1,0 +1,10 @@
+//! Repositories: plain functions on `&mut AnyConnection`. Functions on tenant data take the
+//! tenant id first (or an insertable that carries it) and filter by it.
+
+pub mod accounts;
+pub mod api_keys;
+pub mod installs;
+pub mod lease;
+pub mod oauth_states;
+pub mod setups;
+pub mod tenants;

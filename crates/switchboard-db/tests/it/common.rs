@@ -1,0 +1,90 @@
+use switchboard_db::{repo, Account, Db, NewInstall, Tenant};
+
+/// Runs `f` against a freshly migrated SQLite database file.
+pub fn with_sqlite(f: impl FnOnce(&Db)) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&switchboard_testkit::pg::sqlite_url(dir.path()), 16).unwrap();
+    db.migrate().unwrap();
+    f(&db);
+}
+
+/// Runs `f` against a freshly migrated database of the test PostgreSQL cluster (returns at once
+/// when PostgreSQL is not installed; the testkit has printed a SKIP line).
+pub fn with_postgres(f: impl FnOnce(&Db)) {
+    let Some(pg) = switchboard_testkit::pg::cluster() else {
+        return;
+    };
+    let url = pg.create_database();
+    {
+        let db = Db::connect(&url, 16).unwrap();
+        db.migrate().unwrap();
+        f(&db);
+    }
+    pg.drop_database(&url);
+}
+
+/// `both_backends!(name, ...)`: for each `fn name(db: &Db)` in scope, a module `name` with the
+/// tests `sqlite` and `postgres`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                $crate::common::with_sqlite(super::$name);
+            }
+            #[test]
+            fn postgres() {
+                $crate::common::with_postgres(super::$name);
+            }
+        }
+    )*};
+}
+
+pub fn tenant(db: &Db, id: &str) -> Tenant {
+    let mut conn = db.get().unwrap();
+    repo::tenants::insert(
+        &mut conn,
+        &Tenant {
+            id: id.to_owned(),
+            name: format!("Tenant {id}"),
+            allowed_return_urls: "[]".to_owned(),
+            created_at: 1_000,
+        },
+    )
+    .unwrap()
+}
+
+pub fn account(db: &Db, tenant_id: &str, id: &str) -> Account {
+    let mut conn = db.get().unwrap();
+    repo::accounts::insert(
+        &mut conn,
+        &Account {
+            tenant_id: tenant_id.to_owned(),
+            id: id.to_owned(),
+            name: format!("Account {id}"),
+            created_at: 2_000,
+        },
+    )
+    .unwrap()
+}
+
+pub fn new_install(tenant_id: &str, account_id: &str, id: &str) -> NewInstall {
+    NewInstall {
+        id: id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        account_id: account_id.to_owned(),
+        connector_id: "epic".to_owned(),
+        auth_type: "smart_standalone".to_owned(),
+        status: "pending_authorization".to_owned(),
+        settings: "{}".to_owned(),
+        return_url: Some("https://console.example/done".to_owned()),
+        created_at: 3_000,
+        updated_at: 3_000,
+    }
+}
+
+/// Tenant `t`, account `acc`, install `id` (pending).
+pub fn install(db: &Db, t: &str, acc: &str, id: &str) -> switchboard_db::Install {
+    let mut conn = db.get().unwrap();
+    repo::installs::insert(&mut conn, &new_install(t, acc, id)).unwrap()
+}

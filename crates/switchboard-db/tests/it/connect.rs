@@ -1,0 +1,127 @@
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryableByName, RunQueryDsl};
+use switchboard_db::{repo, AnyConnection, Backend, Db, DbError};
+
+both_backends!(run_and_ping);
+
+fn run_and_ping(db: &Db) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        db.ping().await.unwrap();
+        let backend = db
+            .run(|conn: &mut AnyConnection| Ok(conn.backend()))
+            .await
+            .unwrap();
+        assert_eq!(backend, db.backend());
+        // Many concurrent calls share the pool.
+        let tasks: Vec<_> = (0..32)
+            .map(|n| {
+                db.run(move |conn| {
+                    repo::tenants::find(conn, &format!("ten_{n}")).map(|t| t.is_none())
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let err = db
+            .run(|_conn| Err::<(), _>(DbError::NotFound))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::NotFound));
+    });
+}
+
+#[test]
+fn backend_is_chosen_by_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    // Relative-looking and absolute paths, parent directories created on the way.
+    let url = format!("sqlite://{}/a/b/c.db", dir.path().display());
+    let db = Db::connect(&url, 2).unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    assert!(dir.path().join("a/b/c.db").exists());
+    let db = Db::connect(&format!("sqlite:{}/d.db", dir.path().display()), 2).unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    if let Some(pg) = switchboard_testkit::pg::cluster() {
+        let db = Db::connect(&pg.url("postgres"), 2).unwrap();
+        assert_eq!(db.backend(), Backend::Postgres);
+        let db = Db::connect(
+            &pg.url("postgres").replace("postgres://", "postgresql://"),
+            2,
+        )
+        .unwrap();
+        assert_eq!(db.backend(), Backend::Postgres);
+    }
+}
+
+#[test]
+fn relative_sqlite_paths_are_relative_to_the_working_directory() {
+    // Only checks the parsing: `sqlite://data/x.db` names `data/x.db`, not `/data/x.db`.
+    let manager = switchboard_db::AnyConnectionManager::new("sqlite://data/x.db").unwrap();
+    assert_eq!(manager.backend(), Backend::Sqlite);
+    assert!(format!("{manager:?}").contains("Sqlite"));
+}
+
+#[test]
+fn bad_urls_are_refused_without_echoing_them() {
+    for url in [
+        "mysql://u:hunter2@h/db",
+        "hunter2",
+        "sqlite://",
+        "sqlite::memory:",
+    ] {
+        let err = Db::connect(url, 1).unwrap_err();
+        assert!(matches!(err, DbError::Config(_)), "{url}: {err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+    // Nothing listens on port 1: fails at once, and never shows the password.
+    let started = std::time::Instant::now();
+    let err = Db::connect("postgres://postgres:hunter2@127.0.0.1:1/db", 1).unwrap_err();
+    assert!(matches!(err, DbError::Pool(_)), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[derive(QueryableByName)]
+struct Pragma {
+    #[diesel(sql_type = BigInt)]
+    foreign_keys: i64,
+}
+
+#[derive(QueryableByName)]
+struct Journal {
+    #[diesel(sql_type = Text)]
+    journal_mode: String,
+}
+
+#[derive(QueryableByName)]
+struct Timeout {
+    #[diesel(sql_type = BigInt)]
+    timeout: i64,
+}
+
+#[test]
+fn sqlite_connections_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&switchboard_testkit::pg::sqlite_url(dir.path()), 4).unwrap();
+    // Every pooled connection, not just the first.
+    let conns: Vec<_> = (0..4).map(|_| db.get().unwrap()).collect();
+    for mut c in conns {
+        let fk: Pragma = diesel::sql_query("PRAGMA foreign_keys")
+            .get_result(&mut *c)
+            .unwrap();
+        assert_eq!(fk.foreign_keys, 1);
+        let j: Journal = diesel::sql_query("PRAGMA journal_mode")
+            .get_result(&mut *c)
+            .unwrap();
+        assert_eq!(j.journal_mode, "wal");
+        let t: Timeout = diesel::sql_query("PRAGMA busy_timeout")
+            .get_result(&mut *c)
+            .unwrap();
+        assert_eq!(t.timeout, 10_000);
+    }
+}

@@ -1,0 +1,100 @@
+use std::sync::Barrier;
+
+use switchboard_db::Db;
+
+/// The migration folders of both backends, with their version directories.
+fn versions(backend: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../migrations")
+        .join(backend);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| {
+            for file in ["up.sql", "down.sql"] {
+                assert!(
+                    e.path().join(file).is_file(),
+                    "{}/{file} missing",
+                    e.path().display()
+                );
+            }
+            e.file_name().into_string().unwrap()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn migration_folders_have_the_same_versions() {
+    let sqlite = versions("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, versions("postgres"));
+}
+
+/// The version diesel reports for a folder name: the digits before the first `_`.
+fn expected_applied() -> Vec<String> {
+    versions("sqlite")
+        .iter()
+        .map(|n| n.split('_').next().unwrap().replace('-', ""))
+        .collect()
+}
+
+fn migrate_is_idempotent(url: &str) {
+    let db = Db::connect(url, 2).unwrap();
+    assert_eq!(db.migrate().unwrap(), expected_applied());
+    assert!(db.migrate().unwrap().is_empty());
+}
+
+/// Several replicas migrating one fresh database at the same moment all succeed, and every
+/// migration is applied exactly once.
+fn concurrent_migrations(url: &str) {
+    const REPLICAS: usize = 4;
+    let barrier = Barrier::new(REPLICAS);
+    let applied: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..REPLICAS)
+            .map(|_| {
+                s.spawn(|| {
+                    let db = Db::connect(url, 1).unwrap();
+                    barrier.wait();
+                    db.migrate().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<String> = applied.into_iter().flatten().collect();
+    all.sort();
+    assert_eq!(all, expected_applied());
+}
+
+#[test]
+fn migrate_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    migrate_is_idempotent(&switchboard_testkit::pg::sqlite_url(dir.path()));
+}
+
+#[test]
+fn migrate_postgres() {
+    if let Some(pg) = switchboard_testkit::pg::cluster() {
+        migrate_is_idempotent(&pg.create_database());
+    }
+}
+
+#[test]
+fn concurrent_migrations_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_migrations(&switchboard_testkit::pg::sqlite_url(dir.path()));
+}
+
+#[test]
+fn concurrent_migrations_postgres() {
+    if let Some(pg) = switchboard_testkit::pg::cluster() {
+        for _ in 0..3 {
+            let url = pg.create_database();
+            concurrent_migrations(&url);
+            pg.drop_database(&url);
+        }
+    }
+}

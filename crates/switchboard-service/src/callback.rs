@@ -1,0 +1,277 @@
+//! The shared `/connector/callback`: one URL for every tenant, connector and install. The state
+//! alone finds the install (hashed lookup, single use, expiring); the code is redeemed only at
+//! the token endpoint recorded with that state, with the PKCE verifier stored with it.
+
+use crate::Services;
+use secrecy::SecretString;
+use serde::Deserialize;
+use switchboard_core::{now_ms, InstallStatus};
+use switchboard_db::repo::{installs, oauth_states};
+use switchboard_db::TokenWrite;
+use url::Url;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackIn {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+/// What the person who just signed in to their EHR is shown when there is no return_url.
+#[derive(Debug, Clone)]
+pub struct ResultPage {
+    pub http_status: u16,
+    pub title: String,
+    pub message: String,
+    pub install_id: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CallbackOutcome {
+    Redirect(String),
+    Page(ResultPage),
+}
+
+/// Error codes may be echoed to return URLs: keep only a short `[a-z0-9_]` token.
+fn safe_code(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    if t.is_empty() {
+        "authorization_failed".into()
+    } else {
+        t.to_ascii_lowercase()
+    }
+}
+
+fn invalid_state_page() -> CallbackOutcome {
+    CallbackOutcome::Page(ResultPage {
+        http_status: 400,
+        title: "This sign-in link is no longer valid".into(),
+        message: "The authorization request is unknown, has expired or was already used. Nothing was changed. Go back to the application that sent you here and start the connection again.".into(),
+        install_id: None,
+        status: None,
+    })
+}
+
+impl Services {
+    pub async fn handle_callback(&self, q: CallbackIn) -> CallbackOutcome {
+        let Some(state) = q
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+        else {
+            return invalid_state_page();
+        };
+        let hash = switchboard_auth::hash_state(state);
+        let now = now_ms();
+        let taken = self
+            .inner
+            .db
+            .run(move |conn| {
+                let Some(st) = oauth_states::take(conn, &hash, now)? else {
+                    return Ok(None);
+                };
+                let install = installs::find_by_id(conn, &st.install_id)?;
+                Ok(install.map(|i| (st, i)))
+            })
+            .await;
+        let (st, install) = match taken {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return invalid_state_page(),
+            Err(e) => {
+                tracing::error!(error = %e, "callback: database error");
+                return CallbackOutcome::Page(ResultPage {
+                    http_status: 503,
+                    title: "Switchboard could not complete the connection".into(),
+                    message:
+                        "A temporary error occurred. Please start the connection again in a minute."
+                            .into(),
+                    install_id: None,
+                    status: None,
+                });
+            }
+        };
+        let finish = |status: &str, error: Option<&str>, message: &str| {
+            self.finish(
+                &install.id,
+                st.return_url.as_deref(),
+                status,
+                error,
+                message,
+            )
+        };
+        let current = install.status.clone();
+
+        if let Some(err) = q.error.as_deref() {
+            let code = safe_code(err);
+            let msg = format!("authorization was not granted by the EHR ({code})");
+            self.record_error(&install.id, &msg).await;
+            return finish(&current, Some(&code), "The EHR did not grant access, so the connection was not made. You can close this page and try again.");
+        }
+        if let Err(e) =
+            switchboard_auth::check_issuer(st.expected_issuer.as_deref(), q.iss.as_deref())
+        {
+            tracing::warn!(install = %install.id, error = %e, "callback: issuer mismatch; code not redeemed");
+            self.record_error(&install.id, "authorization response came from an unexpected issuer (RFC 9207 iss mismatch); code not redeemed").await;
+            return finish(&current, Some("issuer_mismatch"), "The sign-in response came from an unexpected server, so it was rejected. Start the connection again.");
+        }
+        let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 8192) else {
+            self.record_error(&install.id, "callback carried neither a code nor an error")
+                .await;
+            return finish(
+                &current,
+                Some("invalid_request"),
+                "The EHR's answer was incomplete. Start the connection again.",
+            );
+        };
+
+        match self.redeem(&install, &st, &code).await {
+            Ok(()) => finish(
+                InstallStatus::Authorized.as_str(),
+                None,
+                "The EHR is connected. You can close this page and return to the application.",
+            ),
+            Err(msg) => {
+                self.record_error(&install.id, &msg).await;
+                finish(&current, Some("token_exchange_failed"), "The EHR accepted the sign-in but the token exchange failed. Start the connection again; if it keeps failing, contact the application's support.")
+            }
+        }
+    }
+
+    /// Exchanges the code at the state's token endpoint and commits the tokens.
+    async fn redeem(
+        &self,
+        install: &switchboard_db::Install,
+        st: &switchboard_db::OAuthState,
+        code: &str,
+    ) -> Result<(), String> {
+        let resolved = self
+            .resolve_row(install)
+            .await
+            .map_err(|e| format!("install settings are incomplete: {e}"))?;
+        let mut client = resolved
+            .token_client(&st.redirect_uri)
+            .map_err(|e| e.to_string())?
+            .ok_or("install does not use OAuth")?;
+        client.token_url =
+            Url::parse(&st.token_url).map_err(|_| "stored token URL is invalid".to_owned())?;
+        let verifier = self
+            .inner
+            .crypto
+            .decrypt(
+                &st.verifier,
+                format!("state:{}:verifier", st.state_hash).as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        let verifier = SecretString::from(
+            String::from_utf8(verifier).map_err(|_| "stored verifier is corrupt".to_owned())?,
+        );
+        let tokens = client
+            .exchange_code(
+                self.inner.outbound.client(),
+                code,
+                &st.redirect_uri,
+                &verifier,
+            )
+            .await
+            .map_err(|e| format!("token exchange failed: {e}"))?;
+        let sealed = crate::tokens::seal_tokens(&self.inner.crypto, &install.id, &tokens);
+        let now = now_ms();
+        // A concurrent refresh may bump the version; retry the fenced write on the latest one.
+        let mut version = install.token_version;
+        for _ in 0..5 {
+            let write = TokenWrite {
+                access_token: sealed.access.clone(),
+                refresh_token: sealed.refresh.clone(),
+                expires_at: sealed.expires_at,
+                scopes: sealed.scopes.clone(),
+                context: sealed.context.clone(),
+                status: InstallStatus::Authorized,
+                last_error: None,
+                last_refresh_at: Some(now),
+                last_refresh_error: None,
+                now,
+            };
+            let id = install.id.clone();
+            let has_refresh = sealed.refresh.is_some();
+            let committed = self
+                .inner
+                .db
+                .run(move |conn| {
+                    if !has_refresh {
+                        // A new grant without a refresh token must not keep the old grant's one.
+                        installs::clear_refresh_token(conn, &id, version)?;
+                    }
+                    installs::store_tokens(conn, &id, version, &write)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if committed {
+                self.inner.installs.remove(&install.id);
+                tracing::info!(install = %install.id, "install authorized");
+                return Ok(());
+            }
+            let id = install.id.clone();
+            version = self
+                .inner
+                .db
+                .run(move |conn| installs::find_by_id(conn, &id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|r| r.token_version)
+                .ok_or("install was deleted meanwhile")?;
+        }
+        Err("could not store the tokens (concurrent updates)".into())
+    }
+
+    async fn record_error(&self, install_id: &str, message: &str) {
+        let (id, msg, now) = (install_id.to_owned(), message.to_owned(), now_ms());
+        if let Err(e) = self
+            .inner
+            .db
+            .run(move |conn| installs::set_last_error(conn, &id, &msg, now))
+            .await
+        {
+            tracing::error!(error = %e, "callback: could not record the install's last_error");
+        }
+        self.inner.installs.remove(install_id);
+    }
+
+    fn finish(
+        &self,
+        install_id: &str,
+        return_url: Option<&str>,
+        status: &str,
+        error: Option<&str>,
+        message: &str,
+    ) -> CallbackOutcome {
+        if let Some(Ok(mut url)) = return_url.map(Url::parse) {
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("install", install_id);
+                q.append_pair("status", status);
+                if let Some(e) = error {
+                    q.append_pair("error", e);
+                }
+            }
+            return CallbackOutcome::Redirect(url.to_string());
+        }
+        CallbackOutcome::Page(ResultPage {
+            http_status: if error.is_some() { 400 } else { 200 },
+            title: if error.is_some() {
+                "The connection was not completed".into()
+            } else {
+                "Connected".into()
+            },
+            message: message.to_owned(),
+            install_id: Some(install_id.to_owned()),
+            status: Some(status.to_owned()),
+        })
+    }
+}

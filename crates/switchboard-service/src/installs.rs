@@ -1,0 +1,690 @@
+//! Installs: one connector in one account. Creation resolves the merged settings (connector
+//! defaults, tenant setup, install overrides), then per auth type: starts an authorization-code
+//! flow (state + PKCE, stored hashed/encrypted), fetches a first client-credentials token, or
+//! accepts a static bearer token. Deletion revokes tokens upstream where declared.
+
+use crate::settings::{self, Layer};
+use crate::{ServiceError, Services, TenantCtx};
+use diesel::Connection;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchboard_auth::{TokenClient, TokenTypeHint};
+use switchboard_connector::{AuthDef, AuthKind, Connector, TemplateContext};
+use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind, InstallStatus};
+use switchboard_db::repo::{installs, oauth_states};
+use switchboard_db::{NewInstall, NewOAuthState, TokenWrite};
+use url::Url;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallIn {
+    pub connector: String,
+    /// One of the connector's auth types; the first one when absent.
+    pub auth_type: Option<String>,
+    #[serde(default)]
+    pub settings: Map<String, Value>,
+    pub return_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeIn {
+    pub return_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstallOut {
+    pub id: String,
+    pub account: String,
+    pub connector: String,
+    pub auth_type: String,
+    pub status: String,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<String>,
+    pub context: Option<Value>,
+    pub last_error: Option<String>,
+    pub last_refresh_at: Option<String>,
+    pub last_refresh_error: Option<String>,
+    /// The install's own setting overrides; secrets masked.
+    pub settings: Value,
+    pub return_url: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstallCreated {
+    #[serde(flatten)]
+    pub install: InstallOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+}
+
+/// Everything derived from a connector and the merged settings of one install.
+pub(crate) struct Resolved {
+    pub connector: Arc<Connector>,
+    pub auth: AuthDef,
+    pub fhir_base: Url,
+    /// Settings plus the rendered FHIR base, for templates.
+    pub ctx: TemplateContext,
+}
+
+impl Resolved {
+    pub fn render(
+        &self,
+        template: &str,
+        redirect_uri: Option<&str>,
+    ) -> Result<String, ServiceError> {
+        let ctx = match redirect_uri {
+            Some(r) => self.ctx.clone().with_redirect_uri(r),
+            None => self.ctx.clone(),
+        };
+        switchboard_connector::render_str(template, &ctx).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new("settings", e.to_string())])
+        })
+    }
+
+    /// The token endpoint client of this install's auth type (None for static bearer).
+    pub fn token_client(&self, redirect_uri: &str) -> Result<Option<TokenClient>, ServiceError> {
+        let (token_url, client_id, secret, client_auth, params) = match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => (
+                &a.token_url,
+                &a.client_id,
+                a.client_secret.as_ref(),
+                a.client_auth,
+                &a.token_params,
+            ),
+            AuthDef::Oauth2ClientCredentials(c) => (
+                &c.token_url,
+                &c.client_id,
+                Some(&c.client_secret),
+                c.client_auth,
+                &c.token_params,
+            ),
+            AuthDef::StaticBearer(_) => return Ok(None),
+        };
+        let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+                "settings",
+                "the token URL is not a valid URL",
+            )])
+        })?;
+        let client_secret = match secret {
+            Some(t) => Some(SecretString::from(self.render(t, Some(redirect_uri))?)),
+            None => None,
+        };
+        let mut extra_params = Vec::new();
+        for (k, v) in params {
+            extra_params.push((k.clone(), self.render(v, Some(redirect_uri))?));
+        }
+        Ok(Some(TokenClient {
+            token_url,
+            client_id: self.render(client_id, Some(redirect_uri))?,
+            client_secret,
+            client_auth,
+            extra_params,
+        }))
+    }
+
+    pub fn revocation_url(&self) -> Result<Option<Url>, ServiceError> {
+        let t = match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => a.revocation_url.as_ref(),
+            AuthDef::Oauth2ClientCredentials(c) => c.revocation_url.as_ref(),
+            AuthDef::StaticBearer(_) => None,
+        };
+        match t {
+            Some(t) => Ok(Url::parse(&self.render(t, None)?).ok()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A `return_url` or allowed prefix must be an absolute http(s) URL without fragment.
+pub(crate) fn validate_return_prefix(p: &str) -> Result<Url, ServiceError> {
+    match Url::parse(p) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && p.len() <= 2048 =>
+        {
+            Ok(u)
+        }
+        _ => Err(ServiceError::InvalidReturnUrl(
+            "return URLs must be absolute http(s) URLs without credentials or fragment".into(),
+        )),
+    }
+}
+
+/// `url` starts with `prefix` at a URL boundary (so `https://a.example` does not admit
+/// `https://a.example.evil.com`).
+fn matches_prefix(url: &str, prefix: &str) -> bool {
+    match url.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => prefix.ends_with('/') || rest.starts_with(['/', '?']),
+        None => false,
+    }
+}
+
+fn auth_kind_of(connector: &Connector, requested: Option<&str>) -> Result<AuthDef, ServiceError> {
+    let def = &connector.def;
+    match requested {
+        None => {
+            def.auth.first().cloned().ok_or_else(|| {
+                ServiceError::UnsupportedAuthType("connector declares no auth".into())
+            })
+        }
+        Some(name) => {
+            let kind = AuthKind::parse(name).ok_or_else(|| {
+                ServiceError::UnsupportedAuthType(format!("unknown auth_type '{name}'"))
+            })?;
+            def.auth
+                .iter()
+                .find(|a| a.kind() == kind)
+                .cloned()
+                .ok_or_else(|| {
+                    ServiceError::UnsupportedAuthType(format!(
+                        "connector '{}' does not support auth_type '{name}'",
+                        def.id
+                    ))
+                })
+        }
+    }
+}
+
+impl Services {
+    /// Merges defaults, the tenant setup and the install overrides, checks that every setting
+    /// the auth type and the FHIR base need is present, and renders the FHIR base.
+    pub(crate) async fn resolve(
+        &self,
+        tenant_id: &str,
+        connector: Arc<Connector>,
+        auth: AuthDef,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Resolved, ServiceError> {
+        let setup = self.setup_values(tenant_id, &connector.def.id).await?;
+        let merged = switchboard_connector::merge_settings(&connector.def, &setup, overrides);
+        let missing = switchboard_connector::missing_for_auth(&connector.def, auth.kind(), &merged);
+        if !missing.is_empty() {
+            return Err(ServiceError::InvalidSettings(
+                missing
+                    .into_iter()
+                    .map(|k| {
+                        crate::FieldError::new(
+                            k,
+                            "required: set it in the connector setup or the install settings",
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        let base = connector.render_fhir_base(&merged).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new("fhir_base", e.to_string())])
+        })?;
+        let fhir_base = Url::parse(&base).map_err(|_| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+                "fhir_base",
+                "the settings do not form a valid FHIR base URL",
+            )])
+        })?;
+        self.inner.outbound.check_url(&fhir_base).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new("fhir_base", e.to_string())])
+        })?;
+        let ctx = TemplateContext::new(merged).with_fhir_base(fhir_base.as_str());
+        Ok(Resolved {
+            connector,
+            auth,
+            fhir_base,
+            ctx,
+        })
+    }
+
+    fn check_return_url(&self, allowed_tenant: &[String], url: &str) -> Result<(), ServiceError> {
+        validate_return_prefix(url)?;
+        let allowed = self
+            .inner
+            .settings
+            .security
+            .allowed_return_urls
+            .iter()
+            .chain(allowed_tenant.iter())
+            .any(|p| matches_prefix(url, p));
+        if allowed {
+            Ok(())
+        } else {
+            Err(ServiceError::InvalidReturnUrl(
+                "return_url does not start with an allowed prefix (security.allowed_return_urls or the tenant's allowed_return_urls)".into(),
+            ))
+        }
+    }
+
+    async fn tenant_return_prefixes(&self, t: &TenantCtx) -> Result<Vec<String>, ServiceError> {
+        Ok(self.get_tenant(t).await?.allowed_return_urls)
+    }
+
+    pub async fn create_install(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+        input: InstallIn,
+    ) -> Result<InstallCreated, ServiceError> {
+        let account = self.find_account(t, account_id).await?;
+        let connector = self.connector(&input.connector)?;
+        let auth = auth_kind_of(&connector, input.auth_type.as_deref())?;
+        let overrides = settings::validate_input(&connector.def, &input.settings, Layer::Install)?;
+        if let Some(r) = &input.return_url {
+            let prefixes = self.tenant_return_prefixes(t).await?;
+            self.check_return_url(&prefixes, r)?;
+        }
+        let resolved = self
+            .resolve(&t.tenant_id, connector.clone(), auth.clone(), &overrides)
+            .await?;
+        let id = IdKind::Install.generate();
+        let now = now_ms();
+        let sealed = settings::seal(
+            &self.inner.crypto,
+            &connector.def,
+            &overrides,
+            &settings::install_aad(&id),
+        );
+        let mut row = NewInstall {
+            id: id.clone(),
+            tenant_id: t.tenant_id.clone(),
+            account_id: account.id.clone(),
+            connector_id: connector.def.id.clone(),
+            auth_type: auth.kind().as_str().to_owned(),
+            status: InstallStatus::PendingAuthorization.as_str().to_owned(),
+            settings: sealed,
+            return_url: input.return_url.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut first_tokens = None;
+        match &auth {
+            AuthDef::Oauth2AuthorizationCode(_) => {}
+            AuthDef::StaticBearer(_) => {
+                row.status = InstallStatus::Authorized.as_str().to_owned();
+            }
+            AuthDef::Oauth2ClientCredentials(c) => {
+                // The first token is fetched before anything is written: a bad secret leaves no
+                // install behind.
+                let client = resolved
+                    .token_client(&self.inner.redirect_uri)?
+                    .ok_or_else(|| ServiceError::internal("client credentials without client"))?;
+                let scopes = resolved.render(&c.scopes, None)?;
+                self.inner
+                    .outbound
+                    .check_url(&client.token_url)
+                    .map_err(|e| {
+                        ServiceError::InvalidSettings(vec![crate::FieldError::new(
+                            "token_url",
+                            e.to_string(),
+                        )])
+                    })?;
+                let tokens = client
+                    .client_credentials(self.inner.outbound.client(), &scopes)
+                    .await
+                    .map_err(crate::tokens::first_token_error)?;
+                let sealed = crate::tokens::seal_tokens(&self.inner.crypto, &id, &tokens);
+                first_tokens = Some(TokenWrite {
+                    access_token: sealed.access,
+                    refresh_token: sealed.refresh,
+                    expires_at: sealed.expires_at,
+                    scopes: sealed.scopes,
+                    context: sealed.context,
+                    status: InstallStatus::Authorized,
+                    last_error: None,
+                    last_refresh_at: Some(now),
+                    last_refresh_error: None,
+                    now,
+                });
+            }
+        }
+        let install_row = row;
+        self.inner
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    installs::insert(conn, &install_row)?;
+                    if let Some(write) = &first_tokens {
+                        installs::store_tokens(conn, &install_row.id, 0, write)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        let authorize_url = match &auth {
+            AuthDef::Oauth2AuthorizationCode(_) => Some(
+                self.begin_authorization(&t.tenant_id, &id, &resolved, input.return_url.as_deref())
+                    .await?,
+            ),
+            _ => None,
+        };
+        let install = self.get_install(t, &account.id, &id).await?;
+        Ok(InstallCreated {
+            install,
+            authorize_url,
+        })
+    }
+
+    /// Starts (or restarts) an authorization-code flow: a fresh single-use state bound to this
+    /// install and its token endpoint, a PKCE verifier stored encrypted.
+    pub(crate) async fn begin_authorization(
+        &self,
+        tenant_id: &str,
+        install_id: &str,
+        resolved: &Resolved,
+        return_url: Option<&str>,
+    ) -> Result<String, ServiceError> {
+        let AuthDef::Oauth2AuthorizationCode(a) = &resolved.auth else {
+            return Err(ServiceError::UnsupportedAuthType(
+                "this install does not use the authorization-code flow".into(),
+            ));
+        };
+        let redirect_uri = self.inner.redirect_uri.clone();
+        let state = switchboard_auth::new_state();
+        let state_hash = switchboard_auth::hash_state(&state);
+        let pkce = switchboard_auth::new_pkce();
+        let authorize_endpoint = resolved.render(&a.authorize_url, None)?;
+        let client = resolved
+            .token_client(&redirect_uri)?
+            .ok_or_else(|| ServiceError::internal("authorization code without token client"))?;
+        self.inner
+            .outbound
+            .check_url(&client.token_url)
+            .map_err(|e| {
+                ServiceError::InvalidSettings(vec![crate::FieldError::new(
+                    "token_url",
+                    e.to_string(),
+                )])
+            })?;
+        let scopes = resolved.render(&a.scopes, None)?;
+        let mut extra = BTreeMap::new();
+        for (k, v) in &a.authorize_params {
+            extra.insert(k.clone(), resolved.render(v, None)?);
+        }
+        let expected_issuer = match &a.issuer {
+            Some(i) => Some(resolved.render(i, None)?),
+            None => None,
+        };
+        let url = switchboard_auth::authorize_url(&switchboard_auth::AuthorizeRequest {
+            authorize_url: &authorize_endpoint,
+            client_id: &client.client_id,
+            redirect_uri: &redirect_uri,
+            scopes: &scopes,
+            state: &state,
+            code_challenge: &pkce.challenge,
+            extra: &extra,
+        })
+        .map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+                "authorize_url",
+                e.to_string(),
+            )])
+        })?;
+        let now = now_ms();
+        let verifier = self.inner.crypto.encrypt(
+            pkce.verifier.expose_secret().as_bytes(),
+            format!("state:{state_hash}:verifier").as_bytes(),
+        );
+        let row = NewOAuthState {
+            state_hash,
+            install_id: install_id.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            verifier,
+            token_url: client.token_url.to_string(),
+            redirect_uri,
+            expected_issuer,
+            return_url: return_url.map(str::to_owned),
+            expires_at: now + (self.inner.settings.oauth.state_ttl_secs as i64) * 1000,
+            created_at: now,
+        };
+        self.inner
+            .db
+            .run(move |conn| {
+                oauth_states::purge_expired(conn, now)?;
+                oauth_states::insert(conn, &row)
+            })
+            .await?;
+        Ok(url.to_string())
+    }
+
+    /// `POST .../authorize`: a new authorize URL for an existing authorization-code install.
+    pub async fn authorize_install(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+        install_id: &str,
+        input: AuthorizeIn,
+    ) -> Result<String, ServiceError> {
+        let row = self.find_install(t, account_id, install_id).await?;
+        if let Some(r) = &input.return_url {
+            let prefixes = self.tenant_return_prefixes(t).await?;
+            self.check_return_url(&prefixes, r)?;
+        }
+        let return_url = input.return_url.or(row.return_url.clone());
+        let resolved = self.resolve_row(&row).await?;
+        if return_url != row.return_url {
+            let (tenant, acc, id, r) = (
+                row.tenant_id.clone(),
+                row.account_id.clone(),
+                row.id.clone(),
+                return_url.clone(),
+            );
+            self.inner
+                .db
+                .run(move |conn| {
+                    installs::set_return_url(conn, &tenant, &acc, &id, r.as_deref(), now_ms())
+                })
+                .await?;
+        }
+        self.begin_authorization(&row.tenant_id, &row.id, &resolved, return_url.as_deref())
+            .await
+    }
+
+    /// Resolves a stored install row (decrypting its overrides).
+    pub(crate) async fn resolve_row(
+        &self,
+        row: &switchboard_db::Install,
+    ) -> Result<Resolved, ServiceError> {
+        let connector = self.connector(&row.connector_id)?;
+        let kind = AuthKind::parse(&row.auth_type)
+            .ok_or_else(|| ServiceError::internal("stored auth type is unknown"))?;
+        let auth = connector
+            .def
+            .auth
+            .iter()
+            .find(|a| a.kind() == kind)
+            .cloned()
+            .ok_or_else(|| {
+                ServiceError::UnsupportedAuthType(
+                    "the connector no longer supports this install's auth type".into(),
+                )
+            })?;
+        let overrides = settings::open(
+            &self.inner.crypto,
+            &row.settings,
+            &settings::install_aad(&row.id),
+        )?;
+        self.resolve(&row.tenant_id, connector, auth, &overrides)
+            .await
+    }
+
+    pub(crate) async fn find_install(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+        install_id: &str,
+    ) -> Result<switchboard_db::Install, ServiceError> {
+        if !valid_external_id(account_id) || !valid_external_id(install_id) {
+            return Err(ServiceError::NotFound("install not found".into()));
+        }
+        let (tenant, acc, id) = (
+            t.tenant_id.clone(),
+            account_id.to_owned(),
+            install_id.to_owned(),
+        );
+        self.inner
+            .db
+            .run(move |conn| installs::find(conn, &tenant, &acc, &id))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("install not found".into()))
+    }
+
+    fn install_out(&self, row: switchboard_db::Install) -> InstallOut {
+        let overrides = self
+            .connector(&row.connector_id)
+            .ok()
+            .and_then(|c| {
+                settings::open(
+                    &self.inner.crypto,
+                    &row.settings,
+                    &settings::install_aad(&row.id),
+                )
+                .ok()
+                .map(|v| settings::masked(&c.def, &v))
+            })
+            .unwrap_or(Value::Object(Map::new()));
+        InstallOut {
+            scopes: row
+                .scopes
+                .as_deref()
+                .map(|s| s.split_whitespace().map(str::to_owned).collect()),
+            expires_at: row.token_expires_at.map(ms_to_rfc3339),
+            context: row
+                .context
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
+            last_error: row.last_error,
+            last_refresh_at: row.last_refresh_at.map(ms_to_rfc3339),
+            last_refresh_error: row.last_refresh_error,
+            settings: overrides,
+            return_url: row.return_url,
+            created_at: ms_to_rfc3339(row.created_at),
+            updated_at: ms_to_rfc3339(row.updated_at),
+            id: row.id,
+            account: row.account_id,
+            connector: row.connector_id,
+            auth_type: row.auth_type,
+            status: row.status,
+        }
+    }
+
+    pub async fn get_install(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+        install_id: &str,
+    ) -> Result<InstallOut, ServiceError> {
+        let row = self.find_install(t, account_id, install_id).await?;
+        Ok(self.install_out(row))
+    }
+
+    pub async fn list_installs(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+    ) -> Result<Vec<InstallOut>, ServiceError> {
+        let account = self.find_account(t, account_id).await?;
+        let (tenant, acc) = (t.tenant_id.clone(), account.id);
+        let rows = self
+            .inner
+            .db
+            .run(move |conn| installs::list(conn, &tenant, &acc))
+            .await?;
+        Ok(rows.into_iter().map(|r| self.install_out(r)).collect())
+    }
+
+    /// Revokes the install's tokens at the provider where the connector declares revocation
+    /// (a failure is logged, never keeps the install alive), then erases the install with its
+    /// tokens, secrets and pending authorization states.
+    pub async fn delete_install(
+        &self,
+        t: &TenantCtx,
+        account_id: &str,
+        install_id: &str,
+    ) -> Result<(), ServiceError> {
+        let row = self.find_install(t, account_id, install_id).await?;
+        if let Err(e) = self.revoke_upstream(&row).await {
+            tracing::warn!(install = %row.id, error = %e, "token revocation failed; erasing the install anyway");
+        }
+        let (tenant, acc, id) = (
+            row.tenant_id.clone(),
+            row.account_id.clone(),
+            row.id.clone(),
+        );
+        self.inner
+            .db
+            .run(move |conn| {
+                oauth_states::delete_for_install(conn, &id)?;
+                installs::delete(conn, &tenant, &acc, &id)
+            })
+            .await?;
+        self.inner.installs.remove(&row.id);
+        Ok(())
+    }
+
+    async fn revoke_upstream(&self, row: &switchboard_db::Install) -> Result<(), ServiceError> {
+        let resolved = self.resolve_row(row).await?;
+        let Some(url) = resolved.revocation_url()? else {
+            return Ok(());
+        };
+        let Some(client) = resolved.token_client(&self.inner.redirect_uri)? else {
+            return Ok(());
+        };
+        self.inner
+            .outbound
+            .check_url(&url)
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
+        let tokens = crate::tokens::open_tokens(&self.inner.crypto, row)?;
+        let http = self.inner.outbound.client();
+        if let Some(rt) = &tokens.refresh {
+            client
+                .revoke(http, &url, rt, TokenTypeHint::RefreshToken)
+                .await
+                .map_err(|e| ServiceError::internal(e.to_string()))?;
+        }
+        if let Some(at) = &tokens.access {
+            client
+                .revoke(http, &url, at, TokenTypeHint::AccessToken)
+                .await
+                .map_err(|e| ServiceError::internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_prefix;
+
+    #[test]
+    fn return_url_prefixes_match_on_boundaries() {
+        assert!(matches_prefix(
+            "https://a.example/done",
+            "https://a.example/"
+        ));
+        assert!(matches_prefix(
+            "https://a.example/done",
+            "https://a.example"
+        ));
+        assert!(matches_prefix("https://a.example?x=1", "https://a.example"));
+        assert!(!matches_prefix(
+            "https://a.example.evil.com/",
+            "https://a.example"
+        ));
+        assert!(!matches_prefix("https://a.examplex/", "https://a.example"));
+        assert!(matches_prefix(
+            "https://a.example/app/x",
+            "https://a.example/app"
+        ));
+        assert!(!matches_prefix(
+            "https://a.example/appx",
+            "https://a.example/app"
+        ));
+    }
+}

@@ -1,0 +1,289 @@
+//! Tenants and their API keys. A key is `sbk_<public id>_<secret>`; only its SHA-256 is stored
+//! (the secret has 256 bits of entropy, so a fast hash is enough), the plaintext is shown once.
+//! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read.
+
+use crate::{ServiceError, Services, TenantCtx};
+use diesel::Connection;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use switchboard_core::{ms_to_rfc3339, now_ms, random_token, valid_external_id, IdKind};
+use switchboard_db::repo::{api_keys, tenants};
+use switchboard_db::{NewApiKey, NewTenant};
+
+const KEY_PREFIX: &str = "sbk_";
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyOut {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyCreated {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: String,
+    /// The plaintext key: returned once, never stored.
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantCreated {
+    pub tenant: String,
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantOut {
+    pub id: String,
+    pub name: String,
+    pub allowed_return_urls: Vec<String>,
+    pub created_at: String,
+}
+
+fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A new key: the id's random part doubles as the public part of the plaintext, so logs and
+/// audit can name a key (`key_…` or its `prefix`) without the secret.
+fn mint_key() -> (String, String, String) {
+    let id = IdKind::ApiKey.generate();
+    let public = &id[4..];
+    let plaintext = format!("{KEY_PREFIX}{public}_{}", random_token(32));
+    let prefix = format!("{KEY_PREFIX}{}", &public[..8]);
+    (id, plaintext, prefix)
+}
+
+pub(crate) struct KeyCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<String, (TenantCtx, Instant)>>,
+}
+
+impl KeyCache {
+    pub fn new(ttl_ms: u64) -> Self {
+        Self {
+            ttl: Duration::from_millis(ttl_ms),
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<TenantCtx> {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        map.get(hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(ctx, _)| ctx.clone())
+    }
+
+    fn put(&self, hash: String, ctx: TenantCtx) {
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (_, at)| at.elapsed() < self.ttl);
+        }
+        map.insert(hash, (ctx, Instant::now()));
+    }
+
+    fn forget_key(&self, key_id: &str) {
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (ctx, _)| ctx.key_id != key_id);
+    }
+}
+
+fn validate_name(name: &str, what: &str) -> Result<String, ServiceError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "{what} must be 1 to 200 printable characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+impl Services {
+    /// Creates a tenant and its first API key (the CLI's `tenant create`).
+    pub async fn create_tenant(&self, name: &str) -> Result<TenantCreated, ServiceError> {
+        let name = validate_name(name, "tenant name")?;
+        let tenant_id = IdKind::Tenant.generate();
+        let (key_id, plaintext, prefix) = mint_key();
+        let now = now_ms();
+        let key_hash = hash_key(&plaintext);
+        let (t, k) = (tenant_id.clone(), key_id);
+        self.inner
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    tenants::insert(
+                        conn,
+                        &NewTenant {
+                            id: t.clone(),
+                            name,
+                            allowed_return_urls: "[]".into(),
+                            created_at: now,
+                        },
+                    )?;
+                    api_keys::insert(
+                        conn,
+                        &NewApiKey {
+                            id: k,
+                            tenant_id: t,
+                            name: "initial".into(),
+                            prefix,
+                            key_hash: key_hash.clone(),
+                            created_at: now,
+                        },
+                    )
+                })
+            })
+            .await?;
+        Ok(TenantCreated {
+            tenant: tenant_id,
+            api_key: plaintext,
+        })
+    }
+
+    /// Resolves a bearer API key to its tenant. Unknown, malformed and revoked keys all answer
+    /// the same `None`, in constant work per request after the first lookup.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<TenantCtx>, ServiceError> {
+        if !presented.starts_with(KEY_PREFIX) || presented.len() > 200 {
+            return Ok(None);
+        }
+        let hash = hash_key(presented);
+        if let Some(ctx) = self.inner.keys.get(&hash) {
+            return Ok(Some(ctx));
+        }
+        let h = hash.clone();
+        let now = now_ms();
+        let found = self
+            .inner
+            .db
+            .run(move |conn| {
+                let key = api_keys::find_active_by_hash(conn, &h)?;
+                if let Some(k) = &key {
+                    api_keys::touch_last_used(conn, std::slice::from_ref(&k.id), now)?;
+                }
+                Ok(key)
+            })
+            .await?;
+        Ok(found.map(|k| {
+            let ctx = TenantCtx {
+                tenant_id: k.tenant_id,
+                key_id: k.id,
+            };
+            self.inner.keys.put(hash, ctx.clone());
+            ctx
+        }))
+    }
+
+    pub async fn create_api_key(
+        &self,
+        t: &TenantCtx,
+        name: &str,
+    ) -> Result<ApiKeyCreated, ServiceError> {
+        let name = validate_name(name, "name")?;
+        let (id, plaintext, prefix) = mint_key();
+        let now = now_ms();
+        let row = NewApiKey {
+            id: id.clone(),
+            tenant_id: t.tenant_id.clone(),
+            name: name.clone(),
+            prefix: prefix.clone(),
+            key_hash: hash_key(&plaintext),
+            created_at: now,
+        };
+        self.inner
+            .db
+            .run(move |conn| api_keys::insert(conn, &row))
+            .await?;
+        Ok(ApiKeyCreated {
+            id,
+            name,
+            prefix,
+            created_at: ms_to_rfc3339(now),
+            api_key: plaintext,
+        })
+    }
+
+    pub async fn list_api_keys(&self, t: &TenantCtx) -> Result<Vec<ApiKeyOut>, ServiceError> {
+        let tenant = t.tenant_id.clone();
+        let rows = self
+            .inner
+            .db
+            .run(move |conn| api_keys::list(conn, &tenant))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|k| ApiKeyOut {
+                id: k.id,
+                name: k.name,
+                prefix: k.prefix,
+                created_at: ms_to_rfc3339(k.created_at),
+                last_used_at: k.last_used_at.map(ms_to_rfc3339),
+            })
+            .collect())
+    }
+
+    /// Revokes a key at once on this replica (and within the cache TTL on the others).
+    pub async fn revoke_api_key(&self, t: &TenantCtx, id: &str) -> Result<(), ServiceError> {
+        if !valid_external_id(id) {
+            return Err(ServiceError::NotFound("API key not found".into()));
+        }
+        let (tenant, key) = (t.tenant_id.clone(), id.to_owned());
+        let revoked = self
+            .inner
+            .db
+            .run(move |conn| api_keys::revoke(conn, &tenant, &key, now_ms()))
+            .await?;
+        self.inner.keys.forget_key(id);
+        if revoked {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound("API key not found".into()))
+        }
+    }
+
+    pub async fn get_tenant(&self, t: &TenantCtx) -> Result<TenantOut, ServiceError> {
+        let tenant = t.tenant_id.clone();
+        let row = self
+            .inner
+            .db
+            .run(move |conn| tenants::find(conn, &tenant))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("tenant not found".into()))?;
+        Ok(TenantOut {
+            allowed_return_urls: serde_json::from_str(&row.allowed_return_urls).unwrap_or_default(),
+            id: row.id,
+            name: row.name,
+            created_at: ms_to_rfc3339(row.created_at),
+        })
+    }
+
+    /// Replaces the tenant's own list of allowed `return_url` prefixes.
+    pub async fn set_allowed_return_urls(
+        &self,
+        t: &TenantCtx,
+        prefixes: Vec<String>,
+    ) -> Result<TenantOut, ServiceError> {
+        if prefixes.len() > 50 {
+            return Err(ServiceError::InvalidRequest(
+                "at most 50 return URL prefixes".into(),
+            ));
+        }
+        for p in &prefixes {
+            crate::installs::validate_return_prefix(p)?;
+        }
+        let tenant = t.tenant_id.clone();
+        let json = serde_json::to_string(&prefixes).map_err(ServiceError::internal)?;
+        self.inner
+            .db
+            .run(move |conn| tenants::set_allowed_return_urls(conn, &tenant, &json))
+            .await?;
+        self.get_tenant(t).await
+    }
+}

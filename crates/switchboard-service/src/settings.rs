@@ -1,0 +1,167 @@
+//! Connector settings as stored: validated and normalised against the connector's declared
+//! fields, secret values sealed with AES-256-GCM (AAD = owner + field), masked in responses.
+
+use crate::error::{FieldError, ServiceError};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use switchboard_connector::ConnectorDef;
+use switchboard_crypto::KeyRing;
+
+/// Who provides a settings map: the tenant's connector setup or one install's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Setup,
+    Install,
+}
+
+/// Validates and normalises a settings object from an API body. Every problem is reported at
+/// once; values are never echoed back (they may be secrets).
+pub fn validate_input(
+    def: &ConnectorDef,
+    input: &Map<String, Value>,
+    layer: Layer,
+) -> Result<BTreeMap<String, String>, ServiceError> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (key, value) in input {
+        let Some(field) = def.settings.iter().find(|s| &s.key == key) else {
+            errors.push(FieldError::new(key, "unknown setting for this connector"));
+            continue;
+        };
+        if layer == Layer::Install && !field.install_override {
+            errors.push(FieldError::new(
+                key,
+                "this setting belongs to the connector setup and cannot be overridden per install",
+            ));
+            continue;
+        }
+        match field.validate_value(value) {
+            Ok(v) => {
+                out.insert(key.clone(), v);
+            }
+            Err(message) => errors.push(FieldError::new(key, message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ServiceError::InvalidSettings(errors))
+    }
+}
+
+/// Serialises settings for storage: plain values as strings, secret values as
+/// `{"enc":"<base64 ciphertext>"}` bound to `{aad_prefix}:{key}`.
+pub fn seal(
+    crypto: &KeyRing,
+    def: &ConnectorDef,
+    values: &BTreeMap<String, String>,
+    aad_prefix: &str,
+) -> String {
+    let mut map = Map::new();
+    for (key, value) in values {
+        let secret = def.settings.iter().any(|s| &s.key == key && s.secret);
+        let stored = if secret {
+            let aad = format!("{aad_prefix}:{key}");
+            let blob = crypto.encrypt(value.as_bytes(), aad.as_bytes());
+            json!({ "enc": base64::engine::general_purpose::STANDARD.encode(blob) })
+        } else {
+            Value::String(value.clone())
+        };
+        map.insert(key.clone(), stored);
+    }
+    Value::Object(map).to_string()
+}
+
+/// Reverses [`seal`].
+pub fn open(
+    crypto: &KeyRing,
+    stored: &str,
+    aad_prefix: &str,
+) -> Result<BTreeMap<String, String>, ServiceError> {
+    let map: Map<String, Value> = serde_json::from_str(stored)
+        .map_err(|_| ServiceError::internal("stored settings are not a JSON object"))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        let plain = match value {
+            Value::String(s) => s,
+            Value::Object(o) => {
+                let b64 = o
+                    .get("enc")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ServiceError::internal("stored secret has no ciphertext"))?;
+                let blob = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| ServiceError::internal("stored secret is not base64"))?;
+                let aad = format!("{aad_prefix}:{key}");
+                let bytes = crypto.decrypt(&blob, aad.as_bytes())?;
+                String::from_utf8(bytes)
+                    .map_err(|_| ServiceError::internal("stored secret is not UTF-8"))?
+            }
+            _ => {
+                return Err(ServiceError::internal(
+                    "stored setting has an unexpected type",
+                ))
+            }
+        };
+        out.insert(key, plain);
+    }
+    Ok(out)
+}
+
+/// Re-encrypts every sealed value under the primary key (used by `keys rotate`).
+/// Returns `None` when nothing needed re-encryption.
+pub fn reseal(
+    crypto: &KeyRing,
+    stored: &str,
+    aad_prefix: &str,
+) -> Result<Option<String>, ServiceError> {
+    let mut map: Map<String, Value> = serde_json::from_str(stored)
+        .map_err(|_| ServiceError::internal("stored settings are not a JSON object"))?;
+    let mut changed = false;
+    for (key, value) in map.iter_mut() {
+        if let Value::Object(o) = value {
+            let Some(b64) = o.get("enc").and_then(Value::as_str) else {
+                continue;
+            };
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ServiceError::internal("stored secret is not base64"))?;
+            if !crypto.needs_reencrypt(&blob) {
+                continue;
+            }
+            let aad = format!("{aad_prefix}:{key}");
+            let plain = crypto.decrypt(&blob, aad.as_bytes())?;
+            let fresh = crypto.encrypt(&plain, aad.as_bytes());
+            *value = json!({ "enc": base64::engine::general_purpose::STANDARD.encode(fresh) });
+            changed = true;
+        }
+    }
+    Ok(changed.then(|| Value::Object(map).to_string()))
+}
+
+/// The API view of settings: secret values replaced by `{"set":true}`.
+pub fn masked(def: &ConnectorDef, values: &BTreeMap<String, String>) -> Value {
+    let mut map = Map::new();
+    for (key, value) in values {
+        let secret = def.settings.iter().any(|s| &s.key == key && s.secret);
+        map.insert(
+            key.clone(),
+            if secret {
+                json!({ "set": true })
+            } else {
+                Value::String(value.clone())
+            },
+        );
+    }
+    Value::Object(map)
+}
+
+/// AAD owner prefixes, so a ciphertext copied to another row or field fails to decrypt.
+pub fn setup_aad(tenant_id: &str, connector_id: &str) -> String {
+    format!("setup:{tenant_id}:{connector_id}")
+}
+
+pub fn install_aad(install_id: &str) -> String {
+    format!("install:{install_id}")
+}

@@ -1,0 +1,45 @@
+//! The operator commands of API.md: `serve`, `migrate`, `tenant create`, `connectors validate`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Multi-tenant integration connector host"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the database if needed, load connectors/, serve HTTP.
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Tenant administration.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Connector definition tools.
+    Connectors {
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints {"tenant":..,"api_key":..} on stdout (the key is shown once).
+    Create { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectorsCommand {
+    /// Check every connector file; exit 1 with file:line: message per problem.
+    Validate { dir: Option<PathBuf> },
+}

@@ -1,0 +1,89 @@
+use clap::Parser;
+use std::process::ExitCode;
+use switchboard::cli::{Cli, Command, ConnectorsCommand, TenantCommand};
+use switchboard::{telemetry, Application};
+use switchboard_config::Settings;
+use switchboard_service::Services;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Connectors {
+        command: ConnectorsCommand::Validate { dir },
+    } = &cli.command
+    {
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| settings.connectors.dir.clone());
+        return match switchboard_connector::load_dir(&dir) {
+            Ok(catalog) => {
+                println!(
+                    "{}: {} connector(s) valid",
+                    dir.display(),
+                    catalog.iter().count()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(diags) => {
+                for d in diags {
+                    println!("{d}");
+                }
+                ExitCode::from(1)
+            }
+        };
+    }
+    telemetry::init(&settings);
+    actix_web::rt::System::new().block_on(async move {
+        match run(cli.command, settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(command: Command, settings: Settings) -> Result<(), String> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                port = app.port(),
+                database = %app.services().settings().database_url_redacted(),
+                "switchboard listening"
+            );
+            app.run_until_stopped().await.map_err(|e| e.to_string())
+        }
+        Command::Migrate => {
+            let services = Services::build(settings).map_err(|e| e.to_string())?;
+            let applied = services.migrate().await.map_err(|e| e.to_string())?;
+            eprintln!("{} migration(s) applied", applied.len());
+            Ok(())
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { name },
+        } => {
+            let services = Services::build(settings).map_err(|e| e.to_string())?;
+            services.migrate().await.map_err(|e| e.to_string())?;
+            let created = services
+                .create_tenant(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string(&created).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::Connectors { .. } => Ok(()),
+    }
+}
