@@ -195,6 +195,12 @@ impl Settings {
         if self.upstream.max_pages == 0 {
             return invalid("upstream.max_pages", "must be at least 1".into());
         }
+        if self.tokens.lease_ttl_ms <= self.upstream.request_timeout_ms {
+            return invalid(
+                "tokens.lease_ttl_ms",
+                "must exceed upstream.request_timeout_ms (a refresh must end before its lease can be taken over)".into(),
+            );
+        }
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty".into());
         }
@@ -310,6 +316,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("server.public_url"), "{err}");
+        let err = Settings::load_from(
+            dir.path(),
+            env(&[("SWITCHBOARD__TOKENS__LEASE_TTL_MS", "30000")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tokens.lease_ttl_ms"), "{err}");
     }
 
     #[test]
