@@ -131,14 +131,54 @@ pub(crate) fn path_config() -> actix_web::web::PathConfig {
     })
 }
 
-/// serde messages name fields and types; cut anything that could echo a long value.
+/// serde messages name fields (in backticks) and types, but also quote the offending string
+/// value (`invalid type: string "...", expected a map`), which may be a secret pasted into the
+/// wrong field: quoted values are replaced by `"…"`, control characters dropped, length capped.
 fn sanitize(s: &str) -> String {
-    let s: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
-    s
+    let mut out = String::with_capacity(s.len().min(200));
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            // Skip to the closing quote of the Debug-escaped value.
+            let mut escaped = false;
+            for v in chars.by_ref() {
+                match (escaped, v) {
+                    (false, '\\') => escaped = true,
+                    (false, '"') => break,
+                    _ => escaped = false,
+                }
+            }
+            out.push_str("\"…\"");
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out.chars().take(200).collect()
 }
 
+/// Requests no route takes. A known path with an unsupported verb is 405 with `Allow`
+/// (RFC 9110 §15.5.6), anything else 404. Routes carry method guards, so actix itself never
+/// answers 405; the verbs come from the operation table the OpenAPI document is built from.
 pub(crate) async fn not_found_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let _ = req;
+    if let Some(pattern) = req.match_pattern() {
+        let allow: Vec<String> = crate::openapi::OPERATIONS
+            .iter()
+            .filter(|op| op.1 == pattern)
+            .map(|op| op.0.to_ascii_uppercase())
+            .collect();
+        if !allow.is_empty() {
+            let allow = allow.join(", ");
+            let mut res = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("this route accepts {allow}"),
+            )
+            .error_response();
+            if let Ok(v) = header::HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            return Ok(res);
+        }
+    }
     Err(ApiError::new(ErrorCode::NotFound, "no such route"))
 }
 
@@ -151,5 +191,24 @@ pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
             ErrorCode::InvalidId,
             "ids are 1 to 64 characters of A-Z a-z 0-9 _ . - and do not start with '.'",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn sanitize_drops_quoted_values_and_keeps_field_names() {
+        assert_eq!(
+            sanitize(r#"invalid type: string "s3cr\"et", expected a map at line 1 column 9"#),
+            r#"invalid type: string "…", expected a map at line 1 column 9"#
+        );
+        assert_eq!(
+            sanitize("unknown field `colour`, expected `name`"),
+            "unknown field `colour`, expected `name`"
+        );
+        assert_eq!(sanitize("a\nb"), "ab");
+        assert_eq!(sanitize(&"x".repeat(500)).len(), 200);
     }
 }
