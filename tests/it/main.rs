@@ -6,3 +6,5 @@ mod support;
 
 mod api_basics;
 mod foundation;
+mod methods;
+mod oauth_flows;

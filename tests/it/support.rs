@@ -156,6 +156,10 @@ impl TestApp {
             db_url,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // Drop idle connections well before the server's 5 s keep-alive closes them, so
+                // a request is never sent on a connection the server is closing at that moment
+                // (hyper `IncompleteMessage` on a loaded machine).
+                .pool_idle_timeout(std::time::Duration::from_secs(2))
                 .build()
                 .unwrap(),
             services,
@@ -278,4 +282,58 @@ pub fn assert_problem(status: StatusCode, body: &Value, want_status: u16, want_c
         body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(),
         "{body}"
     );
+}
+
+/// In-memory copy of what Switchboard logs (`switchboard*` targets at TRACE, everything else at
+/// WARN), captured by ONE global subscriber installed on first use and shared by every test of
+/// this binary (so it may also hold other tests' lines). For "never in the logs" assertions;
+/// prove the capture is live by also asserting something your test did get logged.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    pub fn text(&self) -> String {
+        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+pub struct LogCaptureWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCaptureWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
+    type Writer = LogCaptureWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogCaptureWriter(self.0.clone())
+    }
+}
+
+/// The process-wide log capture (installed as the global tracing subscriber on first call;
+/// panics if something else already installed one).
+pub fn log_capture() -> LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = LogCapture::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn,switchboard=trace"))
+                .with_writer(capture.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect(
+                "another global tracing subscriber is installed; use support::log_capture()",
+            );
+            capture
+        })
+        .clone()
 }

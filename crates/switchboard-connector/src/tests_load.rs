@@ -90,6 +90,16 @@ fn base_fixture_is_valid() {
 }
 
 #[test]
+fn public_authorization_code_client_is_valid() {
+    let src = mutate(
+        "client_secret = \"{{settings.client_secret}}\"\n\n[[methods]]",
+        "client_auth = \"none\"\n\n[[methods]]",
+    );
+    let d = diags(&src);
+    assert!(d.is_empty(), "{}", show(&d));
+}
+
+#[test]
 fn shipped_connectors_load_clean() {
     let catalog = match load_dir(&repo_connectors()) {
         Ok(c) => c,

@@ -460,6 +460,8 @@ impl Checker<'_> {
                 at.key("client_secret"),
                 "client_auth = \"none\" (public client) must not declare a client_secret",
             ),
+            // A public authorization-code client: PKCE only, no secret.
+            (ClientAuth::None, None) if public_allowed => {}
             (ClientAuth::None, _) => self.issue(
                 at.key("client_auth"),
                 "client credentials need client authentication: use client_secret_basic or client_secret_post",

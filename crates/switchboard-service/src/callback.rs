@@ -138,6 +138,8 @@ impl Services {
                 "The EHR is connected. You can close this page and return to the application.",
             ),
             Err(msg) => {
+                // `msg` is built from scrubbed AuthError text: no code, verifier or token.
+                tracing::warn!(install = %install.id, error = %msg, "callback: token exchange failed");
                 self.record_error(&install.id, &msg).await;
                 finish(&current, Some("token_exchange_failed"), "The EHR accepted the sign-in but the token exchange failed. Start the connection again; if it keeps failing, contact the application's support.")
             }

@@ -346,9 +346,21 @@ impl Services {
                 Ok(out) => return Ok(out.to_response_body()),
                 Err(EngineError::Unauthorized) if round == 0 && attempt.can_refresh() => {
                     tracing::info!(install = %attempt.id, "upstream answered 401; refreshing once");
-                    attempt = self
+                    let refreshed = self
                         .refresh_install(&attempt.id, attempt.token_version)
                         .await?;
+                    if refreshed.token_version == attempt.token_version {
+                        // No new token (the token endpoint failed transiently and the refresh
+                        // kept the current one): resending the refused token is pointless, and
+                        // the install is not at fault, so never ask for re-authorization.
+                        return Err(ServiceError::Upstream {
+                            code: ErrorCode::UpstreamUnavailable,
+                            detail: "the EHR rejected the access token and its token endpoint did not issue a new one; retry later".into(),
+                            retry_after_secs: Some(5),
+                            issues: vec![],
+                        });
+                    }
+                    attempt = refreshed;
                 }
                 Err(e) => return Err(engine_error(e)),
             }
