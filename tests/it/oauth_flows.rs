@@ -936,6 +936,9 @@ async fn unknown_state(backend: Backend) {
         "state=&code=some-code-value",
         "error=access_denied",
         "",
+        // Malformed or duplicated parameters still get the HTML page, never JSON.
+        "state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&state=BBBBBBBBBBBBBBBBBBBBBB&code=x",
+        "state=%zz&code=%&&==",
     ] {
         land(app, &format!("{}?{q}", callback_url(app)))
             .await

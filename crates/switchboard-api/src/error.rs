@@ -149,12 +149,30 @@ fn sanitize(s: &str) -> String {
                 }
             }
             out.push_str("\"…\"");
+        } else if c == '`' && VALUE_KINDS.iter().any(|k| out.ends_with(k)) {
+            // serde renders non-string values (`integer `200001``) in backticks; field names
+            // also use backticks but never follow these words.
+            for v in chars.by_ref() {
+                if v == '`' {
+                    break;
+                }
+            }
+            out.push_str("`…`");
         } else if !c.is_control() {
             out.push(c);
         }
     }
     out.chars().take(200).collect()
 }
+
+/// Words serde puts before a backtick-quoted VALUE (as opposed to a field name).
+const VALUE_KINDS: &[&str] = &[
+    "integer ",
+    "floating point ",
+    "boolean ",
+    "character ",
+    "variant ",
+];
 
 /// Requests no route takes. A known path with an unsupported verb is 405 with `Allow`
 /// (RFC 9110 §15.5.6), anything else 404. Routes carry method guards, so actix itself never
@@ -207,6 +225,18 @@ mod tests {
         assert_eq!(
             sanitize("unknown field `colour`, expected `name`"),
             "unknown field `colour`, expected `name`"
+        );
+        assert_eq!(
+            sanitize("invalid type: integer `200001`, expected a string"),
+            "invalid type: integer `…`, expected a string"
+        );
+        assert_eq!(
+            sanitize("invalid type: floating point `1.5`, expected u32"),
+            "invalid type: floating point `…`, expected u32"
+        );
+        assert_eq!(
+            sanitize("unknown variant `secretish`, expected `a` or `b`"),
+            "unknown variant `…`, expected `a` or `b`"
         );
         assert_eq!(sanitize("a\nb"), "ab");
         assert_eq!(sanitize(&"x".repeat(500)).len(), 200);

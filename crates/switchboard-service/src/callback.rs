@@ -183,7 +183,11 @@ impl Services {
             )
             .await
             .map_err(|e| format!("token exchange failed: {e}"))?;
-        let sealed = crate::tokens::seal_tokens(&self.inner.crypto, &install.id, &tokens);
+        let mut sealed = crate::tokens::seal_tokens(&self.inner.crypto, &install.id, &tokens);
+        if sealed.scopes.is_none() {
+            // RFC 6749 §5.1: an omitted scope means exactly the requested scope was granted.
+            sealed.scopes = resolved.requested_scopes().ok().filter(|s| !s.is_empty());
+        }
         let now = now_ms();
         // A concurrent refresh may bump the version; retry the fenced write on the latest one.
         let mut version = install.token_version;

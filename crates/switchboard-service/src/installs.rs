@@ -129,6 +129,15 @@ impl Resolved {
         }))
     }
 
+    /// The scopes this install's auth type requests, rendered.
+    pub fn requested_scopes(&self) -> Result<String, ServiceError> {
+        match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => self.render(&a.scopes, None),
+            AuthDef::Oauth2ClientCredentials(c) => self.render(&c.scopes, None),
+            AuthDef::StaticBearer(_) => Ok(String::new()),
+        }
+    }
+
     pub fn revocation_url(&self) -> Result<Option<Url>, ServiceError> {
         let t = match &self.auth {
             AuthDef::Oauth2AuthorizationCode(a) => a.revocation_url.as_ref(),
@@ -334,7 +343,8 @@ impl Services {
                     access_token: sealed.access,
                     refresh_token: sealed.refresh,
                     expires_at: sealed.expires_at,
-                    scopes: sealed.scopes,
+                    // RFC 6749 §5.1: an omitted scope means the requested scope was granted.
+                    scopes: sealed.scopes.or(Some(scopes).filter(|s| !s.is_empty())),
                     context: sealed.context,
                     status: InstallStatus::Authorized,
                     last_error: None,

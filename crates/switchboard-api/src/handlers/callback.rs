@@ -3,9 +3,29 @@ use actix_web::{web, HttpResponse};
 use switchboard_service::callback::{CallbackIn, CallbackOutcome, ResultPage};
 use switchboard_service::Services;
 
+/// The callback's query, parsed leniently: a person's browser lands here, so even a malformed
+/// query gets the HTML result page (never JSON). The first occurrence of a parameter wins.
+fn parse_query(query: &str) -> CallbackIn {
+    let mut q = CallbackIn::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "code" => &mut q.code,
+            "state" => &mut q.state,
+            "error" => &mut q.error,
+            "error_description" => &mut q.error_description,
+            "iss" => &mut q.iss,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v.into_owned());
+        }
+    }
+    q
+}
+
 /// `GET /connector/callback`: the browser lands here after the EHR login.
-pub async fn callback(s: web::Data<Services>, q: web::Query<CallbackIn>) -> HttpResponse {
-    match s.handle_callback(q.into_inner()).await {
+pub async fn callback(s: web::Data<Services>, req: actix_web::HttpRequest) -> HttpResponse {
+    match s.handle_callback(parse_query(req.query_string())).await {
         CallbackOutcome::Redirect(url) => HttpResponse::Found()
             .insert_header((header::LOCATION, url))
             .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -53,4 +73,19 @@ h1{{font-size:1.4rem}}.meta{{color:#666;font-size:.9rem}}</style></head>\
         "default-src 'none'; style-src 'unsafe-inline'",
     ))
     .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn first_value_wins_and_unknown_params_are_ignored() {
+        let q = parse_query("state=a&state=b&code=c%2Fd&foo=bar&iss=https%3A%2F%2Fx");
+        assert_eq!(q.state.as_deref(), Some("a"));
+        assert_eq!(q.code.as_deref(), Some("c/d"));
+        assert_eq!(q.iss.as_deref(), Some("https://x"));
+        assert!(q.error.is_none());
+        assert!(parse_query("%zz=&&=").state.is_none());
+    }
 }
