@@ -8,3 +8,4 @@ mod api_basics;
 mod foundation;
 mod methods;
 mod oauth_flows;
+mod token_lifecycle;

@@ -129,6 +129,33 @@ pub(crate) struct TokenManager {
     wait_timeout: Duration,
     pub margin_max_ms: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed refresh attempt per install, shared with the callers that queued while it
+    /// ran: a token endpoint that is down is asked once per flight, not once per waiting call.
+    failures: Mutex<HashMap<String, Failure>>,
+}
+
+/// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
+#[derive(Clone)]
+struct Failure {
+    at: Instant,
+    version: i64,
+    unavailable: bool,
+    message: String,
+}
+
+impl Failure {
+    fn error(&self) -> ServiceError {
+        if self.unavailable {
+            ServiceError::Upstream {
+                code: ErrorCode::UpstreamUnavailable,
+                detail: "the EHR's token endpoint is unavailable; the install stays authorized, retry later".into(),
+                retry_after_secs: Some(5),
+                issues: vec![],
+            }
+        } else {
+            ServiceError::TokenExchangeFailed(self.message.clone())
+        }
+    }
 }
 
 impl TokenManager {
@@ -139,7 +166,38 @@ impl TokenManager {
             wait_timeout: Duration::from_millis(cfg.wait_timeout_ms),
             margin_max_ms: (cfg.refresh_margin_max_secs * 1000) as i64,
             locks: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn record_failure(&self, install_id: &str, failure: Failure) {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, f| f.at.elapsed() < Duration::from_secs(60));
+        }
+        map.insert(install_id.to_owned(), failure);
+    }
+
+    fn clear_failure(&self, install_id: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(install_id);
+    }
+
+    /// A failed attempt on `seen_version` (or later) that ended after `since`.
+    fn failure_since(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        since: Instant,
+    ) -> Option<Failure> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(install_id)
+            .filter(|f| f.at >= since && f.version >= seen_version)
+            .cloned()
     }
 
     fn lock_for(&self, install_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -192,13 +250,31 @@ impl Services {
         install_id: &str,
         seen_version: i64,
     ) -> Result<Arc<Prepared>, ServiceError> {
+        let queued_at = Instant::now();
         let lock = self.inner.tokens.lock_for(install_id);
         let _guard = lock.lock().await;
         // Someone in this process may have refreshed while we queued.
-        if let Some(p) = self.inner.installs.get_any(install_id) {
+        let cached = self.inner.installs.get_any(install_id);
+        if let Some(p) = &cached {
             if p.token_version > seen_version {
+                return Ok(p.clone());
+            }
+        }
+        // Or tried and failed while we queued: share that outcome (the still valid token, or
+        // the error) instead of asking the token endpoint again for every waiting call.
+        if let Some(f) = self
+            .inner
+            .tokens
+            .failure_since(install_id, seen_version, queued_at)
+        {
+            if let Some(p) = cached.filter(|p| {
+                p.token_version == f.version
+                    && p.bearer.is_some()
+                    && p.expires_at.is_some_and(|e| e > now_ms() + 1000)
+            }) {
                 return Ok(p);
             }
+            return Err(f.error());
         }
         let deadline = Instant::now() + self.inner.tokens.wait_timeout;
         let owner = self.inner.tokens.owner.clone();
@@ -332,6 +408,7 @@ impl Services {
                     // Fenced out: a newer version exists (our lease must have lapsed).
                     tracing::warn!(install = %row.id, "refresh result fenced out by a newer token version");
                 }
+                self.inner.tokens.clear_failure(&row.id);
                 tracing::info!(install = %row.id, rotated = tokens.refresh_token.is_some(), "install tokens refreshed");
                 Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)))
             }
@@ -360,22 +437,20 @@ impl Services {
                     .db
                     .run(move |conn| installs::set_refresh_error(conn, &id, &m, now))
                     .await?;
+                let failure = Failure {
+                    at: Instant::now(),
+                    version: row.token_version,
+                    unavailable: e.is_transient(),
+                    message,
+                };
+                self.inner.tokens.record_failure(&row.id, failure.clone());
                 // The current access token may still be valid (we refresh ahead of expiry).
                 if row.access_token.is_some()
                     && row.token_expires_at.is_some_and(|x| x > now + 1000)
                 {
                     return Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)));
                 }
-                Ok(Outcome::Failed(if e.is_transient() {
-                    ServiceError::Upstream {
-                        code: ErrorCode::UpstreamUnavailable,
-                        detail: "the EHR's token endpoint is unavailable; the install stays authorized, retry later".into(),
-                        retry_after_secs: Some(5),
-                        issues: vec![],
-                    }
-                } else {
-                    ServiceError::TokenExchangeFailed(message)
-                }))
+                Ok(Outcome::Failed(failure.error()))
             }
         }
     }

@@ -144,6 +144,12 @@ pub enum TokenFault {
     InvalidGrant,
     /// Wait, then handle the request normally.
     Delay(Duration),
+    /// Handle the request normally (a refresh token is rotated, tokens are issued), then hold
+    /// the answer this long: the client may time out or die after the provider committed, the
+    /// case where a rotated refresh token is lost unless the client is careful.
+    RespondAfter(Duration),
+    /// Wait, then answer with the inner fault (a slow failure, e.g. a 503 after 500 ms).
+    DelayThen(Duration, Box<TokenFault>),
     /// 200 `text/html`.
     NonJson,
     /// 200 JSON without `access_token` (nothing is consumed).
@@ -517,6 +523,11 @@ impl FakeOAuth {
         }
     }
 
+    /// Drops the token faults not used yet.
+    pub fn clear_token_faults(&self) {
+        self.shared.state().token_faults.clear();
+    }
+
     /// The next `n` revocation requests get this fault.
     pub fn fail_revoke_next(&self, n: usize, fault: TokenFault) {
         let mut s = self.shared.state();
@@ -821,7 +832,9 @@ fn token_fault_response(fault: &TokenFault) -> HttpResponse {
             StatusCode::OK,
             &json!({ "token_type": "Bearer", "expires_in": 3600, "scope": "openid" }),
         ),
-        TokenFault::Delay(_) => HttpResponse::InternalServerError().finish(),
+        TokenFault::Delay(_) | TokenFault::RespondAfter(_) | TokenFault::DelayThen(..) => {
+            HttpResponse::InternalServerError().finish()
+        }
     }
 }
 
@@ -981,6 +994,15 @@ fn form_request(req: &HttpRequest) -> Result<(), OAuthError> {
     Ok(())
 }
 
+/// Serves the waits of (nested) `DelayThen` faults; returns the fault left to apply.
+async fn delay_through(mut fault: Option<TokenFault>) -> Option<TokenFault> {
+    while let Some(TokenFault::DelayThen(d, inner)) = fault {
+        actix_web::rt::time::sleep(d).await;
+        fault = Some(*inner);
+    }
+    fault
+}
+
 async fn token(req: &HttpRequest, body: &[u8], shared: &Shared) -> HttpResponse {
     let fault = {
         let mut s = shared.state();
@@ -1000,15 +1022,22 @@ async fn token(req: &HttpRequest, body: &[u8], shared: &Shared) -> HttpResponse 
         }
         s.token_faults.pop_front()
     };
+    let fault = delay_through(fault).await;
+    let mut hold = None;
     match fault {
         None => {}
         Some(TokenFault::Delay(d)) => actix_web::rt::time::sleep(d).await,
+        Some(TokenFault::RespondAfter(d)) => hold = Some(d),
         Some(f) => return token_fault_response(&f),
     }
-    match token_inner(req, body, shared) {
+    let response = match token_inner(req, body, shared) {
         Ok(v) => json_no_store(StatusCode::OK, &v),
         Err(e) => e.response(),
+    };
+    if let Some(d) = hold {
+        actix_web::rt::time::sleep(d).await;
     }
+    response
 }
 
 fn token_inner(req: &HttpRequest, body: &[u8], shared: &Shared) -> Result<Value, OAuthError> {
@@ -1321,6 +1350,7 @@ async fn revoke(req: &HttpRequest, body: &[u8], shared: &Shared) -> HttpResponse
         }
         s.revoke_faults.pop_front()
     };
+    let fault = delay_through(fault).await;
     match fault {
         None => {}
         Some(TokenFault::Delay(d)) => actix_web::rt::time::sleep(d).await,
@@ -1772,6 +1802,42 @@ mod tests {
         )
         .await;
         assert_eq!((s, b["error"].as_str()), (400, Some("invalid_scope")));
+    }
+
+    #[tokio::test]
+    async fn respond_after_rotates_before_the_client_sees_it() {
+        let oauth = server();
+        let (code, verifier) = code_for(&oauth, SPECIAL_ID).await;
+        let (_, t0) = exchange_basic(&oauth, &code, &verifier).await;
+        let rt0 = t0["refresh_token"].as_str().unwrap().to_owned();
+        oauth.fail_token_next(1, TokenFault::RespondAfter(Duration::from_secs(5)));
+        oauth.fail_token_next(1, TokenFault::Status503);
+        oauth.clear_token_faults();
+        oauth.fail_token_next(1, TokenFault::RespondAfter(Duration::from_secs(5)));
+        let err = http()
+            .post(oauth.token_url())
+            .header("authorization", basic_header(SPECIAL_ID, SPECIAL_SECRET))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &rt0)])
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        // The provider rotated although the client never saw the new refresh token.
+        assert!(!oauth.is_refresh_token_valid(&rt0));
+        let (s, b) = refresh_basic(&oauth, &rt0).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid_grant")));
+        assert_eq!(oauth.refresh_request_count(), 2);
+
+        // A slow failure: the wait, then the inner fault.
+        oauth.fail_token_next(
+            1,
+            TokenFault::DelayThen(Duration::from_millis(300), Box::new(TokenFault::Status503)),
+        );
+        let started = Instant::now();
+        let (s, _) = refresh_basic(&oauth, &rt0).await;
+        assert_eq!(s, 503);
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]
