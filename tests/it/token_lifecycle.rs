@@ -994,7 +994,64 @@ async fn client_credentials_token_fetched_once(backend: Backend) {
     assert_eq!(got["last_refresh_error"], Value::Null, "{got}");
 }
 
+/// The background refresher keeps an idle install alive: with no method call at all, a token
+/// expiring within the horizon is refreshed once (rotating the refresh token), and a token far
+/// from expiry is left alone.
+async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.tokens.background_refresh_interval_secs = 1;
+        s.tokens.background_refresh_horizon_secs = 300;
+    })
+    .await;
+    let w = World::with_app(app, &[]).await;
+    let due = w.authorized_install("idle-due").await;
+    let later = w.authorized_install("idle-later").await;
+    let due_before = w.row(&due).await;
+    let later_before = w.row(&later).await;
+    let rt_before = w.stored_refresh_token(&due_before);
+    // Due: expires within the 300 s horizon. Later: an hour away.
+    w.set_times(&due, now_ms() + 120_000, None).await;
+    w.set_times(&later, now_ms() + 3_600_000, None).await;
+    let base_refreshes = w.oauth.refresh_request_count();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if w.row(&due).await.token_version > due_before.token_version {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background refresher did not refresh the idle install within 15 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let due_after = w.row(&due).await;
+    assert_eq!(due_after.status, "authorized");
+    assert!(
+        due_after.token_expires_at.unwrap() > now_ms() + 300_000,
+        "a fresh token"
+    );
+    assert_ne!(w.stored_refresh_token(&due_after), rt_before, "rotated");
+    assert!(w
+        .oauth
+        .is_refresh_token_valid(&w.stored_refresh_token(&due_after)));
+    assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
+    // Give the refresher two more passes: nothing else is due, so nothing else is refreshed.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
+    assert_eq!(
+        w.row(&later).await.token_version,
+        later_before.token_version,
+        "a token an hour from expiry is left alone"
+    );
+    // The refreshed install serves calls with its new token, no further refresh.
+    let (s, v) = w.call(&due).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
+}
+
 crate::both_backends! {
+    background_refresher => background_refresher_keeps_idle_installs_alive;
     thousand_concurrent_expired_calls => thousand_concurrent_calls_refresh_once;
     five_rotations => five_rotations_never_reuse_a_refresh_token;
     token_endpoint_503 => token_endpoint_503_is_transient;

@@ -240,15 +240,21 @@ impl Services {
                 "the settings do not form a valid FHIR base URL",
             )])
         })?;
-        self.inner.outbound.check_url(&fhir_base).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new("fhir_base", e.to_string())])
-        })?;
+        self.check_upstream_url("fhir_base", &fhir_base)?;
         let ctx = TemplateContext::new(merged).with_fhir_base(fhir_base.as_str());
         Ok(Resolved {
             connector,
             auth,
             fhir_base,
             ctx,
+        })
+    }
+
+    /// An upstream URL the settings produced must pass the outbound IP policy; a violation is
+    /// the caller's settings problem (422), reported under `field`.
+    fn check_upstream_url(&self, field: &str, url: &Url) -> Result<(), ServiceError> {
+        self.inner.outbound.check_url(url).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::FieldError::new(field, e.to_string())])
         })
     }
 
@@ -325,15 +331,7 @@ impl Services {
                     .token_client(&self.inner.redirect_uri)?
                     .ok_or_else(|| ServiceError::internal("client credentials without client"))?;
                 let scopes = resolved.render(&c.scopes, None)?;
-                self.inner
-                    .outbound
-                    .check_url(&client.token_url)
-                    .map_err(|e| {
-                        ServiceError::InvalidSettings(vec![crate::FieldError::new(
-                            "token_url",
-                            e.to_string(),
-                        )])
-                    })?;
+                self.check_upstream_url("token_url", &client.token_url)?;
                 let tokens = client
                     .client_credentials(self.inner.outbound.client(), &scopes)
                     .await
@@ -403,15 +401,7 @@ impl Services {
         let client = resolved
             .token_client(&redirect_uri)?
             .ok_or_else(|| ServiceError::internal("authorization code without token client"))?;
-        self.inner
-            .outbound
-            .check_url(&client.token_url)
-            .map_err(|e| {
-                ServiceError::InvalidSettings(vec![crate::FieldError::new(
-                    "token_url",
-                    e.to_string(),
-                )])
-            })?;
+        self.check_upstream_url("token_url", &client.token_url)?;
         let scopes = resolved.render(&a.scopes, None)?;
         let mut extra = BTreeMap::new();
         for (k, v) in &a.authorize_params {

@@ -316,7 +316,8 @@ impl Services {
                     "a token refresh for this install is in progress in another process; retry shortly".into(),
                 ));
             }
-            let pause = rand::rng().random_range(30..120);
+            // One cheap row read per waiting process; short so other replicas see a refresh quickly.
+            let pause = rand::rng().random_range(10..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let outcome = self.refresh_with_lease(install_id, seen_version).await;
