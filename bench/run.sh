@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# Benchmark of the method-call hot path (docs/BENCHMARKS.md, "HTTP hot path").
+#
+# In one run on one machine it starts
+#   1. a static FHIR upstream (nginx: a ~3.5 KB Patient and a ~43 KB searchset Bundle from
+#      crates/switchboard-testkit/fixtures, 401 without the right bearer token),
+#   2. a reference hop (nginx proxy_pass with keep-alive to 1.),
+#   3. Switchboard (release build) with a warm canvas static_bearer install pointed at 1.,
+#      first on SQLite, then on a throwaway PostgreSQL cluster,
+# drives each with wrk at 1, 32 and 256 connections, and prints req/s, p50, p99, Switchboard's
+# peak RSS (VmHWM) and the ratios against the targets of the issue.
+#
+# Usage: bench/run.sh            (from anywhere; needs root or pre-installed nginx/wrk/postgresql)
+# Environment (all optional):
+#   DURATION=10         seconds per measurement
+#   WARMUP=1            seconds of unrecorded load before each measurement (0: none)
+#   CONNECTIONS="1 32 256"
+#   BACKENDS="sqlite postgres"
+#   TARGETS="upstream hop switchboard"   (a subset skips the others, e.g. to profile one)
+#   THREADS=2           most wrk threads (never more than connections)
+#   NGINX_WORKERS=auto  worker_processes of both nginx instances (auto = one per core)
+#   SB_WORKERS=0        Switchboard server.workers (0 = one per core)
+#   SKIP_BUILD=1        do not run cargo build (use SWITCHBOARD_BIN or target/release/switchboard)
+#   INSTALL_DEPS=0      never apt-get install missing tools (fail instead)
+#   OUT_DIR=...         where raw wrk output and report.md go (default bench/out/<UTC time>/)
+#   STRICT=1            exit 1 when a target is missed
+# Only 127.0.0.1 is ever contacted. Every process and temp directory is removed on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+FIXTURES="$ROOT/crates/switchboard-testkit/fixtures"
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
+CONNECTIONS=${CONNECTIONS:-"1 32 256"}
+TARGETS=${TARGETS:-"upstream hop switchboard"}
+BACKENDS=${BACKENDS:-"sqlite postgres"}
+THREADS=${THREADS:-2}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
+SB_WORKERS=${SB_WORKERS:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+INSTALL_DEPS=${INSTALL_DEPS:-1}
+STRICT=${STRICT:-0}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT_DIR:-$BENCH_DIR/out/$STAMP}
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Processes and temp dirs, cleaned up on any exit.
+PIDS=()
+PG_CTL=""
+PG_DATA=""
+TMP=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+stop_pid() {
+    local pid=$1 _
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_postgres() {
+    if [ -n "$PG_DATA" ] && [ -n "$PG_CTL" ]; then
+        as_postgres "$PG_CTL" stop -D "$PG_DATA" -m immediate -w >/dev/null 2>&1 || true
+    fi
+    PG_DATA=""
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    stop_postgres
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# Tools.
+need_pkgs=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [[ " $BACKENDS " == *" postgres "* ]] && [ -z "${PG_BIN:-}" ] &&
+    ! ls -d /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    need_pkgs+=(postgresql)
+fi
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$INSTALL_DEPS" != 1 ] || [ "$(id -u)" != 0 ]; then
+        die "missing ${need_pkgs[*]}: install them (apt-get install ${need_pkgs[*]}) or run as root"
+    fi
+    log "installing ${need_pkgs[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+free_port() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# Waits until GET url answers (any HTTP status); $2 = what, for the error.
+wait_http() {
+    local url=$1 what=$2 _
+    for _ in $(seq 300); do
+        if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
+        sleep 0.1
+    done
+    die "$what did not come up at $url"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build.
+BIN=${SWITCHBOARD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "building: cargo build --release --bin switchboard"
+    (cd "$ROOT" && cargo build --release --bin switchboard >&2)
+fi
+[ -x "$BIN" ] || die "no binary at $BIN"
+
+mkdir -p "$OUT/raw"
+RESULTS="$OUT/results.tsv"
+: >"$RESULTS"
+LUA="$BENCH_DIR/wrk.lua"
+ulimit -n 65536 2>/dev/null || true
+chmod 755 "$TMP"
+
+# ---------------------------------------------------------------------------------------------
+# nginx: the static upstream (#1) and the reference hop (#2).
+TOKEN="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+NG="$TMP/nginx"
+mkdir -p "$NG/www" "$NG/tmp"
+cp "$FIXTURES/patient.json" "$FIXTURES/bundle-43k.json" "$NG/www/"
+chmod -R a+rX "$NG"
+UP_PORT=$(free_port)
+HOP_PORT=$(free_port)
+
+render() { # template output port
+    sed -e "s|@PREFIX@|$NG|g" -e "s|@WORKERS@|$NGINX_WORKERS|g" -e "s|@TOKEN@|$TOKEN|g" \
+        -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|$UP_PORT|g" "$1" >"$2"
+}
+render "$BENCH_DIR/nginx-upstream.conf.in" "$NG/upstream.conf" "$UP_PORT"
+render "$BENCH_DIR/nginx-hop.conf.in" "$NG/hop.conf" "$HOP_PORT"
+"$NGINX" -t -q -p "$NG" -c "$NG/upstream.conf" -e "$NG/upstream-error.log" ||
+    die "nginx rejected upstream.conf"
+"$NGINX" -p "$NG" -c "$NG/upstream.conf" -e "$NG/upstream-error.log" &
+UP_MASTER=$!
+PIDS+=("$UP_MASTER")
+"$NGINX" -p "$NG" -c "$NG/hop.conf" -e "$NG/hop-error.log" &
+HOP_MASTER=$!
+PIDS+=("$HOP_MASTER")
+
+UP_BASE="http://127.0.0.1:$UP_PORT/fhir/R4"
+HOP_BASE="http://127.0.0.1:$HOP_PORT/fhir/R4"
+wait_http "$UP_BASE/Patient/pat-0001" "nginx upstream"
+wait_http "$HOP_BASE/Patient/pat-0001" "nginx hop"
+
+check_status() { # url expected [auth]
+    local code
+    if [ -n "${3:-}" ]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $3" "$1")
+    else
+        code=$(curl -s -o /dev/null -w '%{http_code}' "$1")
+    fi
+    [ "$code" = "$2" ] || die "$1 answered $code, expected $2"
+}
+check_status "$UP_BASE/Patient/pat-0001" 401
+check_status "$UP_BASE/Patient/pat-0001" 200 "$TOKEN"
+check_status "$UP_BASE/Patient?family=x" 200 "$TOKEN"
+check_status "$HOP_BASE/Patient/pat-0001" 401
+check_status "$HOP_BASE/Patient?family=x" 200 "$TOKEN"
+
+# ---------------------------------------------------------------------------------------------
+# Switchboard.
+SB_PID=""
+SB_PORT=""
+API_KEY=""
+ACCOUNT=bench-clinic
+INSTALL=""
+
+api() { # method path [body] -> prints body, fails unless 2xx
+    local out code
+    out=$(curl -s -X "$1" -H "Authorization: Bearer $API_KEY" -H 'Content-Type: application/json' \
+        ${3:+--data "$3"} -w '\n%{http_code}' "http://127.0.0.1:$SB_PORT$2")
+    code=${out##*$'\n'}
+    out=${out%$'\n'*}
+    [[ "$code" == 2* ]] || die "$1 $2 answered $code: $out"
+    printf '%s' "$out"
+}
+
+start_switchboard() { # backend database_url
+    local backend=$1 db_url=$2 data="$TMP/sb-$1"
+    mkdir -p "$data"
+    SB_PORT=$(free_port)
+    local env=(
+        "SWITCHBOARD__DATABASE__URL=$db_url"
+        "SWITCHBOARD__SERVER__BIND=127.0.0.1:$SB_PORT"
+        "SWITCHBOARD__SERVER__PUBLIC_URL=http://127.0.0.1:$SB_PORT"
+        "SWITCHBOARD__SERVER__WORKERS=$SB_WORKERS"
+        "SWITCHBOARD__CONNECTORS__DIR=$ROOT/connectors"
+        "SWITCHBOARD__SECRETS__KEY_FILE=$data/secret.key"
+        "SWITCHBOARD__SECURITY__ALLOW_INSECURE_UPSTREAMS=true"
+        "SWITCHBOARD__LOG__LEVEL=warn"
+    )
+    local created
+    created=$(cd "$data" && env -u RUST_LOG -u SWITCHBOARD_ENV "${env[@]}" "$BIN" tenant create bench 2>>"$data/switchboard.log")
+    API_KEY=$(printf '%s' "$created" | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+    [ -n "$API_KEY" ] || die "tenant create printed no api_key"
+    (cd "$data" && exec env -u RUST_LOG -u SWITCHBOARD_ENV "${env[@]}" "$BIN" serve >>"$data/switchboard.log" 2>&1) &
+    SB_PID=$!
+    PIDS+=("$SB_PID")
+    wait_http "http://127.0.0.1:$SB_PORT/healthz" "switchboard ($backend)"
+
+    # A warm install through the real API: account, canvas static_bearer install carrying its
+    # own token and FHIR base, one call of each method.
+    api POST /v1/accounts "{\"id\":\"$ACCOUNT\",\"name\":\"Bench Clinic\"}" >/dev/null
+    local install
+    install=$(api POST "/v1/accounts/$ACCOUNT/installs" \
+        "{\"connector\":\"canvas\",\"auth_type\":\"static_bearer\",\"settings\":{\"api_token\":\"$TOKEN\",\"fhir_base_url\":\"$UP_BASE/\"}}")
+    INSTALL=$(printf '%s' "$install" | sed -n 's/.*"id":"\(ins_[^"]*\)".*/\1/p')
+    [ -n "$INSTALL" ] || die "install creation returned no id: $install"
+    printf '%s' "$install" | grep -q '"status":"authorized"' || die "install not authorized: $install"
+    local r
+    r=$(api POST "/v1/accounts/$ACCOUNT/installs/$INSTALL/methods/get_patient" '{"params":{"id":"pat-0001"}}')
+    [[ "$r" == '{"status":200,"data":{'* ]] || die "get_patient warm-up failed: ${r:0:200}"
+    r=$(api POST "/v1/accounts/$ACCOUNT/installs/$INSTALL/methods/search_patients" '{"params":{"family":"x"}}')
+    [[ "$r" == '{"status":200,"data":{'* ]] || die "search_patients warm-up failed: ${r:0:200}"
+    log "switchboard ($backend) pid $SB_PID on 127.0.0.1:$SB_PORT, install $INSTALL warm"
+}
+
+stop_switchboard() {
+    [ -n "$SB_PID" ] || return 0
+    stop_pid "$SB_PID"
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$SB_PID" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+    SB_PID=""
+}
+
+vm_kb() { # pid field -> kB
+    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+start_postgres() {
+    local bin=${PG_BIN:-}
+    if [ -z "$bin" ]; then
+        bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    [ -x "$bin/initdb" ] || die "no PostgreSQL binaries in $bin (set PG_BIN)"
+    PG_CTL="$bin/pg_ctl"
+    local dir="$TMP/pg"
+    mkdir -p "$dir/data" "$dir/sock"
+    [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+    as_postgres "$bin/initdb" -D "$dir/data" --auth=trust -U postgres --encoding=UTF8 \
+        --locale=C --no-sync >"$dir/initdb.log" 2>&1 || die "initdb failed: $(cat "$dir/initdb.log")"
+    local port
+    port=$(free_port)
+    PG_DATA="$dir/data"
+    as_postgres "$PG_CTL" start -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o \
+        "-p $port -c listen_addresses=127.0.0.1 -k $dir/sock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB" \
+        >/dev/null || die "PostgreSQL did not start: $(cat "$dir/postgres.log")"
+    as_postgres "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc \
+        'CREATE DATABASE switchboard_bench' >/dev/null
+    PG_VERSION=$("$bin/postgres" --version | awk '{print $3}')
+    PG_URL="postgres://postgres@127.0.0.1:$port/switchboard_bench"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load.
+kv() { # line key
+    printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+# CPU time (utime + stime, all threads) of the given processes and their children, in ticks.
+cpu_ticks() {
+    local pids=("$@") p
+    for p in "$@"; do
+        # shellcheck disable=SC2207
+        pids+=($(pgrep -P "$p" || true))
+    done
+    for p in "${pids[@]}"; do
+        sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null || true
+    done | awk '{ t += $12 + $13 } END { print t + 0 }'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+run_wrk() { # backend label conns method url body auth server-pid
+    local backend=$1 label=$2 conns=$3 method=$4 url=$5 body=$6 auth=$7 server=$8
+    [[ " $TARGETS " == *" ${label%%.*} "* ]] || return 0
+    local threads=$((conns < THREADS ? conns : THREADS))
+    local raw="$OUT/raw/$backend-$label-c$conns.txt"
+    if [ "$WARMUP" != 0 ]; then
+        BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth \
+            wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 10s -s "$LUA" "$url" >/dev/null 2>&1 || true
+    fi
+    local cpu0 cpu1
+    cpu0=$(cpu_ticks "$server")
+    BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth \
+        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s "$LUA" "$url" >"$raw" 2>&1 ||
+        die "wrk failed: $(cat "$raw")"
+    cpu1=$(cpu_ticks "$server")
+    local line
+    line=$(grep '^BENCH ' "$raw") || die "no BENCH line in $raw"
+    local rps p50 p99 errs
+    rps=$(kv "$line" rps)
+    p50=$(kv "$line" p50_us)
+    p99=$(kv "$line" p99_us)
+    errs=$(($(kv "$line" err_connect) + $(kv "$line" err_read) + $(kv "$line" err_write) + $(kv "$line" err_status) + $(kv "$line" err_timeout)))
+    # Server CPU per request (µs): much less sensitive to other load on the machine than req/s.
+    local cpu
+    cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$(kv "$line" requests)" \
+        'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+    printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$label" "$conns" "$rps" "$p50" "$p99" "$errs" "$cpu" >>"$RESULTS"
+    printf '  %-28s c=%-4s %10s req/s   p50 %7s us   p99 %7s us   cpu %6s us/req   errors %s\n' \
+        "$label" "$conns" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+bench_backend() { # backend
+    local backend=$1 c
+    printf 'load\t%s\tstart\t%s\n' "$backend" "$(loadavg)" >>"$RESULTS"
+    local sb="http://127.0.0.1:$SB_PORT/v1/accounts/$ACCOUNT/installs/$INSTALL/methods"
+    for c in $CONNECTIONS; do
+        log "[$backend] $c connection(s), ${DURATION}s each (load average $(loadavg))"
+        run_wrk "$backend" upstream.get_patient "$c" GET "$UP_BASE/Patient/pat-0001" "" "$TOKEN" "$UP_MASTER"
+        run_wrk "$backend" hop.get_patient "$c" GET "$HOP_BASE/Patient/pat-0001" "" "$TOKEN" "$HOP_MASTER"
+        run_wrk "$backend" switchboard.get_patient "$c" POST "$sb/get_patient" \
+            '{"params":{"id":"pat-0001"}}' "$API_KEY" "$SB_PID"
+        run_wrk "$backend" upstream.search_patients "$c" GET "$UP_BASE/Patient?family=x" "" "$TOKEN" "$UP_MASTER"
+        run_wrk "$backend" hop.search_patients "$c" GET "$HOP_BASE/Patient?family=x" "" "$TOKEN" "$HOP_MASTER"
+        run_wrk "$backend" switchboard.search_patients "$c" POST "$sb/search_patients" \
+            '{"params":{"family":"x"}}' "$API_KEY" "$SB_PID"
+        printf 'rss\t%s\t%s\t%s\t%s\n' "$backend" "$c" "$(vm_kb "$SB_PID" VmHWM)" "$(vm_kb "$SB_PID" VmRSS)" >>"$RESULTS"
+    done
+    printf 'load\t%s\tend\t%s\n' "$backend" "$(loadavg)" >>"$RESULTS"
+}
+
+log "output: $OUT"
+PG_VERSION=""
+for backend in $BACKENDS; do
+    case $backend in
+    sqlite) start_switchboard sqlite "sqlite://$TMP/sb-sqlite/switchboard.db" ;;
+    postgres)
+        start_postgres
+        start_switchboard postgres "$PG_URL"
+        ;;
+    *) die "unknown backend $backend (sqlite, postgres)" ;;
+    esac
+    bench_backend "$backend"
+    stop_switchboard
+    if [ "$backend" = postgres ]; then stop_postgres; fi
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+# shellcheck disable=SC1091
+os=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+{
+    echo "Run $STAMP: $(nproc) cores ($cpu), $mem, $os, kernel $(uname -r)."
+    echo "Switchboard $commit (release), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') with worker_processes $NGINX_WORKERS, $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), at most $THREADS wrk threads, ${DURATION}s per point after ${WARMUP}s warm-up; Switchboard server.workers=$SB_WORKERS (0 = one per core)${PG_VERSION:+, PostgreSQL $PG_VERSION}."
+    echo "Load generator, nginx, Switchboard (and PostgreSQL) all share the same cores."
+    echo
+    awk -F'\t' -v backends="$BACKENDS" -v conns="$CONNECTIONS" '
+    function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+    function verdict(ok, aim) { return ok ? (aim == "" || aim ? "PASS" : "PASS (below aim)") : "FAIL" }
+    $1 == "run" { k = $2 SUBSEP $3 SUBSEP $4; rps[k] = $5; p50[k] = $6; p99[k] = $7; err[k] = $8; cpu[k] = $9 }
+    $1 == "rss" { hwm[$2 SUBSEP $3] = $4 }
+    $1 == "load" { load[$2 SUBSEP $3] = $4 }
+    END {
+        nb = split(backends, B, " "); nc = split(conns, C, " ")
+        split("get_patient search_patients", M, " ")
+        fails = 0
+        for (b = 1; b <= nb; b++) {
+            be = B[b]
+            printf "#### %s\n\n", (be == "sqlite" ? "SQLite" : "PostgreSQL")
+            print "| method | conns | upstream direct req/s | nginx hop req/s | Switchboard req/s | SB / hop | direct p50 / p99 | hop p50 / p99 | SB p50 / p99 | SB added p50 | server CPU µs/req hop / SB | errors (d/h/SB) |"
+            print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            for (m = 1; m <= 2; m++) for (c = 1; c <= nc; c++) {
+                d = be SUBSEP "upstream." M[m] SUBSEP C[c]
+                h = be SUBSEP "hop." M[m] SUBSEP C[c]
+                s = be SUBSEP "switchboard." M[m] SUBSEP C[c]
+                if (!(s in rps)) continue
+                printf "| %s | %s | %.0f | %.0f | %.0f | %.2fx | %s / %s | %s / %s | %s / %s | %d µs | %.0f / %.0f | %d/%d/%d |\n", \
+                    M[m], C[c], rps[d], rps[h], rps[s], (rps[h] > 0 ? rps[s] / rps[h] : 0), \
+                    lat(p50[d]), lat(p99[d]), lat(p50[h]), lat(p99[h]), lat(p50[s]), lat(p99[s]), \
+                    p50[s] - p50[d], cpu[h], cpu[s], err[d], err[h], err[s]
+            }
+            printf "\nSwitchboard peak RSS (VmHWM) after each level:"
+            for (c = 1; c <= nc; c++) if ((be SUBSEP C[c]) in hwm) printf " c=%s %.1f MiB;", C[c], hwm[be SUBSEP C[c]] / 1024
+            printf " load average at start %s, at end %s.\n\n", load[be SUBSEP "start"], load[be SUBSEP "end"]
+
+            print "| target | measured | verdict |"
+            print "|---|---:|---|"
+            g = "switchboard.get_patient"; sr = "switchboard.search_patients"
+            k32s = be SUBSEP g SUBSEP 32; k32h = be SUBSEP "hop.get_patient" SUBSEP 32
+            if ((k32s in rps) && rps[k32h] > 0) {
+                r = rps[k32s] / rps[k32h]; ok = r >= 0.5; fails += !ok
+                printf "| get_patient @32: SB >= 0.5x nginx hop req/s (aim 0.65x) | %.2fx | %s |\n", r, verdict(ok, r >= 0.65)
+            }
+            k1s = be SUBSEP g SUBSEP 1; k1d = be SUBSEP "upstream.get_patient" SUBSEP 1
+            if ((k1s in rps) && (k1d in rps)) {
+                a = p50[k1s] - p50[k1d]; ok = a <= 150; fails += !ok
+                printf "| get_patient @1: added p50 over direct <= 150 µs | %d µs | %s |\n", a, verdict(ok, "")
+            }
+            k32s = be SUBSEP sr SUBSEP 32; k32h = be SUBSEP "hop.search_patients" SUBSEP 32
+            if ((k32s in rps) && rps[k32h] > 0) {
+                r = rps[k32s] / rps[k32h]; ok = r >= 0.3; fails += !ok
+                printf "| search_patients @32: SB >= 0.3x nginx hop req/s | %.2fx | %s |\n", r, verdict(ok, "")
+            }
+            if ((be SUBSEP 256) in hwm) {
+                mib = hwm[be SUBSEP 256] / 1024; ok = mib < 150; fails += !ok
+                printf "| peak RSS at 256 connections < 150 MiB | %.1f MiB | %s |\n", mib, verdict(ok, "")
+            }
+            for (m = 1; m <= 2; m++) for (c = 1; c <= nc; c++) {
+                s = be SUBSEP "switchboard." M[m] SUBSEP C[c]
+                if (err[s] > 0) { fails++; printf "| no errors from Switchboard (%s @%s) | %d | FAIL |\n", M[m], C[c], err[s] }
+            }
+            print ""
+        }
+        if (("sqlite" SUBSEP "switchboard.get_patient" SUBSEP 32) in rps && ("postgres" SUBSEP "switchboard.get_patient" SUBSEP 32) in rps) {
+            print "#### PostgreSQL vs SQLite (Switchboard req/s, target: within 20%)\n"
+            print "| method | conns | SQLite req/s | PostgreSQL req/s | PG / SQLite | verdict |"
+            print "|---|---:|---:|---:|---:|---|"
+            for (m = 1; m <= 2; m++) for (c = 1; c <= nc; c++) {
+                q = "sqlite" SUBSEP "switchboard." M[m] SUBSEP C[c]; p = "postgres" SUBSEP "switchboard." M[m] SUBSEP C[c]
+                if (!(q in rps) || !(p in rps) || rps[q] == 0) continue
+                r = rps[p] / rps[q]; ok = r >= 0.8 && r <= 1.2
+                # The target is stated at the load point of the other targets (32 connections);
+                # the other levels are shown for information.
+                if (C[c] == 32) { fails += !ok; v = verdict(ok, "") } else v = (ok ? "(info) within" : "(info) outside")
+                printf "| %s | %s | %.0f | %.0f | %.2fx | %s |\n", M[m], C[c], rps[q], rps[p], r, v
+            }
+            print ""
+        }
+        printf "Targets missed: %d\n", fails
+    }' "$RESULTS"
+} >"$OUT/report.md"
+
+cat "$OUT/report.md"
+log ""
+log "report: $OUT/report.md (raw wrk output in $OUT/raw/)"
+if [ "$STRICT" = 1 ] && ! grep -q '^Targets missed: 0$' "$OUT/report.md"; then
+    exit 1
+fi
