@@ -100,6 +100,12 @@ pub fn test_settings(db_url: &str, dir: &Path, port: u16) -> Settings {
             "SWITCHBOARD__UPSTREAM__MAX_RETRY_WAIT_MS".to_string(),
             "3000".to_string(),
         ),
+        // Tests retry a recovered token endpoint at once; the backoff has its own test
+        // (token_lifecycle::token_endpoint_backoff), which turns it back on.
+        (
+            "SWITCHBOARD__TOKENS__REFRESH_BACKOFF_INITIAL_MS".to_string(),
+            "0".to_string(),
+        ),
     ];
     Settings::load_from(&dir.join("no-config-dir"), env).expect("test settings")
 }

@@ -1050,7 +1050,78 @@ async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
     assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
 }
 
+/// Transient token-endpoint failures are retried with exponential backoff, not on every call:
+/// within the backoff window calls get 503 `upstream_unavailable` with the remaining wait as
+/// `retry_after` and no token request is made; the next attempt waits twice as long; once the
+/// endpoint is back, the first attempt after the window refreshes and clears the error.
+async fn token_endpoint_backoff_between_attempts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.tokens.refresh_backoff_initial_ms = 1_000;
+        s.tokens.refresh_backoff_max_ms = 60_000;
+    })
+    .await;
+    let w = World::with_app(app, &[]).await;
+    let ins = w.authorized_install("acme").await;
+    w.expire_token(&ins).await;
+    w.oauth.fail_token_next(1_000, TokenFault::Status503);
+    let base = w.oauth.token_request_count();
+
+    // First failure: one attempt, then a 1 s window.
+    let (s, v) = w.call(&ins).await;
+    assert_problem(s, &v, 503, "upstream_unavailable");
+    assert_eq!(w.oauth.token_request_count() - base, 1);
+    let failed_at = std::time::Instant::now();
+    // Calls well inside the window (guarded by time, so a slow machine cannot make this flaky).
+    let mut inside = 0;
+    while inside < 5 && failed_at.elapsed() < std::time::Duration::from_millis(600) {
+        let (s, v) = w.call(&ins).await;
+        assert_problem(s, &v, 503, "upstream_unavailable");
+        assert_eq!(v["retry_after"], 1, "{v}");
+        inside += 1;
+    }
+    assert!(inside >= 1, "no call made it inside the window");
+    assert_eq!(
+        w.oauth.token_request_count() - base,
+        1,
+        "no attempt inside the backoff window"
+    );
+
+    // After the window: a second attempt, which fails and doubles the window to 2 s.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100).saturating_sub(failed_at.elapsed()))
+        .await;
+    let (s, v) = w.call(&ins).await;
+    assert_problem(s, &v, 503, "upstream_unavailable");
+    assert_eq!(w.oauth.token_request_count() - base, 2);
+    let second_at = std::time::Instant::now();
+    let (s, v) = w.call(&ins).await;
+    assert_problem(s, &v, 503, "upstream_unavailable");
+    if second_at.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(v["retry_after"], 2, "{v}");
+    }
+    let got = w.get_install(&ins).await;
+    assert_eq!(got["status"], "authorized", "{got}");
+    assert!(
+        got["last_refresh_error"].as_str().unwrap().contains("503"),
+        "{got}"
+    );
+
+    // The endpoint recovers inside the window: still no attempt until the window ends.
+    w.oauth.clear_token_faults();
+    if second_at.elapsed() < std::time::Duration::from_millis(1_500) {
+        let (s, _) = w.call(&ins).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(w.oauth.token_request_count() - base, 2);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_100).saturating_sub(second_at.elapsed()))
+        .await;
+    let (s, v) = w.call(&ins).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(w.oauth.token_request_count() - base, 3);
+    assert_eq!(w.get_install(&ins).await["last_refresh_error"], Value::Null);
+}
+
 crate::both_backends! {
+    token_endpoint_backoff => token_endpoint_backoff_between_attempts;
     background_refresher => background_refresher_keeps_idle_installs_alive;
     thousand_concurrent_expired_calls => thousand_concurrent_calls_refresh_once;
     five_rotations => five_rotations_never_reuse_a_refresh_token;

@@ -91,6 +91,8 @@ pub struct TokenSettings {
     pub refresh_margin_max_secs: u64,
     pub lease_ttl_ms: u64,
     pub wait_timeout_ms: u64,
+    pub refresh_backoff_initial_ms: u64,
+    pub refresh_backoff_max_ms: u64,
     pub background_refresh_interval_secs: u64,
     pub background_refresh_horizon_secs: u64,
     pub install_cache_ttl_ms: u64,

@@ -130,14 +130,20 @@ pub(crate) struct TokenManager {
     pub margin_max_ms: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The last failed refresh attempt per install, shared with the callers that queued while it
-    /// ran: a token endpoint that is down is asked once per flight, not once per waiting call.
+    /// ran and with every caller until its backoff ends: a token endpoint that is down is asked
+    /// once per flight and then with exponential backoff, not once per call.
     failures: Mutex<HashMap<String, Failure>>,
+    backoff_initial: Duration,
+    backoff_max: Duration,
 }
 
 /// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
 #[derive(Clone)]
 struct Failure {
     at: Instant,
+    /// No new attempt before this (exponential backoff over consecutive failures).
+    retry_at: Instant,
+    consecutive: u32,
     version: i64,
     unavailable: bool,
     message: String,
@@ -146,10 +152,11 @@ struct Failure {
 impl Failure {
     fn error(&self) -> ServiceError {
         if self.unavailable {
+            let wait = self.retry_at.saturating_duration_since(Instant::now());
             ServiceError::Upstream {
                 code: ErrorCode::UpstreamUnavailable,
                 detail: "the EHR's token endpoint is unavailable; the install stays authorized, retry later".into(),
-                retry_after_secs: Some(5),
+                retry_after_secs: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                 issues: vec![],
             }
         } else {
@@ -167,15 +174,43 @@ impl TokenManager {
             margin_max_ms: (cfg.refresh_margin_max_secs * 1000) as i64,
             locks: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            backoff_initial: Duration::from_millis(cfg.refresh_backoff_initial_ms),
+            backoff_max: Duration::from_millis(cfg.refresh_backoff_max_ms),
         }
     }
 
-    fn record_failure(&self, install_id: &str, failure: Failure) {
+    /// Records a failed attempt; consecutive failures on the same token version double the
+    /// wait before the next attempt (from `refresh_backoff_initial_ms` up to `_max_ms`).
+    fn record_failure(
+        &self,
+        install_id: &str,
+        version: i64,
+        unavailable: bool,
+        message: String,
+    ) -> Failure {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 10_000 {
-            map.retain(|_, f| f.at.elapsed() < Duration::from_secs(60));
+            map.retain(|_, f| f.retry_at > Instant::now());
         }
-        map.insert(install_id.to_owned(), failure);
+        let consecutive = map
+            .get(install_id)
+            .filter(|f| f.version == version)
+            .map_or(1, |f| f.consecutive.saturating_add(1));
+        let backoff = self
+            .backoff_initial
+            .saturating_mul(1u32 << (consecutive - 1).min(16))
+            .min(self.backoff_max);
+        let at = Instant::now();
+        let failure = Failure {
+            at,
+            retry_at: at + backoff,
+            consecutive,
+            version,
+            unavailable,
+            message,
+        };
+        map.insert(install_id.to_owned(), failure.clone());
+        failure
     }
 
     fn clear_failure(&self, install_id: &str) {
@@ -185,7 +220,8 @@ impl TokenManager {
             .remove(install_id);
     }
 
-    /// A failed attempt on `seen_version` (or later) that ended after `since`.
+    /// A failed attempt on `seen_version` (or later) whose outcome still stands: it ended
+    /// while the caller queued (`since`), or its backoff has not run out.
     fn failure_since(
         &self,
         install_id: &str,
@@ -196,7 +232,7 @@ impl TokenManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(install_id)
-            .filter(|f| f.at >= since && f.version >= seen_version)
+            .filter(|f| f.version >= seen_version && (f.at >= since || Instant::now() < f.retry_at))
             .cloned()
     }
 
@@ -260,8 +296,9 @@ impl Services {
                 return Ok(p.clone());
             }
         }
-        // Or tried and failed while we queued: share that outcome (the still valid token, or
-        // the error) instead of asking the token endpoint again for every waiting call.
+        // Or tried and failed while we queued, or so recently that its backoff still runs: share
+        // that outcome (the still valid token, or the error) instead of asking the token
+        // endpoint again.
         if let Some(f) = self
             .inner
             .tokens
@@ -438,13 +475,12 @@ impl Services {
                     .db
                     .run(move |conn| installs::set_refresh_error(conn, &id, &m, now))
                     .await?;
-                let failure = Failure {
-                    at: Instant::now(),
-                    version: row.token_version,
-                    unavailable: e.is_transient(),
+                let failure = self.inner.tokens.record_failure(
+                    &row.id,
+                    row.token_version,
+                    e.is_transient(),
                     message,
-                };
-                self.inner.tokens.record_failure(&row.id, failure.clone());
+                );
                 // The current access token may still be valid (we refresh ahead of expiry).
                 if row.access_token.is_some()
                     && row.token_expires_at.is_some_and(|x| x > now + 1000)
