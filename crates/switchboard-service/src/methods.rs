@@ -306,22 +306,12 @@ impl Services {
             None => 1,
         };
         if p.status != InstallStatus::Authorized {
-            return Err(ServiceError::InstallNotAuthorized {
-                status: p.status.as_str(),
-                detail: match p.status {
-                    InstallStatus::PendingAuthorization => {
-                        "the install has not been authorized yet: open its authorize_url".into()
-                    }
-                    _ => format!(
-                        "{}; re-authorize with POST /v1/accounts/{}/installs/{}/authorize",
-                        p.status_error
-                            .as_deref()
-                            .unwrap_or("the install is not authorized"),
-                        p.account_id,
-                        p.id
-                    ),
-                },
-            });
+            return Err(crate::tokens::not_authorized_parts(
+                p.status,
+                p.status_error.as_deref(),
+                &p.account_id,
+                &p.id,
+            ));
         }
         let p = self.ensure_token(p).await?;
         let mut attempt = p;

@@ -534,18 +534,28 @@ impl Services {
 }
 
 pub(crate) fn not_authorized(row: &Install) -> ServiceError {
-    let status = InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error);
+    not_authorized_parts(
+        InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+        row.last_error.as_deref(),
+        &row.account_id,
+        &row.id,
+    )
+}
+
+/// The 409 for an install that cannot be called, with what to do about it.
+pub(crate) fn not_authorized_parts(
+    status: InstallStatus,
+    last_error: Option<&str>,
+    account_id: &str,
+    install_id: &str,
+) -> ServiceError {
     let hint = match status {
         InstallStatus::PendingAuthorization => {
             "the install has not been authorized yet: open its authorize_url".to_owned()
         }
         _ => format!(
-            "{}; re-authorize with POST /v1/accounts/{}/installs/{}/authorize",
-            row.last_error
-                .as_deref()
-                .unwrap_or("the install is not authorized"),
-            row.account_id,
-            row.id
+            "{}; re-authorize with POST /v1/accounts/{account_id}/installs/{install_id}/authorize",
+            last_error.unwrap_or("the install is not authorized"),
         ),
     };
     ServiceError::InstallNotAuthorized {
