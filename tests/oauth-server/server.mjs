@@ -82,8 +82,21 @@ for (const c of clients) {
 }
 for (const s of settings.extra_scopes ?? []) scopes.add(s);
 
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingKey = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: 'test-key' };
+// The key is generated as PEM and re-imported before the JWK export. Exporting the KeyObject that
+// generateKeyPairSync returns can deadlock Node 20 at random (about 1 start in 120 here): a GC
+// during the export destroys the finished keygen job, which locks the mutex of the very key
+// being exported (gdb: ExportJWKRsaKey -> GC -> ~KeyGenJob -> uv_mutex_lock).
+const { privateKey: privatePem } = crypto.generateKeyPairSync('rsa', {
+  modulusLength: 2048,
+  publicKeyEncoding: { type: 'spki', format: 'pem' },
+  privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+});
+const signingKey = {
+  ...crypto.createPrivateKey(privatePem).export({ format: 'jwk' }),
+  use: 'sig',
+  alg: 'RS256',
+  kid: 'test-key',
+};
 
 const configuration = {
   clients,
