@@ -1,4 +1,4 @@
-//! The operator commands of API.md: `serve`, `migrate`, `tenant create`, `connectors validate`.
+//! The operator commands of docs/API.md: `serve`, `migrate`, `tenant create`, `connectors validate`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

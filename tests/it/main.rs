@@ -5,6 +5,7 @@
 mod support;
 
 mod api_basics;
+mod db_outage;
 mod foundation;
 mod methods;
 mod oauth_flows;

@@ -787,7 +787,7 @@ async fn path_parameters_stay_one_segment(backend: Backend) {
             }
             Some(segment) => {
                 // FakeFhir has no such patient.
-                assert_problem(s, &v, 404, "not_found");
+                assert_problem(s, &v, 404, "upstream_not_found");
                 assert_eq!(canvas.fhir.request_count(), before + 1, "{id}");
                 let r = canvas.fhir.last_request().unwrap();
                 assert_eq!(r.path_and_query, format!("/Patient/{segment}"), "{id}");
@@ -1137,7 +1137,7 @@ async fn upstream_errors_are_mapped(backend: Backend) {
             json!({ "params": { "id": "pat-9999" } }),
         )
         .await;
-    assert_problem(s, &v, 404, "not_found");
+    assert_problem(s, &v, 404, "upstream_not_found");
     assert_eq!(v["issues"][0]["code"], "not-found", "{v}");
     assert_eq!(env.fhir.request_count(), 1);
 

@@ -15,9 +15,21 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait on a 503 or 429 that carries no more specific hint.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 2;
+
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self(Problem::new(code, detail))
+        Self::from_problem(Problem::new(code, detail))
+    }
+
+    /// Every 503 and 429 tells the client when to retry (`retry_after` in the body, `Retry-After`
+    /// in the header): a specific value where one is known, else a short default.
+    fn from_problem(p: Problem) -> Self {
+        if matches!(p.status, 429 | 503) && !p.extensions.contains_key("retry_after") {
+            return Self(p.with("retry_after", DEFAULT_RETRY_AFTER_SECS));
+        }
+        Self(p)
     }
 }
 
@@ -63,7 +75,7 @@ impl From<ServiceError> for ApiError {
             }
             other => Problem::new(code, other.to_string()),
         };
-        Self(problem)
+        Self::from_problem(problem)
     }
 }
 

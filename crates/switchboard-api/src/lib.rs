@@ -1,4 +1,4 @@
-//! The HTTP API of `../shared/API.md` on actix-web: routes, the tenant-scoped extractor, one
+//! The HTTP API of `docs/API.md` on actix-web: routes, the tenant-scoped extractor, one
 //! handler file per resource, the single mapping of service errors to problem+json, the
 //! callback's HTML page, health, metrics and the OpenAPI document.
 

@@ -38,6 +38,14 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: u32,
+    /// How long a request waits for a pooled connection before it is answered 503.
+    pub pool_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +178,9 @@ impl Settings {
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
+        }
+        if self.database.pool_timeout_ms == 0 {
+            return invalid("database.pool_timeout_ms", "must be at least 1".into());
         }
         match url::Url::parse(&self.server.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => {}

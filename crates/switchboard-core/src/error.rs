@@ -40,6 +40,7 @@ error_codes! {
     IssuerMismatch          => ("issuer_mismatch", 400, "Authorization response issuer does not match"),
     TokenExchangeFailed     => ("token_exchange_failed", 502, "Token exchange with the provider failed"),
     SearchTooBroad          => ("search_too_broad", 422, "Search matches too many records; narrow it"),
+    UpstreamNotFound        => ("upstream_not_found", 404, "The EHR has no such resource"),
     UpstreamRejected        => ("upstream_rejected", 422, "The EHR rejected the request"),
     UpstreamForbidden       => ("upstream_forbidden", 403, "The EHR refused access"),
     UpstreamError           => ("upstream_error", 502, "The EHR returned an unusable response"),
@@ -111,6 +112,37 @@ mod tests {
                 c.status()
             );
         }
+    }
+
+    /// docs/API.md is the contract users read: its table of codes must be this table.
+    #[test]
+    fn the_documented_code_table_is_this_table() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/API.md"),
+        )
+        .expect("docs/API.md");
+        let table = doc
+            .split("<!-- error-codes:start -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- error-codes:end -->").next())
+            .expect("docs/API.md has the error-codes markers");
+        let documented: Vec<(String, u16, String)> = table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                (
+                    cells[0].trim_matches('`').to_owned(),
+                    cells[1].parse().expect("a status"),
+                    cells[2].to_owned(),
+                )
+            })
+            .collect();
+        let ours: Vec<(String, u16, String)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.code().to_owned(), c.status(), c.title().to_owned()))
+            .collect();
+        assert_eq!(documented, ours);
     }
 
     #[test]

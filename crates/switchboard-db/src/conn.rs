@@ -142,6 +142,9 @@ impl CustomizeConnection<AnyConnection, r2d2::Error> for SqlitePragmas {
     }
 }
 
+/// How long a caller waits for a pooled connection unless configured otherwise.
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub type Pool = r2d2::Pool<AnyConnectionManager>;
 /// A connection checked out of the pool; derefs to [`AnyConnection`].
 pub type PooledConn = r2d2::PooledConnection<AnyConnectionManager>;
@@ -165,10 +168,17 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    /// [`Db::connect_with`] with the default pool timeout ([`DEFAULT_POOL_TIMEOUT`]).
+    pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
+        Self::connect_with(url, pool_size, DEFAULT_POOL_TIMEOUT)
+    }
+
     /// Opens a pool of at most `pool_size` connections to `url` (see [`AnyConnectionManager::new`]).
     /// For SQLite the parent directory of the file is created. Blocks until one connection is
-    /// established, so a wrong URL fails here rather than on the first request.
-    pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
+    /// established, so a wrong URL fails here rather than on the first request. Later, a caller
+    /// that cannot get a connection within `pool_timeout` (the database is down, or every
+    /// connection is busy) gets [`DbError::Pool`], which callers report as "unavailable".
+    pub fn connect_with(url: &str, pool_size: u32, pool_timeout: Duration) -> Result<Db, DbError> {
         let manager = AnyConnectionManager::new(url)?;
         let backend = manager.backend();
         if backend == Backend::Sqlite {
@@ -191,7 +201,7 @@ impl Db {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(30))
+            .connection_timeout(pool_timeout)
             .connection_customizer(Box::new(SqlitePragmas))
             .build_unchecked(manager);
         Ok(Db { pool, backend })

@@ -12,6 +12,9 @@ pub enum DbError {
     /// may hold a password.
     #[error("database configuration: {0}")]
     Config(String),
+    /// No usable connection: the pool timed out, a connection could not be established, or it
+    /// broke mid-query. The database (or the way to it) is down or saturated; retrying later
+    /// may succeed.
     #[error("database connection: {0}")]
     Pool(String),
     #[error("database query: {0}")]
@@ -25,6 +28,11 @@ impl From<DieselError> for DbError {
         match e {
             DieselError::NotFound => DbError::NotFound,
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => DbError::Conflict,
+            DieselError::DatabaseError(
+                kind @ (DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand),
+                info,
+            ) => DbError::Pool(format!("{kind:?}: {}", info.message())),
             // The primary message of both backends names the table/constraint; values only ever
             // appear in `details()`, which is left out on purpose.
             DieselError::DatabaseError(kind, info) => {

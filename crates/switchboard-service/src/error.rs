@@ -95,6 +95,11 @@ impl From<switchboard_db::DbError> for ServiceError {
         match e {
             switchboard_db::DbError::NotFound => Self::NotFound("not found".into()),
             switchboard_db::DbError::Conflict => Self::AlreadyExists("already exists".into()),
+            switchboard_db::DbError::Pool(cause) => {
+                // The cause may name the host; it is logged, the caller gets a retryable 503.
+                tracing::warn!(cause = %cause, "database unavailable");
+                Self::Unavailable("the database is unavailable; retry shortly".into())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

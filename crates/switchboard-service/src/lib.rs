@@ -74,7 +74,11 @@ impl Services {
     /// Connects the database (without migrating), loads the key ring and the connector
     /// catalogue, builds the one outbound HTTP client.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let db = Db::connect(&settings.database.url, settings.database.pool_size)?;
+        let db = Db::connect_with(
+            &settings.database.url,
+            settings.database.pool_size,
+            settings.database.pool_timeout(),
+        )?;
         Self::build_with_db(settings, db)
     }
 

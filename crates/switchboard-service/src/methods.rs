@@ -124,7 +124,7 @@ fn engine_error(e: EngineError) -> ServiceError {
     };
     match e {
         E::NotFound { issues } => upstream(
-            ErrorCode::NotFound,
+            ErrorCode::UpstreamNotFound,
             "the EHR has no such resource".into(),
             issues_of(&issues),
             None,

@@ -7,16 +7,14 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(s: web::Data<Services>) -> HttpResponse {
+pub async fn readyz(s: web::Data<Services>) -> super::Result<HttpResponse> {
     if s.ready().await {
-        HttpResponse::Ok().json(json!({ "status": "ready" }))
+        Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .content_type("application/problem+json")
-            .json(switchboard_core::Problem::new(
-                switchboard_core::ErrorCode::ServiceUnavailable,
-                "the database or the connector catalogue is not ready",
-            ))
+        Err(crate::ApiError::new(
+            switchboard_core::ErrorCode::ServiceUnavailable,
+            "the database or the connector catalogue is not ready",
+        ))
     }
 }
 
