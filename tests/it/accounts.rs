@@ -1,17 +1,12 @@
-//! Accounts: create, list, get, update and delete.
+//! Accounts: create, list, get and delete.
 
 use crate::support::{
     canvas_bearer_setup, create_bearer_install, distinctive, install_row, problem, req, set,
     snapshot, Backend, TestApp,
 };
-use reqwest::Method;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::collections::BTreeSet;
-
-// ---------------------------------------------------------------------------------------------
-// 5. Accounts
-// ---------------------------------------------------------------------------------------------
 
 async fn accounts_lifecycle(backend: Backend) {
     let app = TestApp::spawn(backend).await;

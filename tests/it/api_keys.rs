@@ -2,8 +2,7 @@
 //! way a request can fail to authenticate.
 
 use crate::support::{problem, req, req_as, send_raw, set, snapshot, Backend, TestApp};
-use reqwest::Method;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -18,10 +17,6 @@ fn secret_tail(key: &str) -> &str {
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
-
-// ---------------------------------------------------------------------------------------------
-// 1. API keys and authentication
-// ---------------------------------------------------------------------------------------------
 
 async fn api_keys_lifecycle(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -1,21 +1,16 @@
 //! The operator CLI, run as the real binary: `tenant create`, `migrate`, `connectors validate`,
 //! and `serve` refusing a broken connector file.
+//!
+//! Single-backend (SQLite) on purpose: these tests exercise the binary's command-line surface
+//! (argument parsing, configuration from SWITCHBOARD__* variables, stdout/exit-code contracts,
+//! key-file creation); the storage code under them is the same `Services` the HTTP tests run on
+//! both backends, and a PostgreSQL variant would only re-run that.
 
 use crate::support::set;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
-use std::time::Instant;
-
-// ---------------------------------------------------------------------------------------------
-// 9. The operator CLI (the real binary)
-// ---------------------------------------------------------------------------------------------
-//
-// Single-backend (SQLite) on purpose: these tests exercise the binary's command-line surface
-// (argument parsing, configuration from SWITCHBOARD__* variables, stdout/exit-code contracts,
-// key-file creation); the storage code under them is the same `Services` the HTTP tests run on
-// both backends, and a PostgreSQL variant would only re-run that.
+use std::time::{Duration, Instant};
 
 fn cli(dir: &Path, args: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));

@@ -1,14 +1,9 @@
 //! The connector catalogue: list and describe the loaded connectors.
 
 use crate::support::{problem, req, snapshot, Backend, TestApp};
-use reqwest::Method;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::collections::BTreeSet;
-
-// ---------------------------------------------------------------------------------------------
-// 3. Connector catalogue
-// ---------------------------------------------------------------------------------------------
 
 async fn connector_catalogue(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -6,10 +6,6 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use switchboard_core::ErrorCode;
 
-// ---------------------------------------------------------------------------------------------
-// Every error code met is in the table
-// ---------------------------------------------------------------------------------------------
-
 /// Hits one case of every client error of the foundation and checks that each `code` is in
 /// `switchboard_core::ErrorCode::ALL` with the table's status and title (via `problem`).
 async fn error_codes_come_from_the_table(backend: Backend) {

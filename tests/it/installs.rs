@@ -5,15 +5,9 @@ use crate::support::{
     canvas_bearer_setup, distinctive, error_fields, install_row, oauth_states_of, problem, req,
     req_as, set, snapshot, Backend, TestApp,
 };
-use reqwest::Method;
-use reqwest::StatusCode;
-use serde_json::json;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
-
-// ---------------------------------------------------------------------------------------------
-// 6. Installs
-// ---------------------------------------------------------------------------------------------
 
 async fn static_bearer_install_lifecycle(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -5,12 +5,7 @@ use crate::support::{
     canvas_bearer_setup, create_bearer_install, distinctive, problem, req, send_raw, Backend,
     TestApp,
 };
-use reqwest::Method;
-use reqwest::StatusCode;
-
-// ---------------------------------------------------------------------------------------------
-// 8. Operational endpoints
-// ---------------------------------------------------------------------------------------------
+use reqwest::{Method, StatusCode};
 
 /// Every route of API.md (verb, path template).
 const API_MD_ROUTES: &[(&str, &str)] = &[

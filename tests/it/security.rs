@@ -7,14 +7,12 @@ use crate::support::{
     send_raw, set, snapshot, Backend, Resp, TestApp,
 };
 use reqwest::header::CONTENT_TYPE;
-use reqwest::Method;
-use reqwest::StatusCode;
-use serde_json::json;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 // ---------------------------------------------------------------------------------------------
-// 2. Tenant isolation
+// Tenant isolation
 // ---------------------------------------------------------------------------------------------
 
 async fn tenant_isolation(backend: Backend) {
@@ -195,6 +193,10 @@ async fn tenant_isolation(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Secrets sealed at rest
+// ---------------------------------------------------------------------------------------------
+
 /// The "done when" of the issue: no setup secret and no install token in plaintext at rest.
 async fn secrets_sealed_at_rest(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -280,6 +282,10 @@ async fn secrets_sealed_at_rest(backend: Backend) {
     assert!(!r.text.contains(&canvas_token));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bad input changes nothing
+// ---------------------------------------------------------------------------------------------
+
 async fn invalid_ids_in_paths(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.create_account("ok").await;
@@ -318,10 +324,6 @@ async fn invalid_ids_in_paths(backend: Backend) {
     let r = req(&app, Method::GET, "/v1/accounts/nope", None).await;
     problem(&r, 404, "not_found");
 }
-
-// ---------------------------------------------------------------------------------------------
-// 7. Bad input changes nothing
-// ---------------------------------------------------------------------------------------------
 
 async fn bad_input_changes_nothing(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| s.server.max_body_bytes = 1024).await;

@@ -2,14 +2,8 @@
 //! values normalised, delete).
 
 use crate::support::{distinctive, error_fields, problem, req, set, snapshot, Backend, TestApp};
-use reqwest::Method;
-use reqwest::StatusCode;
-use serde_json::json;
-use serde_json::Value;
-
-// ---------------------------------------------------------------------------------------------
-// 4. Connector setups
-// ---------------------------------------------------------------------------------------------
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 
 async fn connector_setup_lifecycle(backend: Backend) {
     let app = TestApp::spawn(backend).await;
