@@ -1,12 +1,24 @@
 //! The end-to-end suite: one test binary, each test starting the real server (the same
 //! `Application::build_with_listener` as `main`) on a random port against a fresh database,
-//! on SQLite and on PostgreSQL (a throwaway cluster started by the suite).
+//! on SQLite and on PostgreSQL (a throwaway cluster started by the suite). One file per resource;
+//! the fixtures and the problem assertion every file uses live in `support`.
 
 mod support;
 
+/// The workspace's one `both_backends!` (switchboard-testkit), as `crate::both_backends!`.
+use switchboard_testkit::both_backends;
+
+mod accounts;
 mod api_basics;
+mod api_keys;
+mod cli;
+mod connectors;
 mod db_outage;
-mod foundation;
+mod error_codes;
+mod installs;
 mod methods;
 mod oauth_flows;
+mod operational;
+mod security;
+mod setups;
 mod token_lifecycle;

@@ -5,7 +5,7 @@
 //! every upstream failure; 401 -> one refresh -> retry; and no upstream body in error bodies or
 //! logs.
 
-use crate::support::{assert_problem, log_capture, Backend, TestApp};
+use crate::support::{assert_problem, install_row, log_capture, open_tokens, Backend, TestApp};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -347,23 +347,9 @@ async fn complete_authorization(app: &TestApp, authorize_url: &str) {
 /// The install row's token version and decrypted tokens, read from the database with the
 /// server's key file.
 async fn stored_tokens(app: &TestApp, install: &str) -> (i64, Option<String>, Option<String>) {
-    let id = install.to_owned();
-    let row = app
-        .db(move |c| switchboard_db::repo::installs::find_by_id(c, &id))
-        .await
-        .expect("install row");
-    let ring = switchboard_crypto::KeyRing::load(&app.dir.path().join("secret.key")).unwrap();
-    let open = |blob: &Option<Vec<u8>>, which: &str| {
-        blob.as_ref().map(|b| {
-            ring.decrypt_str(b, format!("install:{}:{which}", row.id))
-                .expect("decrypt stored token")
-        })
-    };
-    (
-        row.token_version,
-        open(&row.access_token, "access_token"),
-        open(&row.refresh_token, "refresh_token"),
-    )
+    let row = install_row(app, install).await.expect("install row");
+    let (access, refresh) = open_tokens(app, &row);
+    (row.token_version, access, refresh)
 }
 
 /// What FakeFhir serves for this recorded request (fetched again directly; its answers are
@@ -678,8 +664,7 @@ async fn invalid_params_never_reach_the_ehr(backend: Backend) {
     let (s, v) = canvas
         .call(&app, "get_patient", json!({ "params": "MRN 200001" }))
         .await;
-    assert_problem(s, &v, 400, "invalid_request");
-    assert!(!v.to_string().contains("MRN 200001"), "{v}");
+    assert_problem(s, &v, 400, "invalid_request").hides(&["MRN 200001"]);
     let (s, v) = canvas
         .call(
             &app,
@@ -1215,8 +1200,7 @@ async fn upstream_errors_are_mapped(backend: Backend) {
     let text = v.to_string().to_lowercase();
     assert!(!text.contains("sign in") && !text.contains("<html"), "{v}");
     let (s, v) = call_with_fault(&app, &env, Fault::TruncatedJson).await;
-    assert_problem(s, &v, 502, "upstream_error");
-    assert!(!v.to_string().contains("fullUrl"), "{v}");
+    assert_problem(s, &v, 502, "upstream_error").hides(&["fullUrl"]);
 
     // And the install still works.
     let (s, v) = env
@@ -1389,8 +1373,7 @@ async fn timeouts_and_oversized_responses(backend: Backend) {
     let (s, v) = call_with_fault(&app, &env, Fault::Huge(200_000)).await;
     assert_problem(s, &v, 502, "upstream_response_too_large");
     let (s, v) = call_with_fault(&app, &env, Fault::HugeChunked(200_000)).await;
-    assert_problem(s, &v, 502, "upstream_response_too_large");
-    assert!(!v.to_string().contains("xxxxxxxx"), "{v}");
+    assert_problem(s, &v, 502, "upstream_response_too_large").hides(&["xxxxxxxx"]);
 
     // Within the limits everything is fine.
     let (s, v) = env

@@ -1,61 +1,29 @@
-//! Shared test harness: `TestApp::spawn(Backend)`, HTTP helpers, database inspection, and the
-//! `both_backends!` macro that runs a test body on SQLite and on PostgreSQL.
+//! Shared test harness: `TestApp::spawn(Backend)`, HTTP helpers (tuple and raw), the one
+//! problem assertion (`assert_problem` / `problem`), the fixtures the resource files share,
+//! database inspection and the log capture. `Backend` and `both_backends!` are the testkit's.
 
 #![allow(dead_code)]
 
+use diesel::prelude::*;
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use switchboard::Application;
 use switchboard_config::Settings;
+use switchboard_core::ErrorCode;
+use switchboard_crypto::KeyRing;
+use switchboard_db::schema;
 use switchboard_service::Services;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs `$body(backend).await` as two tests: `sqlite` and `postgres`. The PostgreSQL variant
-/// skips with a visible message where no PostgreSQL binaries exist, and fails under CI=true.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident => $body:ident;)+) => {
-        $(
-            mod $name {
-                #[actix_web::test]
-                async fn sqlite() {
-                    super::$body($crate::support::Backend::Sqlite).await
-                }
-                #[actix_web::test]
-                async fn postgres() {
-                    if !$crate::support::postgres_available() {
-                        return;
-                    }
-                    super::$body($crate::support::Backend::Postgres).await
-                }
-            }
-        )+
-    };
-}
+/// The workspace's one backend enum and its PostgreSQL probe (`both_backends!` is the
+/// testkit's too, imported at the crate root so `crate::both_backends!` names it).
+pub use switchboard_testkit::backends::{database_url, postgres_available, Backend};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn postgres_available() -> bool {
-    switchboard_testkit::pg::cluster().is_some()
-}
-
-/// A fresh database URL for `backend` (SQLite in `dir`).
-pub fn database_url(backend: Backend, dir: &Path) -> String {
-    match backend {
-        Backend::Sqlite => switchboard_testkit::pg::sqlite_url(dir),
-        Backend::Postgres => switchboard_testkit::pg::cluster()
-            .expect("PostgreSQL cluster")
-            .create_database(),
-    }
 }
 
 /// Settings for a test server: fresh database and key file, the shipped connectors, loopback
@@ -275,19 +243,301 @@ impl TestApp {
     }
 }
 
-/// Asserts a problem+json body with the given status and code.
-pub fn assert_problem(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+// ---------------------------------------------------------------------------------------------
+// Raw requests (headers, content type and body as sent and as received)
+// ---------------------------------------------------------------------------------------------
+
+/// A response as the client sees it.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Resp {
+    /// Reads a whole response (the body as text, and as JSON where it parses; else Null).
+    pub async fn read(res: reqwest::Response) -> Resp {
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends a raw request: `auth` is the whole Authorization header value (None: no header),
+/// `content_type` is sent verbatim when given.
+pub async fn send_raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Resp {
+    let mut req = app.http.request(method, app.url(path));
+    if let Some(a) = auth {
+        req = req.header(AUTHORIZATION, a);
+    }
+    if let Some(ct) = content_type {
+        req = req.header(CONTENT_TYPE, ct);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    Resp::read(req.send().await.expect("request")).await
+}
+
+/// A JSON request with `key` as the bearer API key.
+pub async fn req_as(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Resp {
+    let auth = format!("Bearer {key}");
+    let (ct, body) = match body {
+        Some(b) => (Some("application/json"), Some(b.to_string().into_bytes())),
+        None => (None, None),
+    };
+    send_raw(app, method, path, Some(&auth), ct, body).await
+}
+
+/// A JSON request with the app's first API key.
+pub async fn req(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Resp {
+    req_as(app, &app.api_key, method, path, body).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The problem assertion
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts an RFC 9457 problem body: the status, the `code`, the members `type`, `title`,
+/// `status`, `detail`, `code` (non-empty), that the code, its status and its title come from THE
+/// error table (`switchboard_core::ErrorCode`), and that it echoes no API key. With a whole
+/// response at hand, use `problem`, which also checks the `application/problem+json` content
+/// type. Chain `.hides(&[..])` for the secrets a test sent that must not come back.
+pub fn assert_problem(
+    status: StatusCode,
+    body: &Value,
+    want_status: u16,
+    want_code: &str,
+) -> ProblemBody {
     assert_eq!(
         status.as_u16(),
         want_status,
-        "unexpected status, body: {body}"
+        "unexpected status; body: {body}"
     );
-    assert_eq!(body["code"], want_code, "unexpected code, body: {body}");
+    assert_eq!(body["code"], want_code, "unexpected code; body: {body}");
     assert_eq!(body["status"], want_status, "{body}");
-    assert!(
-        body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
+    for member in ["type", "title", "detail", "code"] {
+        assert!(
+            body[member].as_str().is_some_and(|s| !s.is_empty()),
+            "problem member `{member}` missing or empty: {body}"
+        );
+    }
+    let entry = ErrorCode::ALL
+        .iter()
+        .find(|c| c.code() == want_code)
+        .unwrap_or_else(|| panic!("code `{want_code}` is not in switchboard_core::ErrorCode::ALL"));
+    assert_eq!(
+        entry.status(),
+        want_status,
+        "status of `{want_code}` per the table"
     );
+    assert_eq!(
+        body["title"],
+        entry.title(),
+        "title of `{want_code}` per the table"
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains("sbk_"),
+        "a problem echoes an API key: {text}"
+    );
+    ProblemBody(text)
+}
+
+/// `assert_problem` on a whole response, plus the `application/problem+json` content type.
+pub fn problem(r: &Resp, want_status: u16, want_code: &str) -> ProblemBody {
+    assert_eq!(
+        r.status.as_u16(),
+        want_status,
+        "unexpected status; body: {}",
+        r.text
+    );
+    assert_eq!(
+        r.content_type(),
+        "application/problem+json",
+        "error bodies are problem+json; body: {}",
+        r.text
+    );
+    assert_problem(r.status, &r.json, want_status, want_code);
+    ProblemBody(r.text.clone())
+}
+
+/// A problem that passed `assert_problem`, for the secrets it must not echo.
+pub struct ProblemBody(String);
+
+impl ProblemBody {
+    /// Asserts that none of `secrets` (values the request sent) appears in the problem.
+    pub fn hides(&self, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(!secret.is_empty(), "an empty secret matches everything");
+            assert!(
+                !self.0.contains(secret),
+                "the problem echoes {secret:?}: {}",
+                self.0
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// The `field` names of a problem's `errors` list.
+pub fn error_fields(r: &Resp) -> BTreeSet<String> {
+    r.json["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("problem has no errors list: {}", r.text))
+        .iter()
+        .map(|e| e["field"].as_str().expect("errors[].field").to_owned())
+        .collect()
+}
+
+pub fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A value no test or fixture could contain by chance.
+pub fn distinctive(label: &str) -> String {
+    format!("{label}-{}", switchboard_core::random_token(12))
+}
+
+/// Everything a request could change: row counts per table, every setup's stored settings and
+/// every tenant's allowed return URLs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub counts: [i64; 6],
+    pub setups: Vec<(String, String, String)>,
+    pub tenants: Vec<(String, String)>,
+}
+
+pub async fn snapshot(app: &TestApp) -> Snapshot {
+    app.db(|conn| {
+        let counts = [
+            schema::tenants::table.count().get_result::<i64>(conn)?,
+            schema::api_keys::table.count().get_result::<i64>(conn)?,
+            schema::connector_setups::table
+                .count()
+                .get_result::<i64>(conn)?,
+            schema::accounts::table.count().get_result::<i64>(conn)?,
+            schema::installs::table.count().get_result::<i64>(conn)?,
+            schema::oauth_states::table
+                .count()
+                .get_result::<i64>(conn)?,
+        ];
+        let mut setups: Vec<(String, String, String)> =
+            switchboard_db::repo::setups::list_all(conn)?
+                .into_iter()
+                .map(|s| (s.tenant_id, s.connector_id, s.settings))
+                .collect();
+        setups.sort();
+        let mut tenants: Vec<(String, String)> = switchboard_db::repo::tenants::list_all(conn)?
+            .into_iter()
+            .map(|t| (t.id, t.allowed_return_urls))
+            .collect();
+        tenants.sort();
+        Ok(Snapshot {
+            counts,
+            setups,
+            tenants,
+        })
+    })
+    .await
+}
+
+/// The install row, read straight from the database (any tenant).
+pub async fn install_row(app: &TestApp, id: &str) -> Option<switchboard_db::Install> {
+    let id = id.to_owned();
+    app.db(move |conn| switchboard_db::repo::installs::find_by_id(conn, &id))
+        .await
+}
+
+/// The key ring the server seals with (its key file in the app's directory).
+pub fn key_ring(app: &TestApp) -> KeyRing {
+    KeyRing::load(&app.dir.path().join("secret.key")).expect("key ring")
+}
+
+/// The plaintext tokens of an install (decrypted with the app's key ring and the documented AAD).
+pub fn open_tokens(
+    app: &TestApp,
+    row: &switchboard_db::Install,
+) -> (Option<String>, Option<String>) {
+    let ring = key_ring(app);
+    let open = |blob: &Option<Vec<u8>>, which: &str| {
+        blob.as_ref().map(|b| {
+            ring.decrypt_str(b, format!("install:{}:{which}", row.id))
+                .expect("token decrypts with its AAD")
+        })
+    };
+    (
+        open(&row.access_token, "access_token"),
+        open(&row.refresh_token, "refresh_token"),
+    )
+}
+
+pub async fn oauth_states_of(app: &TestApp, install_id: &str) -> i64 {
+    let id = install_id.to_owned();
+    app.db(move |conn| {
+        Ok(schema::oauth_states::table
+            .filter(schema::oauth_states::install_id.eq(id))
+            .count()
+            .get_result::<i64>(conn)?)
+    })
+    .await
+}
+
+/// Sets up Canvas for static bearer installs (a tenant-wide `api_token`; installs may override
+/// it) with a loopback FHIR base where nothing listens.
+pub async fn canvas_bearer_setup(app: &TestApp, token: &str) {
+    let r = req(
+        app,
+        Method::PUT,
+        "/v1/connectors/canvas/setup",
+        Some(json!({"settings": {"api_token": token, "fhir_base_url": "http://127.0.0.1:9/"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+pub async fn create_bearer_install(app: &TestApp, key: &str, account: &str) -> Value {
+    let r = req_as(
+        app,
+        key,
+        Method::POST,
+        &format!("/v1/accounts/{account}/installs"),
+        Some(json!({"connector": "canvas", "auth_type": "static_bearer"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.json
 }
 
 /// In-memory copy of what Switchboard logs (`switchboard*` targets at TRACE, everything else at

@@ -1,44 +1,6 @@
+//! Rows the repository tests build on (tenant, account, install).
+
 use switchboard_db::{repo, Account, Db, NewInstall, Tenant};
-
-/// Runs `f` against a freshly migrated SQLite database file.
-pub fn with_sqlite(f: impl FnOnce(&Db)) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(&switchboard_testkit::pg::sqlite_url(dir.path()), 16).unwrap();
-    db.migrate().unwrap();
-    f(&db);
-}
-
-/// Runs `f` against a freshly migrated database of the test PostgreSQL cluster (returns at once
-/// when PostgreSQL is not installed; the testkit has printed a SKIP line).
-pub fn with_postgres(f: impl FnOnce(&Db)) {
-    let Some(pg) = switchboard_testkit::pg::cluster() else {
-        return;
-    };
-    let url = pg.create_database();
-    {
-        let db = Db::connect(&url, 16).unwrap();
-        db.migrate().unwrap();
-        f(&db);
-    }
-    pg.drop_database(&url);
-}
-
-/// `both_backends!(name, ...)`: for each `fn name(db: &Db)` in scope, a module `name` with the
-/// tests `sqlite` and `postgres`.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                $crate::common::with_sqlite(super::$name);
-            }
-            #[test]
-            fn postgres() {
-                $crate::common::with_postgres(super::$name);
-            }
-        }
-    )*};
-}
 
 pub fn tenant(db: &Db, id: &str) -> Tenant {
     let mut conn = db.get().unwrap();

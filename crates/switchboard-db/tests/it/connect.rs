@@ -1,6 +1,7 @@
 use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, RunQueryDsl};
 use switchboard_db::{repo, AnyConnection, Backend, Db, DbError};
+use switchboard_testkit::both_backends;
 
 both_backends!(run_and_ping);
 

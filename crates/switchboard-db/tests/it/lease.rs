@@ -4,6 +4,7 @@ use switchboard_db::repo::lease::{release_lease, try_acquire_lease};
 use switchboard_db::{repo, Db};
 
 use crate::common::{account, install, tenant};
+use switchboard_testkit::both_backends;
 
 both_backends!(lease_single_winner, lease_expiry_and_release);
 

@@ -1,8 +1,8 @@
-//! switchboard-db tests. Every repository test runs twice, on SQLite and on PostgreSQL
-//! (`both_backends!` makes `<name>::sqlite` and `<name>::postgres`); the PostgreSQL half uses the
+//! switchboard-db tests. Every repository test runs twice, on SQLite and on PostgreSQL (the
+//! workspace's one `switchboard_testkit::both_backends!` makes `<name>::sqlite` and
+//! `<name>::postgres`, each given a freshly migrated database); the PostgreSQL half uses the
 //! testkit's throwaway cluster and passes with a visible SKIP line where PostgreSQL is missing.
 
-#[macro_use]
 mod common;
 
 mod connect;

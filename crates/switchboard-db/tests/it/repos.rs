@@ -2,6 +2,7 @@ use switchboard_core::InstallStatus;
 use switchboard_db::{repo, Db, DbError, NewApiKey, OAuthState, TokenWrite};
 
 use crate::common::{account, install, new_install, tenant};
+use switchboard_testkit::both_backends;
 
 both_backends!(
     tenants_roundtrip,

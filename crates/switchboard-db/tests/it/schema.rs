@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, RunQueryDsl};
 use switchboard_db::Db;
+use switchboard_testkit::both_backends;
 
 #[derive(QueryableByName, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Column {
