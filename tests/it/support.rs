@@ -453,16 +453,17 @@ pub async fn snapshot(app: &TestApp) -> Snapshot {
                 .count()
                 .get_result::<i64>(conn)?,
         ];
-        let mut setups: Vec<(String, String, String)> =
-            switchboard_db::repo::setups::list_all(conn)?
-                .into_iter()
-                .map(|s| (s.tenant_id, s.connector_id, s.settings))
-                .collect();
+        let mut setups: Vec<(String, String, String)> = schema::connector_setups::table
+            .select((
+                schema::connector_setups::tenant_id,
+                schema::connector_setups::connector_id,
+                schema::connector_setups::settings,
+            ))
+            .load(conn)?;
         setups.sort();
-        let mut tenants: Vec<(String, String)> = switchboard_db::repo::tenants::list_all(conn)?
-            .into_iter()
-            .map(|t| (t.id, t.allowed_return_urls))
-            .collect();
+        let mut tenants: Vec<(String, String)> = schema::tenants::table
+            .select((schema::tenants::id, schema::tenants::allowed_return_urls))
+            .load(conn)?;
         tenants.sort();
         Ok(Snapshot {
             counts,

@@ -70,26 +70,6 @@ pub fn delete(
     Ok(n == 1)
 }
 
-/// Replaces the install's setting overrides (JSON object).
-pub fn update_settings(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    account_id: &str,
-    id: &str,
-    settings_json: &str,
-    now: i64,
-) -> Result<bool, DbError> {
-    let n = diesel::update(
-        i::installs
-            .filter(i::tenant_id.eq(tenant_id))
-            .filter(i::account_id.eq(account_id))
-            .filter(i::id.eq(id)),
-    )
-    .set((i::settings.eq(settings_json), i::updated_at.eq(now)))
-    .execute(conn)?;
-    Ok(n == 1)
-}
-
 /// Sets (or clears) the URL the OAuth callback redirects to (re-authorisation).
 pub fn set_return_url(
     conn: &mut AnyConnection,
@@ -215,37 +195,6 @@ pub fn store_tokens(
     Ok(n == 1)
 }
 
-/// Replaces the stored token ciphertexts without changing what they decrypt to (key
-/// rotation), fenced like [`store_tokens`]. `None` leaves a column as it is.
-pub fn rewrap_tokens(
-    conn: &mut AnyConnection,
-    id: &str,
-    expected_version: i64,
-    access_token: Option<&[u8]>,
-    refresh_token: Option<&[u8]>,
-) -> Result<bool, DbError> {
-    #[derive(AsChangeset)]
-    #[diesel(table_name = crate::schema::installs)]
-    struct Rewrap<'a> {
-        access_token: Option<&'a [u8]>,
-        refresh_token: Option<&'a [u8]>,
-    }
-    let n = diesel::update(
-        i::installs
-            .filter(i::id.eq(id))
-            .filter(i::token_version.eq(expected_version)),
-    )
-    .set((
-        &Rewrap {
-            access_token,
-            refresh_token,
-        },
-        i::token_version.eq(i::token_version + 1),
-    ))
-    .execute(conn)?;
-    Ok(n == 1)
-}
-
 /// Records a failed refresh attempt (the tokens and status are left alone).
 pub fn set_refresh_error(
     conn: &mut AnyConnection,
@@ -261,14 +210,6 @@ pub fn set_refresh_error(
         ))
         .execute(conn)?;
     Ok(n == 1)
-}
-
-/// Every install of every tenant (key rotation).
-pub fn list_all(conn: &mut AnyConnection) -> Result<Vec<Install>, DbError> {
-    Ok(i::installs
-        .order(i::id.asc())
-        .select(Install::as_select())
-        .load(conn)?)
 }
 
 /// Authorized installs holding a refresh token whose access token expires before

@@ -42,21 +42,6 @@ pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<ConnectorSe
         .load(conn)?)
 }
 
-/// Replaces the settings of an existing setup only (never creates one): for key rotation, which
-/// must not resurrect a setup deleted meanwhile. False if there is none.
-pub fn update_settings(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    connector_id: &str,
-    settings_json: &str,
-    now: i64,
-) -> Result<bool, DbError> {
-    let n = diesel::update(s::connector_setups.find((tenant_id, connector_id)))
-        .set((s::settings.eq(settings_json), s::updated_at.eq(now)))
-        .execute(conn)?;
-    Ok(n == 1)
-}
-
 pub fn delete(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -64,12 +49,4 @@ pub fn delete(
 ) -> Result<bool, DbError> {
     let n = diesel::delete(s::connector_setups.find((tenant_id, connector_id))).execute(conn)?;
     Ok(n == 1)
-}
-
-/// Every setup of every tenant (key rotation).
-pub fn list_all(conn: &mut AnyConnection) -> Result<Vec<ConnectorSetup>, DbError> {
-    Ok(s::connector_setups
-        .order((s::tenant_id.asc(), s::connector_id.asc()))
-        .select(ConnectorSetup::as_select())
-        .load(conn)?)
 }

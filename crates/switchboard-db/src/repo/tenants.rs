@@ -19,14 +19,6 @@ pub fn find(conn: &mut AnyConnection, tenant_id: &str) -> Result<Option<Tenant>,
         .optional()?)
 }
 
-/// Every tenant, oldest first (operator tooling).
-pub fn list_all(conn: &mut AnyConnection) -> Result<Vec<Tenant>, DbError> {
-    Ok(t::tenants
-        .order((t::created_at.asc(), t::id.asc()))
-        .select(Tenant::as_select())
-        .load(conn)?)
-}
-
 /// Replaces the tenant's JSON array of allowed return-URL prefixes. False if no such tenant.
 pub fn set_allowed_return_urls(
     conn: &mut AnyConnection,
