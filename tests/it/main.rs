@@ -6,6 +6,7 @@ mod support;
 
 mod api_basics;
 mod foundation;
+mod lists;
 mod methods;
 mod oauth_flows;
 mod token_lifecycle;
