@@ -16,6 +16,7 @@ mod connectors;
 mod db_outage;
 mod error_codes;
 mod installs;
+mod lists;
 mod methods;
 mod oauth_flows;
 mod operational;

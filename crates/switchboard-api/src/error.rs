@@ -131,7 +131,14 @@ pub(crate) fn json_config(limit: usize) -> actix_web::web::JsonConfig {
 
 pub(crate) fn query_config() -> actix_web::web::QueryConfig {
     actix_web::web::QueryConfig::default().error_handler(|err, _req| {
-        let e = ApiError::new(ErrorCode::InvalidRequest, "the query string is invalid");
+        // serde names the parameter and what it expects; `sanitize` drops the value sent.
+        let e = ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the query string is invalid: {}",
+                sanitize(&err.to_string())
+            ),
+        );
         error::InternalError::from_response(err, e.error_response()).into()
     })
 }

@@ -159,6 +159,14 @@ pub(crate) const OPERATIONS: &[(&str, &str, &str, &str, u16, bool)] = &[
         false,
     ),
     (
+        "get",
+        "/v1/installs",
+        "list_tenant_installs",
+        "List the tenant's installs across accounts (filter by status, connector, account)",
+        200,
+        false,
+    ),
+    (
         "post",
         "/v1/accounts/{account}/installs",
         "create_install",

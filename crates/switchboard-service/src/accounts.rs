@@ -1,9 +1,10 @@
 //! Accounts: a tenant's customers, each with its installs.
 
+use crate::pagination::{self, PageIn};
 use crate::{ServiceError, Services, TenantCtx};
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind};
-use switchboard_db::repo::accounts;
+use switchboard_db::repo::{accounts, installs};
 use switchboard_db::NewAccount;
 
 #[derive(Debug, Deserialize)]
@@ -18,6 +19,14 @@ pub struct AccountOut {
     pub id: String,
     pub name: String,
     pub created_at: String,
+}
+
+/// One page of `GET /v1/accounts`.
+#[derive(Debug, Serialize)]
+pub struct AccountList {
+    pub accounts: Vec<AccountOut>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 impl From<switchboard_db::Account> for AccountOut {
@@ -77,14 +86,27 @@ impl Services {
         })
     }
 
-    pub async fn list_accounts(&self, t: &TenantCtx) -> Result<Vec<AccountOut>, ServiceError> {
+    /// One page of the tenant's accounts, oldest first.
+    pub async fn list_accounts(
+        &self,
+        t: &TenantCtx,
+        page: PageIn,
+    ) -> Result<AccountList, ServiceError> {
+        const SCOPE: &str = "accounts";
+        let ring = &self.inner.crypto;
+        let start = pagination::start(ring, &t.tenant_id, SCOPE, &page)?;
         let tenant = t.tenant_id.clone();
-        let rows = self
+        let page = self
             .inner
             .db
-            .run(move |conn| accounts::list(conn, &tenant))
+            .run(move |conn| accounts::list_page(conn, &tenant, start.after.as_ref(), start.limit))
             .await?;
-        Ok(rows.into_iter().map(AccountOut::from).collect())
+        Ok(AccountList {
+            next_cursor: page
+                .next
+                .map(|after| pagination::seal(ring, &t.tenant_id, SCOPE, &after)),
+            accounts: page.rows.into_iter().map(AccountOut::from).collect(),
+        })
     }
 
     pub async fn get_account(&self, t: &TenantCtx, id: &str) -> Result<AccountOut, ServiceError> {
@@ -110,7 +132,13 @@ impl Services {
     /// Deletes the account, revoking and erasing its installs' tokens first.
     pub async fn delete_account(&self, t: &TenantCtx, id: &str) -> Result<(), ServiceError> {
         let account = self.find_account(t, id).await?;
-        for install in self.list_installs(t, &account.id).await? {
+        let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
+        let all = self
+            .inner
+            .db
+            .run(move |conn| installs::list(conn, &tenant, &aid))
+            .await?;
+        for install in all {
             self.delete_install(t, &account.id, &install.id).await?;
         }
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());

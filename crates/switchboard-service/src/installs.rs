@@ -3,6 +3,7 @@
 //! flow (state + PKCE, stored hashed/encrypted), fetches a first client-credentials token, or
 //! accepts a static bearer token. Deletion revokes tokens upstream where declared.
 
+use crate::pagination::{self, InstallsQuery, PageIn};
 use crate::settings::{self, Layer};
 use crate::{ServiceError, Services, TenantCtx};
 use diesel::Connection;
@@ -53,6 +54,14 @@ pub struct InstallOut {
     pub return_url: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// One page of `GET /v1/accounts/{account}/installs` or `GET /v1/installs`.
+#[derive(Debug, Serialize)]
+pub struct InstallList {
+    pub installs: Vec<InstallOut>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -584,19 +593,66 @@ impl Services {
         Ok(self.install_out(row))
     }
 
+    /// One page of the account's installs, oldest first (404 if the account does not exist).
     pub async fn list_installs(
         &self,
         t: &TenantCtx,
         account_id: &str,
-    ) -> Result<Vec<InstallOut>, ServiceError> {
+        page: PageIn,
+    ) -> Result<InstallList, ServiceError> {
         let account = self.find_account(t, account_id).await?;
-        let (tenant, acc) = (t.tenant_id.clone(), account.id);
-        let rows = self
+        let filter = installs::InstallFilter {
+            account_id: Some(account.id),
+            ..Default::default()
+        };
+        self.install_page(t, filter, page).await
+    }
+
+    /// One page of the tenant's installs across its accounts, oldest first, filtered by
+    /// status, connector and account (an unknown connector or account matches nothing).
+    pub async fn list_tenant_installs(
+        &self,
+        t: &TenantCtx,
+        query: InstallsQuery,
+    ) -> Result<InstallList, ServiceError> {
+        pagination::id_filter("connector", query.connector.as_ref())?;
+        pagination::id_filter("account", query.account.as_ref())?;
+        let page = query.page();
+        let filter = installs::InstallFilter {
+            account_id: query.account,
+            status: query.status,
+            connector_id: query.connector,
+        };
+        self.install_page(t, filter, page).await
+    }
+
+    async fn install_page(
+        &self,
+        t: &TenantCtx,
+        filter: installs::InstallFilter,
+        page: PageIn,
+    ) -> Result<InstallList, ServiceError> {
+        let scope = pagination::installs_scope(
+            filter.account_id.as_deref(),
+            filter.status,
+            filter.connector_id.as_deref(),
+        );
+        let ring = &self.inner.crypto;
+        let start = pagination::start(ring, &t.tenant_id, &scope, &page)?;
+        let tenant = t.tenant_id.clone();
+        let page = self
             .inner
             .db
-            .run(move |conn| installs::list(conn, &tenant, &acc))
+            .run(move |conn| {
+                installs::list_page(conn, &tenant, &filter, start.after.as_ref(), start.limit)
+            })
             .await?;
-        Ok(rows.into_iter().map(|r| self.install_out(r)).collect())
+        Ok(InstallList {
+            next_cursor: page
+                .next
+                .map(|after| pagination::seal(ring, &t.tenant_id, &scope, &after)),
+            installs: page.rows.into_iter().map(|r| self.install_out(r)).collect(),
+        })
     }
 
     /// Revokes the install's tokens at the provider where the connector declares revocation

@@ -2,6 +2,7 @@
 //! (the secret has 256 bits of entropy, so a fast hash is enough), the plaintext is shown once.
 //! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read.
 
+use crate::pagination::{self, PageIn};
 use crate::{ServiceError, Services, TenantCtx};
 use diesel::Connection;
 use serde::Serialize;
@@ -22,6 +23,14 @@ pub struct ApiKeyOut {
     pub prefix: String,
     pub created_at: String,
     pub last_used_at: Option<String>,
+}
+
+/// One page of `GET /v1/api-keys`.
+#[derive(Debug, Serialize)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyOut>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,23 +219,37 @@ impl Services {
         })
     }
 
-    pub async fn list_api_keys(&self, t: &TenantCtx) -> Result<Vec<ApiKeyOut>, ServiceError> {
+    /// One page of the tenant's keys that are not revoked, oldest first.
+    pub async fn list_api_keys(
+        &self,
+        t: &TenantCtx,
+        page: PageIn,
+    ) -> Result<ApiKeyList, ServiceError> {
+        const SCOPE: &str = "api_keys";
+        let ring = &self.inner.crypto;
+        let start = pagination::start(ring, &t.tenant_id, SCOPE, &page)?;
         let tenant = t.tenant_id.clone();
-        let rows = self
+        let page = self
             .inner
             .db
-            .run(move |conn| api_keys::list(conn, &tenant))
+            .run(move |conn| api_keys::list_page(conn, &tenant, start.after.as_ref(), start.limit))
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|k| ApiKeyOut {
-                id: k.id,
-                name: k.name,
-                prefix: k.prefix,
-                created_at: ms_to_rfc3339(k.created_at),
-                last_used_at: k.last_used_at.map(ms_to_rfc3339),
-            })
-            .collect())
+        Ok(ApiKeyList {
+            next_cursor: page
+                .next
+                .map(|after| pagination::seal(ring, &t.tenant_id, SCOPE, &after)),
+            api_keys: page
+                .rows
+                .into_iter()
+                .map(|k| ApiKeyOut {
+                    id: k.id,
+                    name: k.name,
+                    prefix: k.prefix,
+                    created_at: ms_to_rfc3339(k.created_at),
+                    last_used_at: k.last_used_at.map(ms_to_rfc3339),
+                })
+                .collect(),
+        })
     }
 
     /// Revokes a key at once on this replica (and within the cache TTL on the others).

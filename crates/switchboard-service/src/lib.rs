@@ -9,6 +9,7 @@ pub mod error;
 pub mod installs;
 pub mod keys;
 pub mod methods;
+pub mod pagination;
 pub mod settings;
 pub mod setups;
 pub mod tokens;

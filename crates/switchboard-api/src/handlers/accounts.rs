@@ -2,8 +2,8 @@ use super::Result;
 use crate::error::check_id;
 use crate::extract::Tenant;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 use switchboard_service::accounts::AccountIn;
+use switchboard_service::pagination::PageIn;
 use switchboard_service::Services;
 
 pub async fn create_account(
@@ -14,8 +14,12 @@ pub async fn create_account(
     Ok(HttpResponse::Created().json(s.create_account(&t.0, body.into_inner()).await?))
 }
 
-pub async fn list_accounts(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(json!({ "accounts": s.list_accounts(&t.0).await? })))
+pub async fn list_accounts(
+    t: Tenant,
+    s: web::Data<Services>,
+    query: web::Query<PageIn>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(s.list_accounts(&t.0, query.into_inner()).await?))
 }
 
 pub async fn get_account(

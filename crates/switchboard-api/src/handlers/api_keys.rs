@@ -3,7 +3,7 @@ use crate::error::check_id;
 use crate::extract::Tenant;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
+use switchboard_service::pagination::PageIn;
 use switchboard_service::Services;
 
 #[derive(Deserialize)]
@@ -23,8 +23,12 @@ pub async fn create_api_key(
         .json(created))
 }
 
-pub async fn list_api_keys(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(json!({ "api_keys": s.list_api_keys(&t.0).await? })))
+pub async fn list_api_keys(
+    t: Tenant,
+    s: web::Data<Services>,
+    query: web::Query<PageIn>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(s.list_api_keys(&t.0, query.into_inner()).await?))
 }
 
 pub async fn revoke_api_key(

@@ -4,6 +4,7 @@ use crate::extract::Tenant;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 use switchboard_service::installs::{AuthorizeIn, InstallIn};
+use switchboard_service::pagination::{InstallsQuery, PageIn};
 use switchboard_service::Services;
 
 pub async fn create_install(
@@ -23,9 +24,19 @@ pub async fn list_installs(
     t: Tenant,
     s: web::Data<Services>,
     path: web::Path<String>,
+    query: web::Query<PageIn>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(json!({ "installs": s.list_installs(&t.0, &path).await? })))
+    Ok(HttpResponse::Ok().json(s.list_installs(&t.0, &path, query.into_inner()).await?))
+}
+
+/// The tenant's installs across its accounts (`?status=&connector=&account=`).
+pub async fn list_tenant_installs(
+    t: Tenant,
+    s: web::Data<Services>,
+    query: web::Query<InstallsQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(s.list_tenant_installs(&t.0, query.into_inner()).await?))
 }
 
 pub async fn get_install(

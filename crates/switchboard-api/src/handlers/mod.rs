@@ -53,6 +53,7 @@ pub fn routes() -> Scope {
                     "/accounts/{account}",
                     web::delete().to(accounts::delete_account),
                 )
+                .route("/installs", web::get().to(installs::list_tenant_installs))
                 .route(
                     "/accounts/{account}/installs",
                     web::post().to(installs::create_install),

@@ -1,6 +1,7 @@
 use diesel::prelude::*;
 
 use crate::models::{Account, NewAccount};
+use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
 use crate::schema::accounts::dsl as a;
 use crate::{AnyConnection, DbError};
 
@@ -18,6 +19,27 @@ pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<Account>, D
         .order((a::created_at.asc(), a::id.asc()))
         .select(Account::as_select())
         .load(conn)?)
+}
+
+/// One page of the tenant's accounts in `(created_at, id)` order, starting after `after`.
+pub fn list_page(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<Account>, DbError> {
+    let query = a::accounts
+        .filter(a::tenant_id.eq(tenant_id))
+        .into_boxed::<AnyBackend>();
+    let rows = after_key!(query, a::created_at, a::id, after)
+        .order((a::created_at.asc(), a::id.asc()))
+        .limit(fetch_count(limit))
+        .select(Account::as_select())
+        .load(conn)?;
+    Ok(Page::from_rows(rows, limit, |r: &Account| After {
+        created_at: r.created_at,
+        id: r.id.clone(),
+    }))
 }
 
 pub fn find(

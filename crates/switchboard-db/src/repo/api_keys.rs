@@ -1,6 +1,7 @@
 use diesel::prelude::*;
 
 use crate::models::{ApiKey, NewApiKey};
+use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
 use crate::schema::api_keys::dsl as k;
 use crate::{AnyConnection, DbError};
 
@@ -32,6 +33,29 @@ pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<ApiKey>, Db
         .order((k::created_at.asc(), k::id.asc()))
         .select(ApiKey::as_select())
         .load(conn)?)
+}
+
+/// One page of the tenant's keys that are not revoked, in `(created_at, id)` order, starting
+/// after `after`.
+pub fn list_page(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<ApiKey>, DbError> {
+    let query = k::api_keys
+        .filter(k::tenant_id.eq(tenant_id))
+        .filter(k::revoked_at.is_null())
+        .into_boxed::<AnyBackend>();
+    let rows = after_key!(query, k::created_at, k::id, after)
+        .order((k::created_at.asc(), k::id.asc()))
+        .limit(fetch_count(limit))
+        .select(ApiKey::as_select())
+        .load(conn)?;
+    Ok(Page::from_rows(rows, limit, |r: &ApiKey| After {
+        created_at: r.created_at,
+        id: r.id.clone(),
+    }))
 }
 
 pub fn find(

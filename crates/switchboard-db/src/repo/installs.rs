@@ -4,6 +4,7 @@ use diesel::prelude::*;
 use switchboard_core::InstallStatus;
 
 use crate::models::{Install, NewInstall};
+use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
 use crate::schema::installs::dsl as i;
 use crate::{AnyConnection, DbError};
 
@@ -26,6 +27,46 @@ pub fn list(
         .order((i::created_at.asc(), i::id.asc()))
         .select(Install::as_select())
         .load(conn)?)
+}
+
+/// Which of a tenant's installs a page lists; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallFilter {
+    pub account_id: Option<String>,
+    pub status: Option<InstallStatus>,
+    pub connector_id: Option<String>,
+}
+
+/// One page of the tenant's installs matching `filter` (across its accounts unless the filter
+/// names one), in `(created_at, id)` order, starting after `after`.
+pub fn list_page(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    filter: &InstallFilter,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<Install>, DbError> {
+    let mut query = i::installs
+        .filter(i::tenant_id.eq(tenant_id))
+        .into_boxed::<AnyBackend>();
+    if let Some(account) = &filter.account_id {
+        query = query.filter(i::account_id.eq(account.clone()));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(i::status.eq(status.as_str()));
+    }
+    if let Some(connector) = &filter.connector_id {
+        query = query.filter(i::connector_id.eq(connector.clone()));
+    }
+    let rows = after_key!(query, i::created_at, i::id, after)
+        .order((i::created_at.asc(), i::id.asc()))
+        .limit(fetch_count(limit))
+        .select(Install::as_select())
+        .load(conn)?;
+    Ok(Page::from_rows(rows, limit, |r: &Install| After {
+        created_at: r.created_at,
+        id: r.id.clone(),
+    }))
 }
 
 pub fn find(

@@ -6,5 +6,6 @@ pub mod api_keys;
 pub mod installs;
 pub mod lease;
 pub mod oauth_states;
+pub mod page;
 pub mod setups;
 pub mod tenants;

@@ -8,5 +8,6 @@ mod common;
 mod connect;
 mod lease;
 mod migrate;
+mod pages;
 mod repos;
 mod schema;

@@ -1,0 +1,62 @@
+//! Keyset pagination shared by the tenant lists (accounts, installs, API keys).
+//!
+//! Every list is ordered by `(created_at, id)`. Ids are random (or chosen by the caller), so
+//! ordering by id alone would be stable too, but `(created_at, id)` keeps the oldest-first order
+//! the lists always had, and new rows land at the end of a walk in progress. The key is unique
+//! (id is unique in the list's scope) and never changes, so "rows after the last key seen" neither
+//! repeats nor skips a row that existed when the walk started, whatever is inserted meanwhile.
+
+/// The backend of [`crate::AnyConnection`], for boxed (dynamically filtered) queries.
+pub(crate) type AnyBackend = <crate::AnyConnection as diesel::Connection>::Backend;
+
+/// The sort key of the last row of a page: the next page starts strictly after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// One page of a list: at most `limit` rows, and the key to continue from when more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    /// `None` on the last page.
+    pub next: Option<After>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows read in list order (the extra row only says
+    /// that another page follows; it is not returned).
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> After) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(key)
+        } else {
+            None
+        };
+        Page { rows, next }
+    }
+}
+
+/// `limit + 1`, the number of rows a page query reads.
+pub(crate) fn fetch_count(limit: i64) -> i64 {
+    limit.max(0).saturating_add(1)
+}
+
+/// Filters a boxed query to `(created_at, id) > (after.created_at, after.id)`, written as
+/// `created_at >= c AND (created_at > c OR id > i)` so both backends bound an index range
+/// with the first conjunct (row-value comparison is not in the diesel DSL).
+macro_rules! after_key {
+    ($query:expr, $created_at:expr, $id:expr, $after:expr) => {
+        match $after {
+            Some(a) => $query.filter(
+                $created_at
+                    .ge(a.created_at)
+                    .and($created_at.gt(a.created_at).or($id.gt(a.id.clone()))),
+            ),
+            None => $query,
+        }
+    };
+}
+pub(crate) use after_key;
