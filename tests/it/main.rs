@@ -8,4 +8,5 @@ mod api_basics;
 mod foundation;
 mod methods;
 mod oauth_flows;
+mod openapi;
 mod token_lifecycle;

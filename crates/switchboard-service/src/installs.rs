@@ -13,29 +13,30 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use switchboard_auth::{TokenClient, TokenTypeHint};
 use switchboard_connector::{AuthDef, AuthKind, Connector, TemplateContext};
-use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind, InstallStatus};
+use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId, InstallStatus};
 use switchboard_db::repo::{installs, oauth_states};
 use switchboard_db::{NewInstall, NewOAuthState, TokenWrite};
 use url::Url;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallIn {
     pub connector: String,
     /// One of the connector's auth types; the first one when absent.
     pub auth_type: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
     pub return_url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeIn {
     pub return_url: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InstallOut {
     pub id: String,
     pub account: String,
@@ -44,18 +45,20 @@ pub struct InstallOut {
     pub status: String,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub context: Option<Value>,
     pub last_error: Option<String>,
     pub last_refresh_at: Option<String>,
     pub last_refresh_error: Option<String>,
     /// The install's own setting overrides; secrets masked.
+    #[schema(value_type = Object)]
     pub settings: Value,
     pub return_url: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InstallCreated {
     #[serde(flatten)]
     pub install: InstallOut,
@@ -284,7 +287,7 @@ impl Services {
     pub async fn create_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
+        account_id: &AccountId,
         input: InstallIn,
     ) -> Result<InstallCreated, ServiceError> {
         let account = self.find_account(t, account_id).await?;
@@ -372,7 +375,7 @@ impl Services {
             ),
             _ => None,
         };
-        let install = self.get_install(t, &account.id, &id).await?;
+        let install = self.install_out(self.find_install(t, &account.id, &id).await?);
         Ok(InstallCreated {
             install,
             authorize_url,
@@ -457,8 +460,8 @@ impl Services {
     pub async fn authorize_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
         input: AuthorizeIn,
     ) -> Result<String, ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
@@ -520,9 +523,6 @@ impl Services {
         account_id: &str,
         install_id: &str,
     ) -> Result<switchboard_db::Install, ServiceError> {
-        if !valid_external_id(account_id) || !valid_external_id(install_id) {
-            return Err(ServiceError::NotFound("install not found".into()));
-        }
         let (tenant, acc, id) = (
             t.tenant_id.clone(),
             account_id.to_owned(),
@@ -577,8 +577,8 @@ impl Services {
     pub async fn get_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
     ) -> Result<InstallOut, ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
         Ok(self.install_out(row))
@@ -587,7 +587,7 @@ impl Services {
     pub async fn list_installs(
         &self,
         t: &TenantCtx,
-        account_id: &str,
+        account_id: &AccountId,
     ) -> Result<Vec<InstallOut>, ServiceError> {
         let account = self.find_account(t, account_id).await?;
         let (tenant, acc) = (t.tenant_id.clone(), account.id);
@@ -605,8 +605,8 @@ impl Services {
     pub async fn delete_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
     ) -> Result<(), ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
         if let Err(e) = self.revoke_upstream(&row).await {
