@@ -341,7 +341,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
             .args(["--header", &format!("Authorization: Bearer {key}")])
             .args([
                 "--checks",
-                "not_a_server_error,response_schema_conformance,status_code_conformance",
+                "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
             ])
             // One worker: hypothesis on CPython 3.11 can crash parsing sources from two threads.
             .args(["--max-examples", "15", "--seed", "9", "--workers", "1"])

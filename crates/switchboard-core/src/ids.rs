@@ -54,14 +54,18 @@ pub const EXTERNAL_ID_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$";
 pub struct InvalidId;
 
 macro_rules! external_ids {
-    ($( $(#[$doc:meta])* $name:ident ),+ $(,)?) => { $(
+    ($( $(#[$doc:meta])* $name:ident = $example:literal ),+ $(,)?) => { $(
         $(#[$doc])*
         ///
         /// Only [`parse`](Self::parse) (and serde, through it) builds one, so holding it means the
         /// string follows [`valid_external_id`]; it dereferences to `str`.
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
+        #[schema(
+            value_type = String,
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",
+            example = $example
+        )]
         pub struct $name(String);
 
         impl $name {
@@ -128,15 +132,15 @@ macro_rules! external_ids {
 
 external_ids! {
     /// An account id: chosen by the tenant or generated (`acc_…`).
-    AccountId,
+    AccountId = "acme-clinic",
     /// An install id (`ins_…`).
-    InstallId,
+    InstallId = "ins_2dJ8bXv0QyWmN4tR7kLp1A",
     /// An API key id (`key_…`), never the key itself.
-    ApiKeyId,
+    ApiKeyId = "key_Q3v9Zr1mT8yXk2LwB6nPcA",
     /// A connector id from the catalogue (`canvas`, `epic`, …).
-    ConnectorId,
+    ConnectorId = "canvas",
     /// A method id of a connector (`get_patient`, …).
-    MethodId,
+    MethodId = "get_patient",
 }
 
 #[cfg(test)]

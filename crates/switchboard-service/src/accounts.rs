@@ -8,6 +8,7 @@ use switchboard_db::NewAccount;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "acme-clinic", "name": "Acme Clinic"}))]
 pub struct AccountIn {
     /// Generated (`acc_…`) when absent.
     pub id: Option<AccountId>,

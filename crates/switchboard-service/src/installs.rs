@@ -20,6 +20,7 @@ use url::Url;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"connector": "canvas", "auth_type": "static_bearer"}))]
 pub struct InstallIn {
     pub connector: String,
     /// One of the connector's auth types; the first one when absent.

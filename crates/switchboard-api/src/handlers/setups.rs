@@ -8,6 +8,7 @@ use switchboard_service::Services;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"settings": {"api_token": "example-token", "fhir_base_url": "https://fhir.example.com/"}}))]
 pub struct SetupIn {
     #[schema(value_type = Object)]
     settings: Map<String, Value>,
