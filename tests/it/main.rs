@@ -19,6 +19,7 @@ mod installs;
 mod lists;
 mod methods;
 mod oauth_flows;
+mod openapi;
 mod operational;
 mod security;
 mod setups;

@@ -145,7 +145,11 @@ pub(crate) fn query_config() -> actix_web::web::QueryConfig {
 
 pub(crate) fn path_config() -> actix_web::web::PathConfig {
     actix_web::web::PathConfig::default().error_handler(|err, _req| {
-        let e = ApiError::new(ErrorCode::InvalidId, "a path segment is invalid");
+        // Every path parameter is an id: the only way a segment fails is the id rules.
+        let e = ApiError::new(
+            ErrorCode::InvalidId,
+            switchboard_core::InvalidId.to_string(),
+        );
         error::InternalError::from_response(err, e.error_response()).into()
     })
 }
@@ -217,18 +221,6 @@ pub(crate) async fn not_found_route(req: HttpRequest) -> Result<HttpResponse, Ap
         }
     }
     Err(ApiError::new(ErrorCode::NotFound, "no such route"))
-}
-
-/// Path ids: 1..=64 of `[A-Za-z0-9_.-]`; anything else is rejected before any lookup.
-pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
-    if switchboard_core::valid_external_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::InvalidId,
-            "ids are 1 to 64 characters of A-Z a-z 0-9 _ . - and do not start with '.'",
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -42,3 +42,29 @@ impl FromRequest for Tenant {
         })
     }
 }
+
+/// The ids of a route's path, typed (`AccountId`, `(AccountId, InstallId)`, …): the one place a
+/// path segment becomes an id. The segments are deserialised by actix's `web::Path`, so an id
+/// that breaks the rules is a 400 `invalid_id` from the one path-error handler
+/// (`error::path_config`) before any lookup. Authentication still comes first: when the path is
+/// invalid the API key is checked before answering, so a caller without a valid key gets 401
+/// whatever the path.
+pub struct Ids<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + 'static> FromRequest for Ids<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        match web::Path::<T>::extract(req).into_inner() {
+            Ok(ids) => Box::pin(std::future::ready(Ok(Ids(ids.into_inner())))),
+            Err(invalid) => {
+                let tenant = Tenant::from_request(req, payload);
+                Box::pin(async move {
+                    tenant.await?;
+                    Err(invalid)
+                })
+            }
+        }
+    }
+}

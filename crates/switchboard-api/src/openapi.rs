@@ -1,295 +1,590 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document of the API, built with utoipa from one table of
-//! operations so it cannot drift from the routes (a test compares both).
+//! `GET /openapi.json`: the OpenAPI 3.1 document of the API, derived with utoipa from the Rust
+//! types the handlers take and return (path ids, request and response bodies, the problem
+//! body). One `#[utoipa::path]` per route below is the operation table: the 405 `Allow` header
+//! is computed from it, an end-to-end test compares it with the routes, and schemathesis fuzzes
+//! the running server against it (tests/it/openapi.rs).
 
 use actix_web::HttpResponse;
-use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+use serde_json::Value;
+use std::sync::LazyLock;
+use switchboard_core::{AccountId, ApiKeyId, ConnectorId, InstallId, MethodId, Problem};
+use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
+use switchboard_service::callback::CallbackIn;
+use switchboard_service::installs::{
+    AuthorizeIn, InstallCreated, InstallIn, InstallList, InstallOut,
 };
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder,
-    Required, ResponseBuilder,
-};
+use switchboard_service::keys::{ApiKeyCreated, ApiKeyList, TenantOut};
+use switchboard_service::methods::MethodIn;
+use switchboard_service::pagination::{InstallsQuery, PageIn};
+use switchboard_service::setups::SetupOut;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{OpenApi, ToSchema};
 
-/// (verb, path, operation id, summary, success status, has JSON body)
-pub(crate) const OPERATIONS: &[(&str, &str, &str, &str, u16, bool)] = &[
-    ("get", "/healthz", "healthz", "Liveness", 200, false),
-    (
-        "get",
-        "/readyz",
-        "readyz",
-        "Readiness: database and connectors",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/metrics",
-        "metrics",
-        "Prometheus metrics",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/openapi.json",
-        "openapi",
-        "This document",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/connector/callback",
-        "connector_callback",
-        "Shared OAuth redirect URI",
-        302,
-        false,
-    ),
-    (
-        "get",
-        "/v1/tenant",
-        "get_tenant",
-        "The calling tenant",
-        200,
-        false,
-    ),
-    (
-        "patch",
-        "/v1/tenant",
-        "update_tenant",
-        "Set the tenant's allowed return URL prefixes",
-        200,
-        true,
-    ),
-    (
-        "get",
-        "/v1/connectors",
-        "list_connectors",
-        "Connector catalogue",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/v1/connectors/{connector}",
-        "get_connector",
-        "Full public connector definition",
-        200,
-        false,
-    ),
-    (
-        "put",
-        "/v1/connectors/{connector}/setup",
-        "put_setup",
-        "Create or replace the tenant's connector setup",
-        200,
-        true,
-    ),
-    (
-        "get",
-        "/v1/connectors/{connector}/setup",
-        "get_setup",
-        "The tenant's connector setup, secrets masked",
-        200,
-        false,
-    ),
-    (
-        "delete",
-        "/v1/connectors/{connector}/setup",
-        "delete_setup",
-        "Delete the connector setup",
-        204,
-        false,
-    ),
-    (
-        "post",
-        "/v1/api-keys",
-        "create_api_key",
-        "Create an API key (plaintext shown once)",
-        201,
-        true,
-    ),
-    (
-        "get",
-        "/v1/api-keys",
-        "list_api_keys",
-        "List API keys (never the secret)",
-        200,
-        false,
-    ),
-    (
-        "delete",
-        "/v1/api-keys/{id}",
-        "revoke_api_key",
-        "Revoke an API key at once",
-        204,
-        false,
-    ),
-    (
-        "post",
-        "/v1/accounts",
-        "create_account",
-        "Create an account",
-        201,
-        true,
-    ),
-    (
-        "get",
-        "/v1/accounts",
-        "list_accounts",
-        "List accounts",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/v1/accounts/{account}",
-        "get_account",
-        "Get an account",
-        200,
-        false,
-    ),
-    (
-        "delete",
-        "/v1/accounts/{account}",
-        "delete_account",
-        "Delete an account, its installs and their secrets",
-        204,
-        false,
-    ),
-    (
-        "get",
-        "/v1/installs",
-        "list_tenant_installs",
-        "List the tenant's installs across accounts (filter by status, connector, account)",
-        200,
-        false,
-    ),
-    (
-        "post",
-        "/v1/accounts/{account}/installs",
-        "create_install",
-        "Install a connector into an account",
-        201,
-        true,
-    ),
-    (
-        "get",
-        "/v1/accounts/{account}/installs",
-        "list_installs",
-        "List an account's installs",
-        200,
-        false,
-    ),
-    (
-        "get",
-        "/v1/accounts/{account}/installs/{install}",
-        "get_install",
-        "Get an install (never tokens)",
-        200,
-        false,
-    ),
-    (
-        "delete",
-        "/v1/accounts/{account}/installs/{install}",
-        "delete_install",
-        "Revoke upstream and delete an install",
-        204,
-        false,
-    ),
-    (
-        "post",
-        "/v1/accounts/{account}/installs/{install}/authorize",
-        "authorize_install",
-        "A new authorize_url (re-authorise)",
-        200,
-        true,
-    ),
-    (
-        "post",
-        "/v1/accounts/{account}/installs/{install}/methods/{method}",
-        "call_method",
-        "Call a connector method",
-        200,
-        true,
-    ),
-];
+use crate::handlers::api_keys::ApiKeyIn;
+use crate::handlers::setups::SetupIn;
+use crate::handlers::tenant::TenantPatch;
 
-fn method(v: &str) -> HttpMethod {
-    match v {
-        "get" => HttpMethod::Get,
-        "put" => HttpMethod::Put,
-        "post" => HttpMethod::Post,
-        "patch" => HttpMethod::Patch,
-        _ => HttpMethod::Delete,
-    }
+// Bodies the handlers build as JSON values. These types describe them; schemathesis checks
+// every response against them, so they cannot silently drift.
+
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Status {
+    status: String,
 }
 
-pub(crate) fn document() -> OpenApi {
-    let mut paths = PathsBuilder::new();
-    for (verb, path, op_id, summary, status, body) in OPERATIONS {
-        let mut op = OperationBuilder::new()
-            .operation_id(Some(*op_id))
-            .summary(Some(*summary));
-        for seg in path.split('/') {
-            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                op = op.parameter(
-                    ParameterBuilder::new()
-                        .name(name)
-                        .parameter_in(ParameterIn::Path)
-                        .required(Required::True),
-                );
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MethodSummary {
+    id: String,
+    name: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ConnectorSummary {
+    id: String,
+    name: String,
+    version: String,
+    auth_types: Vec<String>,
+    methods: Vec<MethodSummary>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ConnectorList {
+    connectors: Vec<ConnectorSummary>,
+}
+
+/// The full public definition of a connector (never a secret default).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ConnectorView {
+    id: String,
+    name: String,
+    version: String,
+    description: Option<String>,
+    auth_types: Vec<String>,
+    default_auth_type: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    settings: Vec<Value>,
+    #[schema(value_type = Vec<Object>)]
+    auth: Vec<Value>,
+    #[schema(value_type = Vec<Object>)]
+    methods: Vec<Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct AuthorizeUrl {
+    authorize_url: String,
+}
+
+/// A method's result: the upstream status, its body (FHIR JSON), and the pages merged.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MethodOut {
+    status: u16,
+    data: Value,
+    pages: u32,
+}
+
+/// One stub per route: utoipa reads the attributes, nothing calls the functions.
+#[allow(dead_code)]
+mod ops {
+    use super::*;
+
+    /// Liveness
+    #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Status)))]
+    fn healthz() {}
+
+    /// Readiness: database and connectors
+    #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Status)))]
+    fn readyz() {}
+
+    /// Prometheus metrics
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "operations",
+        responses((status = 200, body = String, content_type = "text/plain"))
+    )]
+    fn metrics() {}
+
+    /// This document
+    #[utoipa::path(
+        get,
+        path = "/openapi.json",
+        tag = "operations",
+        responses((status = 200, body = Object, description = "OpenAPI 3.1"))
+    )]
+    fn openapi() {}
+
+    /// Shared OAuth redirect URI
+    ///
+    /// A person's browser lands here: the answer is a redirect to the install's `return_url` or an
+    /// HTML page, never JSON.
+    #[utoipa::path(
+        get,
+        path = "/connector/callback",
+        tag = "oauth",
+        params(CallbackIn),
+        responses(
+            (status = 302, description = "Back to the install's return_url"),
+            (status = "default", description = "Result page", body = String, content_type = "text/html")
+        )
+    )]
+    fn connector_callback() {}
+
+    /// The calling tenant
+    #[utoipa::path(get, path = "/v1/tenant", tag = "tenant", responses((status = 200, body = TenantOut)))]
+    fn get_tenant() {}
+
+    /// Set the tenant's allowed return URL prefixes
+    #[utoipa::path(
+        patch,
+        path = "/v1/tenant",
+        tag = "tenant",
+        request_body = TenantPatch,
+        responses((status = 200, body = TenantOut))
+    )]
+    fn update_tenant() {}
+
+    /// Connector catalogue
+    #[utoipa::path(
+        get,
+        path = "/v1/connectors",
+        tag = "connectors",
+        responses((status = 200, body = ConnectorList))
+    )]
+    fn list_connectors() {}
+
+    /// Full public connector definition
+    #[utoipa::path(
+        get,
+        path = "/v1/connectors/{connector}",
+        tag = "connectors",
+        params(("connector" = ConnectorId, Path)),
+        responses((status = 200, body = ConnectorView))
+    )]
+    fn get_connector() {}
+
+    /// Create or replace the tenant's connector setup
+    #[utoipa::path(
+        put,
+        path = "/v1/connectors/{connector}/setup",
+        tag = "setups",
+        params(("connector" = ConnectorId, Path)),
+        request_body = SetupIn,
+        responses((status = 200, body = SetupOut))
+    )]
+    fn put_setup() {}
+
+    /// The tenant's connector setup, secrets masked
+    #[utoipa::path(
+        get,
+        path = "/v1/connectors/{connector}/setup",
+        tag = "setups",
+        params(("connector" = ConnectorId, Path)),
+        responses((status = 200, body = SetupOut))
+    )]
+    fn get_setup() {}
+
+    /// Delete the connector setup
+    #[utoipa::path(
+        delete,
+        path = "/v1/connectors/{connector}/setup",
+        tag = "setups",
+        params(("connector" = ConnectorId, Path)),
+        responses((status = 204, description = "Deleted"))
+    )]
+    fn delete_setup() {}
+
+    /// Create an API key (plaintext shown once)
+    #[utoipa::path(
+        post,
+        path = "/v1/api-keys",
+        tag = "api-keys",
+        request_body = ApiKeyIn,
+        responses((status = 201, body = ApiKeyCreated))
+    )]
+    fn create_api_key() {}
+
+    /// List API keys (never the secret)
+    #[utoipa::path(
+        get,
+        path = "/v1/api-keys",
+        tag = "api-keys",
+        params(PageIn),
+        responses((status = 200, body = ApiKeyList))
+    )]
+    fn list_api_keys() {}
+
+    /// Revoke an API key at once
+    #[utoipa::path(
+        delete,
+        path = "/v1/api-keys/{id}",
+        tag = "api-keys",
+        params(("id" = ApiKeyId, Path)),
+        responses((status = 204, description = "Revoked"))
+    )]
+    fn revoke_api_key() {}
+
+    /// Create an account
+    #[utoipa::path(
+        post,
+        path = "/v1/accounts",
+        tag = "accounts",
+        request_body = AccountIn,
+        responses((status = 201, body = AccountOut))
+    )]
+    fn create_account() {}
+
+    /// List accounts
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts",
+        tag = "accounts",
+        params(PageIn),
+        responses((status = 200, body = AccountList))
+    )]
+    fn list_accounts() {}
+
+    /// Get an account
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}",
+        tag = "accounts",
+        params(("account" = AccountId, Path)),
+        responses((status = 200, body = AccountOut))
+    )]
+    fn get_account() {}
+
+    /// Delete an account, its installs and their secrets
+    #[utoipa::path(
+        delete,
+        path = "/v1/accounts/{account}",
+        tag = "accounts",
+        params(("account" = AccountId, Path)),
+        responses((status = 204, description = "Deleted"))
+    )]
+    fn delete_account() {}
+
+    /// Install a connector into an account
+    #[utoipa::path(
+        post,
+        path = "/v1/accounts/{account}/installs",
+        tag = "installs",
+        params(("account" = AccountId, Path)),
+        request_body = InstallIn,
+        responses((status = 201, body = InstallCreated))
+    )]
+    fn create_install() {}
+
+    /// List an account's installs
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs",
+        tag = "installs",
+        params(("account" = AccountId, Path), PageIn),
+        responses((status = 200, body = InstallList))
+    )]
+    fn list_installs() {}
+
+    /// The tenant's installs across its accounts, by status, connector and account
+    #[utoipa::path(
+        get,
+        path = "/v1/installs",
+        tag = "installs",
+        params(InstallsQuery),
+        responses((status = 200, body = InstallList))
+    )]
+    fn list_tenant_installs() {}
+
+    /// Get an install (never tokens)
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}",
+        tag = "installs",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path)),
+        responses((status = 200, body = InstallOut))
+    )]
+    fn get_install() {}
+
+    /// Revoke upstream and delete an install
+    #[utoipa::path(
+        delete,
+        path = "/v1/accounts/{account}/installs/{install}",
+        tag = "installs",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path)),
+        responses((status = 204, description = "Deleted"))
+    )]
+    fn delete_install() {}
+
+    /// A new authorize_url (re-authorise)
+    #[utoipa::path(
+        post,
+        path = "/v1/accounts/{account}/installs/{install}/authorize",
+        tag = "installs",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path)),
+        request_body(content = Option<AuthorizeIn>, description = "Optional: a new return_url"),
+        responses((status = 200, body = AuthorizeUrl))
+    )]
+    fn authorize_install() {}
+
+    /// Call a connector method
+    #[utoipa::path(
+        post,
+        path = "/v1/accounts/{account}/installs/{install}/methods/{method}",
+        tag = "methods",
+        params(
+            ("account" = AccountId, Path),
+            ("install" = InstallId, Path),
+            ("method" = MethodId, Path)
+        ),
+        request_body = MethodIn,
+        responses((status = 200, body = MethodOut))
+    )]
+    fn call_method() {}
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard",
+        description = "Multi-tenant integration connector host. See docs/API.md."
+    ),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+        ops::connector_callback,
+        ops::get_tenant,
+        ops::update_tenant,
+        ops::list_connectors,
+        ops::get_connector,
+        ops::put_setup,
+        ops::get_setup,
+        ops::delete_setup,
+        ops::create_api_key,
+        ops::list_api_keys,
+        ops::revoke_api_key,
+        ops::create_account,
+        ops::list_accounts,
+        ops::get_account,
+        ops::delete_account,
+        ops::create_install,
+        ops::list_installs,
+        ops::list_tenant_installs,
+        ops::get_install,
+        ops::delete_install,
+        ops::authorize_install,
+        ops::call_method
+    ),
+    components(schemas(Problem, AccountId, InstallId, ApiKeyId, ConnectorId, MethodId)),
+    modifiers(&Conventions)
+)]
+struct ApiDoc;
+
+/// What holds for every operation, added in one place: `/v1` needs the API key (bearer), and
+/// every error is an RFC 9457 problem (except the callback, which answers a person in HTML).
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("An API key: `Authorization: Bearer sbk_…`"))
+                        .build(),
+                ),
+            );
+        let problem = ResponseBuilder::new()
+            .description("RFC 9457 problem with a stable `code`")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for op in operations_mut(item) {
+                if path.starts_with("/v1/") {
+                    op.security = Some(vec![SecurityRequirement::new(
+                        "api_key",
+                        Vec::<String>::new(),
+                    )]);
+                }
+                if path != "/connector/callback" {
+                    op.responses
+                        .responses
+                        .insert("default".into(), problem.clone().into());
+                }
             }
         }
-        if *body {
-            op = op.request_body(Some(
-                utoipa::openapi::request_body::RequestBodyBuilder::new()
-                    .content("application/json", ContentBuilder::new().build())
-                    .required(Some(Required::True))
-                    .build(),
-            ));
-        }
-        op = op
-            .response(
-                status.to_string(),
-                ResponseBuilder::new().description("Success"),
-            )
-            .response(
-                "default",
-                ResponseBuilder::new()
-                    .description("RFC 9457 problem with a stable `code`")
-                    .content("application/problem+json", ContentBuilder::new().build()),
-            );
-        if path.starts_with("/v1") {
-            op = op.security(utoipa::openapi::security::SecurityRequirement::new(
-                "api_key",
-                Vec::<String>::new(),
-            ));
-        }
-        paths = paths.path(*path, PathItem::new(method(verb), op.build()));
     }
-    OpenApiBuilder::new()
-        .info(
-            InfoBuilder::new()
-                .title("Switchboard")
-                .version(env!("CARGO_PKG_VERSION"))
-                .description(Some("Multi-tenant integration connector host. See API.md.")),
-        )
-        .paths(paths)
-        .components(Some(
-            ComponentsBuilder::new()
-                .security_scheme(
-                    "api_key",
-                    SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-                )
-                .build(),
-        ))
-        .build()
 }
+
+fn operations_mut(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Every (verb, route pattern) of the document, e.g. `("get", "/v1/accounts/{account}")`.
+pub(crate) static OPERATIONS: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
+    let doc = document();
+    let mut ops = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (verb, op) in [
+            ("get", &item.get),
+            ("put", &item.put),
+            ("post", &item.post),
+            ("delete", &item.delete),
+            ("patch", &item.patch),
+        ] {
+            if op.is_some() {
+                ops.push((verb, path.clone()));
+            }
+        }
+    }
+    ops
+});
+
+static JSON: LazyLock<String> =
+    LazyLock::new(|| document().to_json().unwrap_or_else(|_| "{}".into()));
 
 pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(document().to_json().unwrap_or_else(|_| "{}".into()))
+        .body(JSON.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Value {
+        serde_json::from_str(&JSON).unwrap()
+    }
+
+    #[test]
+    fn every_parameter_and_body_has_a_schema() {
+        let doc = doc();
+        let mut ops = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (verb, op) in item.as_object().unwrap() {
+                ops += 1;
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                for seg in path.split('/') {
+                    if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        let p = params
+                            .iter()
+                            .find(|p| p["name"] == name && p["in"] == "path")
+                            .unwrap_or_else(|| panic!("{verb} {path}: {name} not declared"));
+                        assert_eq!(p["required"], true, "{verb} {path}: {name}");
+                        assert_eq!(
+                            p["schema"]["$ref"],
+                            format!(
+                                "#/components/schemas/{}",
+                                match name {
+                                    "account" => "AccountId",
+                                    "install" => "InstallId",
+                                    "method" => "MethodId",
+                                    "connector" => "ConnectorId",
+                                    _ => "ApiKeyId",
+                                }
+                            ),
+                            "{verb} {path}: {name}"
+                        );
+                    }
+                }
+                for p in &params {
+                    assert!(p["schema"].is_object(), "{verb} {path}: {p}");
+                }
+                if ["post", "put", "patch"].contains(&verb.as_str()) {
+                    let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                    // An optional body is `oneOf: [null, $ref]`.
+                    let optional = schema["oneOf"][1]["$ref"].is_string();
+                    assert!(
+                        schema["$ref"].is_string() || optional,
+                        "{verb} {path}: request body without schema: {}",
+                        op["requestBody"]
+                    );
+                }
+                for (status, resp) in op["responses"].as_object().unwrap() {
+                    if ["204", "302"].contains(&status.as_str()) {
+                        continue;
+                    }
+                    let content = resp["content"].as_object().unwrap_or_else(|| {
+                        panic!("{verb} {path} {status}: response without content")
+                    });
+                    for (ct, media) in content {
+                        assert!(
+                            media["schema"].is_object(),
+                            "{verb} {path} {status} {ct}: no schema"
+                        );
+                    }
+                }
+                if path != "/connector/callback" {
+                    assert_eq!(
+                        op["responses"]["default"]["content"]["application/problem+json"]["schema"]
+                            ["$ref"],
+                        "#/components/schemas/Problem",
+                        "{verb} {path}"
+                    );
+                }
+                assert_eq!(
+                    op["security"][0]["api_key"].is_array(),
+                    path.starts_with("/v1/"),
+                    "{verb} {path}"
+                );
+            }
+        }
+        assert_eq!(ops, 26);
+        assert_eq!(OPERATIONS.len(), 26);
+        let id = &doc["components"]["schemas"]["AccountId"];
+        assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["api_key"]["scheme"],
+            "bearer"
+        );
+    }
+
+    #[test]
+    fn list_endpoints_declare_limit_and_cursor() {
+        let doc = doc();
+        for path in [
+            "/v1/accounts",
+            "/v1/api-keys",
+            "/v1/accounts/{account}/installs",
+            "/v1/installs",
+        ] {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+            assert_eq!(limit["in"], "query");
+            assert_eq!(limit["schema"]["minimum"], 1);
+            assert_eq!(limit["schema"]["maximum"], 500);
+            assert!(params.iter().any(|p| p["name"] == "cursor"));
+        }
+    }
 }

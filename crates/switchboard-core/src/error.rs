@@ -60,7 +60,9 @@ impl std::fmt::Display for ErrorCode {
 
 /// An RFC 9457 problem. Built from an [`ErrorCode`] plus a human `detail` and optional
 /// extension members; rendered as `application/problem+json` by the HTTP layer.
-#[derive(Debug, Clone, Serialize)]
+/// Other members (`errors`, `retry_after`, `issues`, `hint`, `install_status`) depend on the
+/// code.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_: String,
@@ -69,6 +71,7 @@ pub struct Problem {
     pub detail: String,
     pub code: &'static str,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extensions: Map<String, Value>,
 }
 

@@ -45,6 +45,104 @@ pub fn valid_external_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// The rule of [`valid_external_id`] as a regular expression, for the OpenAPI document.
+pub const EXTERNAL_ID_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$";
+
+/// A string that is not a valid external id. Its message never repeats the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ids are 1 to 64 characters of A-Z a-z 0-9 _ . - and do not start with '.'")]
+pub struct InvalidId;
+
+macro_rules! external_ids {
+    ($( $(#[$doc:meta])* $name:ident = $example:literal ),+ $(,)?) => { $(
+        $(#[$doc])*
+        ///
+        /// Only [`parse`](Self::parse) (and serde, through it) builds one, so holding it means the
+        /// string follows [`valid_external_id`]; it dereferences to `str`.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(
+            value_type = String,
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",
+            example = $example
+        )]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: impl Into<String>) -> Result<Self, InvalidId> {
+                let s = s.into();
+                if valid_external_id(&s) {
+                    Ok(Self(s))
+                } else {
+                    Err(InvalidId)
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(s: String) -> Result<Self, InvalidId> {
+                Self::parse(s)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    )+ };
+}
+
+external_ids! {
+    /// An account id: chosen by the tenant or generated (`acc_…`).
+    AccountId = "acme-clinic",
+    /// An install id (`ins_…`).
+    InstallId = "ins_2dJ8bXv0QyWmN4tR7kLp1A",
+    /// An API key id (`key_…`), never the key itself.
+    ApiKeyId = "key_Q3v9Zr1mT8yXk2LwB6nPcA",
+    /// A connector id from the catalogue (`canvas`, `epic`, …).
+    ConnectorId = "canvas",
+    /// A method id of a connector (`get_patient`, …).
+    MethodId = "get_patient",
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +155,53 @@ mod tests {
         assert_ne!(a, b);
         assert!(valid_external_id(&a));
         assert_eq!(a.len(), 4 + 22);
+    }
+
+    #[test]
+    fn typed_ids_are_built_only_from_valid_strings() {
+        assert_eq!(
+            AccountId::parse("acme-clinic").unwrap().as_str(),
+            "acme-clinic"
+        );
+        for bad in ["", ".x", "a b", "a/b", "é"] {
+            assert_eq!(InstallId::parse(bad), Err(InvalidId), "{bad:?}");
+        }
+        assert!(MethodId::parse("x".repeat(65)).is_err());
+        let id: ConnectorId = serde_json::from_str("\"canvas\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"canvas\"");
+        let err = serde_json::from_str::<ApiKeyId>("\"s3cret value\"").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_pattern_is_the_rule() {
+        // The OpenAPI pattern and valid_external_id agree on the edge cases.
+        let re = |s: &str| {
+            let b = s.as_bytes();
+            !b.is_empty()
+                && b.len() <= 64
+                && (b[0].is_ascii_alphanumeric() || matches!(b[0], b'_' | b'-'))
+                && b[1..]
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+        };
+        for s in [
+            "a",
+            "-a",
+            "_",
+            "a.b",
+            ".a",
+            "",
+            "a b",
+            &"x".repeat(64),
+            &"x".repeat(65),
+        ] {
+            assert_eq!(re(s), valid_external_id(s), "{s:?}");
+        }
+        assert_eq!(EXTERNAL_ID_PATTERN, "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$");
+        let schema = serde_json::to_value(<AccountId as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["pattern"], EXTERNAL_ID_PATTERN);
+        assert_eq!(schema["type"], "string");
     }
 
     #[test]

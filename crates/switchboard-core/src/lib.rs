@@ -6,7 +6,10 @@ pub mod ids;
 pub mod status;
 
 pub use error::{ErrorCode, Problem};
-pub use ids::{random_token, valid_external_id, IdKind};
+pub use ids::{
+    random_token, valid_external_id, AccountId, ApiKeyId, ConnectorId, IdKind, InstallId,
+    InvalidId, MethodId,
+};
 pub use status::InstallStatus;
 
 /// Milliseconds since the Unix epoch: the one timestamp representation stored on both backends.

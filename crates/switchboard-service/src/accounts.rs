@@ -3,18 +3,26 @@
 use crate::pagination::{self, PageIn};
 use crate::{ServiceError, Services, TenantCtx};
 use serde::{Deserialize, Serialize};
-use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind};
+use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId};
 use switchboard_db::repo::{accounts, installs};
 use switchboard_db::NewAccount;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "acme-clinic", "name": "Acme Clinic"}))]
 pub struct AccountIn {
-    pub id: Option<String>,
+    /// Generated (`acc_…`) when absent.
+    pub id: Option<AccountId>,
+    /// 1 to 200 printable characters, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountOut {
     pub id: String,
     pub name: String,
@@ -22,7 +30,7 @@ pub struct AccountOut {
 }
 
 /// One page of `GET /v1/accounts`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountList {
     pub accounts: Vec<AccountOut>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -46,13 +54,7 @@ impl Services {
         input: AccountIn,
     ) -> Result<AccountOut, ServiceError> {
         let id = match input.id {
-            Some(id) if valid_external_id(&id) => id,
-            Some(_) => {
-                return Err(ServiceError::InvalidRequest(
-                    "id must be 1 to 64 characters of A-Z a-z 0-9 _ . - and not start with '.'"
-                        .into(),
-                ))
-            }
+            Some(id) => id.into(),
             None => IdKind::Account.generate(),
         };
         let name = input.name.trim().to_owned();
@@ -109,7 +111,11 @@ impl Services {
         })
     }
 
-    pub async fn get_account(&self, t: &TenantCtx, id: &str) -> Result<AccountOut, ServiceError> {
+    pub async fn get_account(
+        &self,
+        t: &TenantCtx,
+        id: &AccountId,
+    ) -> Result<AccountOut, ServiceError> {
         self.find_account(t, id).await.map(AccountOut::from)
     }
 
@@ -118,9 +124,6 @@ impl Services {
         t: &TenantCtx,
         id: &str,
     ) -> Result<switchboard_db::Account, ServiceError> {
-        if !valid_external_id(id) {
-            return Err(ServiceError::NotFound("account not found".into()));
-        }
         let (tenant, aid) = (t.tenant_id.clone(), id.to_owned());
         self.inner
             .db
@@ -130,7 +133,7 @@ impl Services {
     }
 
     /// Deletes the account, revoking and erasing its installs' tokens first.
-    pub async fn delete_account(&self, t: &TenantCtx, id: &str) -> Result<(), ServiceError> {
+    pub async fn delete_account(&self, t: &TenantCtx, id: &AccountId) -> Result<(), ServiceError> {
         let account = self.find_account(t, id).await?;
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
         let all = self
@@ -139,7 +142,8 @@ impl Services {
             .run(move |conn| installs::list(conn, &tenant, &aid))
             .await?;
         for install in all {
-            self.delete_install(t, &account.id, &install.id).await?;
+            let install_id = InstallId::parse(install.id).map_err(ServiceError::internal)?;
+            self.delete_install(t, id, &install_id).await?;
         }
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
         self.inner

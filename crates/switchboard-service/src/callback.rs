@@ -10,7 +10,8 @@ use switchboard_db::repo::{installs, oauth_states};
 use switchboard_db::TokenWrite;
 use url::Url;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackIn {
     pub code: Option<String>,
     pub state: Option<String>,

@@ -2,6 +2,7 @@
 
 use crate::{ServiceError, Services};
 use serde_json::{json, Value};
+use switchboard_core::ConnectorId;
 
 impl Services {
     pub fn list_connectors(&self) -> Value {
@@ -14,11 +15,11 @@ impl Services {
         json!({ "connectors": list })
     }
 
-    pub fn get_connector(&self, id: &str) -> Result<Value, ServiceError> {
+    pub fn get_connector(&self, id: &ConnectorId) -> Result<Value, ServiceError> {
         self.inner
             .catalog
             .get(id)
             .map(|c| switchboard_connector::public_view(&c.def))
-            .ok_or_else(|| ServiceError::UnknownConnector(id.to_owned()))
+            .ok_or_else(|| ServiceError::UnknownConnector(id.to_string()))
     }
 }

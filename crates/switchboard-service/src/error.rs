@@ -2,7 +2,7 @@ use serde::Serialize;
 use switchboard_core::ErrorCode;
 
 /// A field-level problem in a request body (settings or method params).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -14,29 +14,31 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use switchboard_auth::{TokenClient, TokenTypeHint};
 use switchboard_connector::{AuthDef, AuthKind, Connector, TemplateContext};
-use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind, InstallStatus};
+use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId, InstallStatus};
 use switchboard_db::repo::{installs, oauth_states};
 use switchboard_db::{NewInstall, NewOAuthState, TokenWrite};
 use url::Url;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"connector": "canvas", "auth_type": "static_bearer"}))]
 pub struct InstallIn {
     pub connector: String,
     /// One of the connector's auth types; the first one when absent.
     pub auth_type: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
     pub return_url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeIn {
     pub return_url: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InstallOut {
     pub id: String,
     pub account: String,
@@ -45,11 +47,13 @@ pub struct InstallOut {
     pub status: String,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub context: Option<Value>,
     pub last_error: Option<String>,
     pub last_refresh_at: Option<String>,
     pub last_refresh_error: Option<String>,
     /// The install's own setting overrides; secrets masked.
+    #[schema(value_type = Object)]
     pub settings: Value,
     pub return_url: Option<String>,
     pub created_at: String,
@@ -57,14 +61,14 @@ pub struct InstallOut {
 }
 
 /// One page of `GET /v1/accounts/{account}/installs` or `GET /v1/installs`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InstallList {
     pub installs: Vec<InstallOut>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InstallCreated {
     #[serde(flatten)]
     pub install: InstallOut,
@@ -293,7 +297,7 @@ impl Services {
     pub async fn create_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
+        account_id: &AccountId,
         input: InstallIn,
     ) -> Result<InstallCreated, ServiceError> {
         let account = self.find_account(t, account_id).await?;
@@ -381,7 +385,7 @@ impl Services {
             ),
             _ => None,
         };
-        let install = self.get_install(t, &account.id, &id).await?;
+        let install = self.install_out(self.find_install(t, &account.id, &id).await?);
         Ok(InstallCreated {
             install,
             authorize_url,
@@ -466,8 +470,8 @@ impl Services {
     pub async fn authorize_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
         input: AuthorizeIn,
     ) -> Result<String, ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
@@ -529,9 +533,6 @@ impl Services {
         account_id: &str,
         install_id: &str,
     ) -> Result<switchboard_db::Install, ServiceError> {
-        if !valid_external_id(account_id) || !valid_external_id(install_id) {
-            return Err(ServiceError::NotFound("install not found".into()));
-        }
         let (tenant, acc, id) = (
             t.tenant_id.clone(),
             account_id.to_owned(),
@@ -586,8 +587,8 @@ impl Services {
     pub async fn get_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
     ) -> Result<InstallOut, ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
         Ok(self.install_out(row))
@@ -597,7 +598,7 @@ impl Services {
     pub async fn list_installs(
         &self,
         t: &TenantCtx,
-        account_id: &str,
+        account_id: &AccountId,
         page: PageIn,
     ) -> Result<InstallList, ServiceError> {
         let account = self.find_account(t, account_id).await?;
@@ -661,8 +662,8 @@ impl Services {
     pub async fn delete_install(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
     ) -> Result<(), ServiceError> {
         let row = self.find_install(t, account_id, install_id).await?;
         if let Err(e) = self.revoke_upstream(&row).await {

@@ -10,13 +10,13 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
-use switchboard_core::{ms_to_rfc3339, now_ms, random_token, valid_external_id, IdKind};
+use switchboard_core::{ms_to_rfc3339, now_ms, random_token, ApiKeyId, IdKind};
 use switchboard_db::repo::{api_keys, tenants};
 use switchboard_db::{NewApiKey, NewTenant};
 
 const KEY_PREFIX: &str = "sbk_";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyOut {
     pub id: String,
     pub name: String,
@@ -26,14 +26,14 @@ pub struct ApiKeyOut {
 }
 
 /// One page of `GET /v1/api-keys`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKeyOut>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyCreated {
     pub id: String,
     pub name: String,
@@ -49,7 +49,7 @@ pub struct TenantCreated {
     pub api_key: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantOut {
     pub id: String,
     pub name: String,
@@ -253,10 +253,7 @@ impl Services {
     }
 
     /// Revokes a key at once on this replica (and within the cache TTL on the others).
-    pub async fn revoke_api_key(&self, t: &TenantCtx, id: &str) -> Result<(), ServiceError> {
-        if !valid_external_id(id) {
-            return Err(ServiceError::NotFound("API key not found".into()));
-        }
+    pub async fn revoke_api_key(&self, t: &TenantCtx, id: &ApiKeyId) -> Result<(), ServiceError> {
         let (tenant, key) = (t.tenant_id.clone(), id.to_owned());
         let revoked = self
             .inner

@@ -13,15 +13,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use switchboard_connector::{AuthKind, Connector};
-use switchboard_core::{ErrorCode, InstallStatus};
+use switchboard_core::{AccountId, ErrorCode, InstallId, InstallStatus, MethodId};
 use switchboard_db::repo::installs;
 use switchboard_engine::{EngineError, MethodCall};
 use url::Url;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MethodIn {
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     pub max_pages: Option<u32>,
 }
@@ -248,9 +249,6 @@ impl Services {
         let p = match self.inner.installs.get(install_id) {
             Some(p) => p,
             None => {
-                if !switchboard_core::valid_external_id(install_id) {
-                    return Err(not_found());
-                }
                 let id = install_id.to_owned();
                 let row = self
                     .inner
@@ -275,9 +273,9 @@ impl Services {
     pub async fn call_method(
         &self,
         t: &TenantCtx,
-        account_id: &str,
-        install_id: &str,
-        method_id: &str,
+        account_id: &AccountId,
+        install_id: &InstallId,
+        method_id: &MethodId,
         input: MethodIn,
     ) -> Result<Bytes, ServiceError> {
         let p = self.prepared(t, account_id, install_id).await?;
@@ -286,8 +284,8 @@ impl Services {
             .def
             .methods
             .iter()
-            .find(|m| m.id == method_id)
-            .ok_or_else(|| ServiceError::UnknownMethod(method_id.to_owned()))?;
+            .find(|m| m.id == method_id.as_str())
+            .ok_or_else(|| ServiceError::UnknownMethod(method_id.to_string()))?;
         let params =
             switchboard_engine::validate_params(method, &input.params).map_err(|errs| {
                 ServiceError::InvalidParams(

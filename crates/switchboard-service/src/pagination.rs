@@ -22,26 +22,35 @@ pub const MAX_LIMIT: u32 = 500;
 const MAX_CURSOR_LEN: usize = 512;
 
 /// Query of a plain list (`GET /v1/accounts`, `/v1/api-keys`, `/v1/accounts/{a}/installs`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageIn {
-    /// 1 to [`MAX_LIMIT`]; [`DEFAULT_LIMIT`] when absent.
+    /// At most this many items, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page; absent for the first page.
     pub cursor: Option<String>,
 }
 
 /// Query of `GET /v1/installs`: the tenant's installs across its accounts.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InstallsQuery {
     /// Only installs in this status.
+    #[param(value_type = Option<String>, pattern = "^(pending_authorization|authorized|needs_reauthorization|error)$")]
     pub status: Option<InstallStatus>,
     /// Only installs of this connector id.
+    #[param(pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
     pub connector: Option<String>,
     /// Only installs of this account id.
+    #[param(pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
     pub account: Option<String>,
+    /// At most this many items, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

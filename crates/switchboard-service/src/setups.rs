@@ -4,13 +4,14 @@ use crate::settings::{self, Layer};
 use crate::{ServiceError, Services, TenantCtx};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use switchboard_core::{ms_to_rfc3339, now_ms};
+use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_db::repo::setups;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SetupOut {
     pub connector: String,
     /// Secret values are `{"set":true}`, never the value.
+    #[schema(value_type = Object)]
     pub settings: Value,
     pub created_at: String,
     pub updated_at: String,
@@ -22,7 +23,7 @@ impl Services {
     pub async fn put_setup(
         &self,
         t: &TenantCtx,
-        connector_id: &str,
+        connector_id: &ConnectorId,
         input: &Map<String, Value>,
     ) -> Result<SetupOut, ServiceError> {
         let connector = self.connector(connector_id)?;
@@ -30,7 +31,7 @@ impl Services {
         let values = settings::validate_input(def, input, Layer::Setup)?;
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
         let stored = settings::seal(&self.inner.crypto, def, &values, &aad);
-        let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_owned(), now_ms());
+        let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
         let row = self
             .inner
             .db
@@ -38,7 +39,7 @@ impl Services {
             .await?;
         self.inner.installs.clear();
         Ok(SetupOut {
-            connector: connector_id.to_owned(),
+            connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
@@ -48,10 +49,10 @@ impl Services {
     pub async fn get_setup(
         &self,
         t: &TenantCtx,
-        connector_id: &str,
+        connector_id: &ConnectorId,
     ) -> Result<SetupOut, ServiceError> {
         let connector = self.connector(connector_id)?;
-        let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_owned());
+        let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let row = self
             .inner
             .db
@@ -64,7 +65,7 @@ impl Services {
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
         Ok(SetupOut {
-            connector: connector_id.to_owned(),
+            connector: connector_id.to_string(),
             settings: settings::masked(&connector.def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
@@ -74,10 +75,10 @@ impl Services {
     pub async fn delete_setup(
         &self,
         t: &TenantCtx,
-        connector_id: &str,
+        connector_id: &ConnectorId,
     ) -> Result<(), ServiceError> {
         self.connector(connector_id)?;
-        let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_owned());
+        let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let deleted = self
             .inner
             .db

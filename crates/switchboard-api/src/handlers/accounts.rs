@@ -1,7 +1,7 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
+use switchboard_core::AccountId;
 use switchboard_service::accounts::AccountIn;
 use switchboard_service::pagination::PageIn;
 use switchboard_service::Services;
@@ -25,18 +25,16 @@ pub async fn list_accounts(
 pub async fn get_account(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(account): Ids<AccountId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_account(&t.0, &path).await?))
+    Ok(HttpResponse::Ok().json(s.get_account(&t.0, &account).await?))
 }
 
 pub async fn delete_account(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(account): Ids<AccountId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    s.delete_account(&t.0, &path).await?;
+    s.delete_account(&t.0, &account).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,14 +1,20 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use switchboard_core::ApiKeyId;
 use switchboard_service::pagination::PageIn;
 use switchboard_service::Services;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyIn {
+    /// 1 to 200 printable characters, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
 }
 
@@ -34,9 +40,8 @@ pub async fn list_api_keys(
 pub async fn revoke_api_key(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(id): Ids<ApiKeyId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    s.revoke_api_key(&t.0, &path).await?;
+    s.revoke_api_key(&t.0, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,7 +1,7 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
+use switchboard_core::ConnectorId;
 use switchboard_service::Services;
 
 pub async fn list_connectors(_t: Tenant, s: web::Data<Services>) -> HttpResponse {
@@ -11,8 +11,7 @@ pub async fn list_connectors(_t: Tenant, s: web::Data<Services>) -> HttpResponse
 pub async fn get_connector(
     _t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_connector(&path)?))
+    Ok(HttpResponse::Ok().json(s.get_connector(&connector)?))
 }

@@ -1,8 +1,8 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
 use serde_json::json;
+use switchboard_core::{AccountId, InstallId};
 use switchboard_service::installs::{AuthorizeIn, InstallIn};
 use switchboard_service::pagination::{InstallsQuery, PageIn};
 use switchboard_service::Services;
@@ -10,11 +10,10 @@ use switchboard_service::Services;
 pub async fn create_install(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(account): Ids<AccountId>,
     body: web::Json<InstallIn>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    let created = s.create_install(&t.0, &path, body.into_inner()).await?;
+    let created = s.create_install(&t.0, &account, body.into_inner()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(created))
@@ -23,11 +22,10 @@ pub async fn create_install(
 pub async fn list_installs(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(account): Ids<AccountId>,
     query: web::Query<PageIn>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.list_installs(&t.0, &path, query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(s.list_installs(&t.0, &account, query.into_inner()).await?))
 }
 
 /// The tenant's installs across its accounts (`?status=&connector=&account=`).
@@ -42,22 +40,16 @@ pub async fn list_tenant_installs(
 pub async fn get_install(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<(String, String)>,
+    Ids((account, install)): Ids<(AccountId, InstallId)>,
 ) -> Result<HttpResponse> {
-    let (account, install) = path.into_inner();
-    check_id(&account)?;
-    check_id(&install)?;
     Ok(HttpResponse::Ok().json(s.get_install(&t.0, &account, &install).await?))
 }
 
 pub async fn delete_install(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<(String, String)>,
+    Ids((account, install)): Ids<(AccountId, InstallId)>,
 ) -> Result<HttpResponse> {
-    let (account, install) = path.into_inner();
-    check_id(&account)?;
-    check_id(&install)?;
     s.delete_install(&t.0, &account, &install).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -65,12 +57,9 @@ pub async fn delete_install(
 pub async fn authorize_install(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<(String, String)>,
+    Ids((account, install)): Ids<(AccountId, InstallId)>,
     body: Option<web::Json<AuthorizeIn>>,
 ) -> Result<HttpResponse> {
-    let (account, install) = path.into_inner();
-    check_id(&account)?;
-    check_id(&install)?;
     let input = body
         .map(|b| b.into_inner())
         .unwrap_or(AuthorizeIn { return_url: None });

@@ -1,20 +1,16 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
+use switchboard_core::{AccountId, InstallId, MethodId};
 use switchboard_service::methods::MethodIn;
 use switchboard_service::Services;
 
 pub async fn call_method(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<(String, String, String)>,
+    Ids((account, install, method)): Ids<(AccountId, InstallId, MethodId)>,
     body: web::Json<MethodIn>,
 ) -> Result<HttpResponse> {
-    let (account, install, method) = path.into_inner();
-    check_id(&account)?;
-    check_id(&install)?;
-    check_id(&method)?;
     let out = s
         .call_method(&t.0, &account, &install, &method, body.into_inner())
         .await?;

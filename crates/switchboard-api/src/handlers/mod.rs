@@ -2,14 +2,14 @@
 //! function and maps the result.
 
 mod accounts;
-mod api_keys;
+pub(crate) mod api_keys;
 mod callback;
 mod connectors;
 mod health;
 mod installs;
 mod methods;
-mod setups;
-mod tenant;
+pub(crate) mod setups;
+pub(crate) mod tenant;
 
 use actix_web::{web, Scope};
 

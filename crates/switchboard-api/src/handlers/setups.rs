@@ -1,42 +1,41 @@
 use super::Result;
-use crate::error::check_id;
-use crate::extract::Tenant;
+use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use switchboard_core::ConnectorId;
 use switchboard_service::Services;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"settings": {"api_token": "example-token", "fhir_base_url": "https://fhir.example.com/"}}))]
 pub struct SetupIn {
+    #[schema(value_type = Object)]
     settings: Map<String, Value>,
 }
 
 pub async fn put_setup(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(connector): Ids<ConnectorId>,
     body: web::Json<SetupIn>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.put_setup(&t.0, &path, &body.settings).await?))
+    Ok(HttpResponse::Ok().json(s.put_setup(&t.0, &connector, &body.settings).await?))
 }
 
 pub async fn get_setup(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_setup(&t.0, &path).await?))
+    Ok(HttpResponse::Ok().json(s.get_setup(&t.0, &connector).await?))
 }
 
 pub async fn delete_setup(
     t: Tenant,
     s: web::Data<Services>,
-    path: web::Path<String>,
+    Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    check_id(&path)?;
-    s.delete_setup(&t.0, &path).await?;
+    s.delete_setup(&t.0, &connector).await?;
     Ok(HttpResponse::NoContent().finish())
 }
