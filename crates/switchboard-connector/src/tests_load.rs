@@ -703,7 +703,7 @@ fn compiled_methods_render_paths_and_check_patterns() {
     let c = shipped("epic");
     let m = c.method("get_patient").unwrap();
     assert_eq!(
-        m.render_path(&map(&[("id", "eq081-VQEgP8drUUqCWzHfw3")]))
+        m.render_path(|name| (name == "id").then_some("eq081-VQEgP8drUUqCWzHfw3"))
             .unwrap(),
         "Patient/eq081-VQEgP8drUUqCWzHfw3"
     );
