@@ -383,11 +383,6 @@ impl ConnectorDef {
     pub fn default_auth(&self) -> Option<&AuthDef> {
         self.auth.first()
     }
-
-    /// The declared auth types, in file order.
-    pub fn auth_kinds(&self) -> Vec<AuthKind> {
-        self.auth.iter().map(AuthDef::kind).collect()
-    }
 }
 
 impl AuthDef {

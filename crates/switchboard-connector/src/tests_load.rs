@@ -749,7 +749,7 @@ fn settings_needed_depend_on_the_auth_type() {
         missing_for_auth(&c.def, AuthKind::Oauth2ClientCredentials, &merged),
         ["instance_url", "client_id", "client_secret"]
     );
-    assert_eq!(c.auth_kinds()[0], AuthKind::Oauth2AuthorizationCode);
+    assert_eq!(c.auth[0].kind(), AuthKind::Oauth2AuthorizationCode);
 }
 
 #[test]

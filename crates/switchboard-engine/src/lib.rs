@@ -11,8 +11,7 @@ mod params;
 mod request;
 
 pub use error::{
-    extract_issues, EngineError, OperationOutcomeIssue, EPIC_SEARCH_TOO_BROAD, MAX_ISSUES,
-    MAX_ISSUE_TEXT,
+    EngineError, OperationOutcomeIssue, EPIC_SEARCH_TOO_BROAD, MAX_ISSUES, MAX_ISSUE_TEXT,
 };
 pub use execute::{execute, resolve_next_link, MethodCall, MethodOutput};
 pub use params::{validate_params, ParamError, ValidParams, MAX_REPEATED_VALUES, MAX_VALUE_CHARS};

@@ -754,9 +754,13 @@ fn outcome(code: &str, epic: &str) -> Vec<u8> {
     .unwrap()
 }
 
+fn issues_of(body: &[u8]) -> Vec<OperationOutcomeIssue> {
+    parse_outcome(body).issues
+}
+
 #[test]
 fn operation_outcome_extraction() {
-    let issues = extract_issues(&outcome("processing", "4127"));
+    let issues = issues_of(&outcome("processing", "4127"));
     assert_eq!(issues.len(), 1);
     let i = &issues[0];
     assert_eq!(i.severity, "fatal");
@@ -765,11 +769,11 @@ fn operation_outcome_extraction() {
     assert_eq!(i.details_text.as_deref(), Some("Additional data may exist"));
     assert_eq!(i.diagnostics.as_deref().map(str::len), Some(MAX_ISSUE_TEXT));
     assert!(parse_outcome(&outcome("processing", "4127")).search_too_broad);
-    assert!(extract_issues(br#"{"resourceType":"Patient","issue":[]}"#).is_empty());
-    assert!(extract_issues(b"<html>oops</html>").is_empty());
+    assert!(issues_of(br#"{"resourceType":"Patient","issue":[]}"#).is_empty());
+    assert!(issues_of(b"<html>oops</html>").is_empty());
     let many = json!({"resourceType": "OperationOutcome", "issue": vec![json!({"severity": "error", "code": "x"}); 50]});
     assert_eq!(
-        extract_issues(&serde_json::to_vec(&many).unwrap()).len(),
+        issues_of(&serde_json::to_vec(&many).unwrap()).len(),
         MAX_ISSUES
     );
 }
