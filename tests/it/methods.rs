@@ -1732,6 +1732,66 @@ async fn upstream_bodies_stay_out_of_logs_and_errors(backend: Backend) {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Static connector headers
+// ---------------------------------------------------------------------------------------------
+
+/// A copy of the shipped connectors where Canvas declares static headers: one rendered from the
+/// tenant's setup, and its own `Accept` (which replaces the engine's default).
+fn connectors_with_canvas_headers(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("connectors-headers");
+    std::fs::create_dir_all(&out).unwrap();
+    let shipped = crate::support::repo_root().join("connectors");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+    }
+    let canvas = std::fs::read_to_string(shipped.join("canvas.toml")).unwrap();
+    let base = "fhir_base = \"{{settings.fhir_base_url}}\"\n";
+    assert!(canvas.contains(base), "canvas.toml's fhir_base changed");
+    let headers = "headers = { X-Client-Id = \"app:{{settings.client_id}}\", Accept = \"application/json\" }\n";
+    std::fs::write(
+        out.join("canvas.toml"),
+        canvas.replacen(base, &format!("{base}{headers}"), 1),
+    )
+    .unwrap();
+    out
+}
+
+async fn connector_headers_are_rendered_from_settings(backend: Backend) {
+    let scratch = tempfile::tempdir().unwrap();
+    let connectors = connectors_with_canvas_headers(scratch.path());
+    let app = TestApp::spawn_with(backend, |s| s.connectors.dir = connectors).await;
+    let canvas = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(2)).await;
+
+    // The setting the header is rendered from is the one stored with the tenant's setup.
+    let (s, setup) = app.get("/v1/connectors/canvas/setup").await;
+    assert_eq!(s, StatusCode::OK, "{setup}");
+    assert_eq!(setup["settings"]["client_id"], CLIENT_ID, "{setup}");
+
+    let (s, v) = canvas
+        .call(
+            &app,
+            "get_patient",
+            json!({ "params": { "id": "pat-0002" } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"], canvas.fhir.patient("pat-0002").unwrap());
+    let r = canvas.fhir.last_request().unwrap();
+    assert_eq!(r.path_and_query, "/Patient/pat-0002");
+    let expected = format!("app:{CLIENT_ID}");
+    assert_eq!(r.header("x-client-id"), Some(expected.as_str()));
+    let accepts: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "accept")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(accepts, ["application/json"], "the connector's Accept only");
+    assert_eq!(r.bearer(), Some(CANVAS_TOKEN));
+}
+
 crate::both_backends! {
     every_connector_gets_and_searches_patients => every_connector_reads_and_searches;
     invalid_params_are_422_without_upstream_calls => invalid_params_never_reach_the_ehr;
@@ -1747,4 +1807,5 @@ crate::both_backends! {
     refresh_on_expired_token => expired_access_token_is_refreshed_once;
     refresh_on_401_and_static_bearer => one_off_401_refreshes_and_static_tokens_do_not;
     no_upstream_bodies_in_logs_or_errors => upstream_bodies_stay_out_of_logs_and_errors;
+    static_connector_headers => connector_headers_are_rendered_from_settings;
 }

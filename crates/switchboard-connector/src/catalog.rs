@@ -1,5 +1,7 @@
-//! Loaded connectors, precompiled for the hot path: templates parsed, path templates parsed,
-//! param regexes compiled once at load instead of on every method call.
+//! Loaded connectors, compiled once at load: templates parsed, path templates parsed, param
+//! regexes compiled. [`CompiledMethod`] and [`CompiledParam`] are THE model of a method: the
+//! loader validates them and the engine validates calls and builds requests from them, so the
+//! two can never disagree on a path, a pattern or a combination of params.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::model::{ConnectorDef, MethodDef, ParamDef};
+use crate::model::{ConnectorDef, HttpVerb, MethodDef, Paging, ParamDef, ParamLocation};
 use crate::path::{PathError, PathTemplate};
 use crate::template::{Template, TemplateContext, TemplateError};
 use crate::validate::{compile_pattern, validate};
@@ -32,7 +34,7 @@ pub struct Connector {
     methods: Vec<CompiledMethod>,
 }
 
-/// A method with its path template parsed and param patterns compiled.
+/// A method with its path template parsed and param patterns compiled: what the engine runs.
 #[derive(Debug)]
 pub struct CompiledMethod {
     pub def: MethodDef,
@@ -40,7 +42,8 @@ pub struct CompiledMethod {
     params: Vec<CompiledParam>,
 }
 
-/// A param with its `pattern` compiled (anchored: it must match the whole value).
+/// A param with its `pattern` compiled (anchored: it must match the whole value): what the
+/// engine validates a caller's value against.
 #[derive(Debug)]
 pub struct CompiledParam {
     pub def: ParamDef,
@@ -122,15 +125,6 @@ impl Connector {
         &self.methods
     }
 
-    pub fn fhir_base_template(&self) -> &Template {
-        &self.fhir_base
-    }
-
-    /// Static header templates, sorted by name.
-    pub fn header_templates(&self) -> &[(String, Template)] {
-        &self.headers
-    }
-
     /// Render the FHIR base for merged settings, with the trailing `/` the model promises, so
     /// that relative method paths can be appended by concatenation.
     pub fn render_fhir_base(
@@ -159,7 +153,8 @@ impl Connector {
         Ok(TemplateContext::new(settings).with_fhir_base(base))
     }
 
-    /// Render the static headers.
+    /// Render the static headers (name, value), sorted by name. The only rendering of connector
+    /// headers: the engine turns these into wire headers once per prepared install.
     pub fn render_headers(
         &self,
         ctx: &TemplateContext,
@@ -168,16 +163,6 @@ impl Connector {
             .iter()
             .map(|(k, t)| t.render(ctx).map(|v| (k.clone(), v)))
             .collect()
-    }
-
-    /// See [`crate::public_view`].
-    pub fn public_view(&self) -> serde_json::Value {
-        crate::view::public_view(&self.def)
-    }
-
-    /// See [`crate::summary`].
-    pub fn summary(&self) -> serde_json::Value {
-        crate::view::summary(&self.def)
     }
 }
 
@@ -190,6 +175,18 @@ impl Deref for Connector {
 }
 
 impl CompiledMethod {
+    pub fn id(&self) -> &str {
+        &self.def.id
+    }
+
+    pub fn verb(&self) -> HttpVerb {
+        self.def.verb
+    }
+
+    pub fn paging(&self) -> Paging {
+        self.def.paging
+    }
+
     /// The param the caller names `name`.
     pub fn param(&self, name: &str) -> Option<&CompiledParam> {
         self.params.iter().find(|p| p.def.name == name)
@@ -200,9 +197,13 @@ impl CompiledMethod {
         &self.params
     }
 
-    /// Render the path with each value encoded as one segment (relative to the FHIR base).
-    pub fn render_path(&self, values: &BTreeMap<String, String>) -> Result<String, PathError> {
-        self.path.render(values)
+    /// Render the path with each placeholder's value (`value_of(name)`) percent-encoded as one
+    /// segment; relative to the FHIR base. See [`PathTemplate::render`].
+    pub fn render_path<'v>(
+        &self,
+        value_of: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, PathError> {
+        self.path.render(value_of)
     }
 
     /// Whether the params the caller gave (`provided(name)` says whether `name` was given)
@@ -229,6 +230,26 @@ impl CompiledMethod {
 }
 
 impl CompiledParam {
+    /// The name the caller uses.
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    /// The name sent upstream.
+    pub fn wire_name(&self) -> &str {
+        self.def.wire_name()
+    }
+
+    pub fn location(&self) -> ParamLocation {
+        self.def.location
+    }
+
+    /// Whether a call must supply it: declared `required`, or a path param (the loader insists
+    /// that those are declared required; this holds even for a definition that skipped it).
+    pub fn is_required(&self) -> bool {
+        self.def.required || self.def.location == ParamLocation::Path
+    }
+
     /// Whether a (string form of a) value passes the param's `pattern`; true without one.
     pub fn matches_pattern(&self, value: &str) -> bool {
         self.pattern.as_ref().is_none_or(|re| re.is_match(value))

@@ -1,6 +1,7 @@
-//! Connector definitions: the file format (`model`), templates over settings, setting
-//! normalisers, loading and validating `connectors/*.toml` with `file:line` diagnostics, and the
-//! generated JSON Schema. Pure: no network, no database.
+//! Connector definitions and their one compiled model: the file format (`model`), templates
+//! over settings, setting normalisers, loading and validating `connectors/*.toml` with
+//! `file:line` diagnostics, compiling methods for the engine, and the generated JSON Schema.
+//! Pure: no network, no database.
 //!
 //! How the other crates use it:
 //! - **Loading**: [`load_dir`] returns a [`Catalog`] or every problem as a [`Diagnostic`]
@@ -8,10 +9,15 @@
 //!   [`load_str`] do one file.
 //! - **The catalog**: [`Catalog::get`] gives an `Arc<`[`Connector`]`>`: the validated
 //!   [`ConnectorDef`] (`connector.def`, also reachable through `Deref`) with its templates parsed
-//!   and param regexes compiled once, so the engine does no parsing per call:
-//!   [`Connector::method`] -> [`CompiledMethod`] (`render_path`, `param(name)` ->
-//!   [`CompiledParam`] with `matches_pattern`, `satisfies_required_combinations`),
-//!   [`Connector::context`] (merged settings + rendered FHIR base), [`Connector::render_headers`].
+//!   and param regexes compiled once. [`Connector::method`] -> [`CompiledMethod`] is the single
+//!   model of a method call: the engine validates a call's params against its
+//!   [`CompiledParam`]s (`matches_pattern`) and `satisfies_required_combinations`, and builds
+//!   the request with its `render_path` (one percent-encoded segment per value). Nothing
+//!   re-parses a [`MethodDef`] per call.
+//! - **Install context**: [`Connector::context`] (merged settings + rendered FHIR base) and
+//!   [`Connector::render_headers`], the one rendering of the static headers.
+//! - **Reserved headers**: [`RESERVED_HEADERS`] / [`is_reserved_header`], refused by the
+//!   validator at load and again by the engine when it builds a request.
 //! - **Settings**: [`SettingDef::validate_value`] (normalise, then type-check a submitted value),
 //!   [`merge_settings`] (defaults < setup < install overrides), [`missing_required`], and, since
 //!   required-ness is really per auth type, [`settings_used_by_auth`] / [`missing_for_auth`].

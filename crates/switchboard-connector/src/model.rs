@@ -346,6 +346,25 @@ pub enum ParamType {
     Json,
 }
 
+/// Headers the host or the HTTP client owns (lower case): a connector may not declare them as
+/// static headers or header params (checked at load), and the engine refuses them again when it
+/// builds a request.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "cookie",
+];
+
+/// Whether `name` (any letter case) is one of [`RESERVED_HEADERS`].
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+}
+
 // Lookup helpers shared by the service, auth and engine crates, so that none of them re-implements
 // "find the method / setting / auth type" with subtly different rules.
 
@@ -353,11 +372,6 @@ impl ConnectorDef {
     /// The setting declared under `key`.
     pub fn setting(&self, key: &str) -> Option<&SettingDef> {
         self.settings.iter().find(|s| s.key == key)
-    }
-
-    /// The method declared under `id`.
-    pub fn method(&self, id: &str) -> Option<&MethodDef> {
-        self.methods.iter().find(|m| m.id == id)
     }
 
     /// The auth entry of the given type.
@@ -368,11 +382,6 @@ impl ConnectorDef {
     /// The default auth type: the first one declared (the loader rejects files without any).
     pub fn default_auth(&self) -> Option<&AuthDef> {
         self.auth.first()
-    }
-
-    /// The declared auth types, in file order.
-    pub fn auth_kinds(&self) -> Vec<AuthKind> {
-        self.auth.iter().map(AuthDef::kind).collect()
     }
 }
 
@@ -393,11 +402,6 @@ impl AuthDef {
             Self::Oauth2ClientCredentials(c) => &c.scopes,
             Self::StaticBearer(_) => "",
         }
-    }
-
-    /// Whether an install of this type starts with a user's consent in a browser.
-    pub fn needs_user(&self) -> bool {
-        matches!(self, Self::Oauth2AuthorizationCode(_))
     }
 
     /// Every template of this entry with its field name (for validation and for computing which

@@ -2,7 +2,6 @@
 //! templates because path values come from API callers, not from settings, and must each be
 //! encoded as exactly one path segment.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -126,9 +125,12 @@ impl PathTemplate {
         })
     }
 
-    /// Render with each value percent-encoded as one segment. The result is relative: join it
-    /// to the FHIR base (which ends with `/`) by concatenation.
-    pub fn render(&self, values: &BTreeMap<String, String>) -> Result<String, PathError> {
+    /// Render with each value (`value_of(placeholder)`) percent-encoded as one segment. The
+    /// result is relative: join it to the FHIR base (which ends with `/`) by concatenation.
+    pub fn render<'v>(
+        &self,
+        value_of: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, PathError> {
         let mut out = String::with_capacity(self.source.len() + 32);
         for (i, seg) in self.segments.iter().enumerate() {
             if i > 0 {
@@ -137,8 +139,7 @@ impl PathTemplate {
             match seg {
                 PathSegment::Literal(s) => out.push_str(s),
                 PathSegment::Param(name) => {
-                    let value = values
-                        .get(name)
+                    let value = value_of(name)
                         .ok_or_else(|| PathError::MissingParam { name: name.clone() })?;
                     // `.`/`..` survive encoding (and `%2e` is decoded as a dot segment by URL
                     // parsers), so they would climb out of the FHIR base.
@@ -174,11 +175,12 @@ fn is_pchar(c: char) -> bool {
 mod tests {
     use super::*;
 
-    fn vals(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn vals<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+
+    fn none(_: &str) -> Option<&'static str> {
+        None
     }
 
     #[test]
@@ -186,28 +188,22 @@ mod tests {
         let p = PathTemplate::parse("Patient/{id}").unwrap();
         assert_eq!(p.params().collect::<Vec<_>>(), ["id"]);
         assert_eq!(
-            p.render(&vals(&[("id", "abc-1.2")])).unwrap(),
+            p.render(vals(&[("id", "abc-1.2")])).unwrap(),
             "Patient/abc-1.2"
         );
         assert_eq!(
-            p.render(&vals(&[("id", "a/b?c#d%e f")])).unwrap(),
+            p.render(vals(&[("id", "a/b?c#d%e f")])).unwrap(),
             "Patient/a%2Fb%3Fc%23d%25e%20f"
         );
         let p = PathTemplate::parse("Patient/{id}/$everything").unwrap();
         assert_eq!(
-            p.render(&vals(&[("id", "1")])).unwrap(),
+            p.render(vals(&[("id", "1")])).unwrap(),
             "Patient/1/$everything"
         );
         let p = PathTemplate::parse("Patient").unwrap();
         assert_eq!(p.params().count(), 0);
-        assert_eq!(p.render(&BTreeMap::new()).unwrap(), "Patient");
-        assert_eq!(
-            PathTemplate::parse("")
-                .unwrap()
-                .render(&BTreeMap::new())
-                .unwrap(),
-            ""
-        );
+        assert_eq!(p.render(none).unwrap(), "Patient");
+        assert_eq!(PathTemplate::parse("").unwrap().render(none).unwrap(), "");
     }
 
     #[test]
@@ -215,16 +211,16 @@ mod tests {
         let p = PathTemplate::parse("Patient/{id}").unwrap();
         for bad in ["", ".", ".."] {
             assert_eq!(
-                p.render(&vals(&[("id", bad)])).unwrap_err(),
+                p.render(vals(&[("id", bad)])).unwrap_err(),
                 PathError::InvalidValue { name: "id".into() }
             );
         }
         assert_eq!(
-            p.render(&BTreeMap::new()).unwrap_err(),
+            p.render(none).unwrap_err(),
             PathError::MissingParam { name: "id".into() }
         );
         // Three dots is an ordinary (if odd) id.
-        assert_eq!(p.render(&vals(&[("id", "...")])).unwrap(), "Patient/...");
+        assert_eq!(p.render(vals(&[("id", "...")])).unwrap(), "Patient/...");
     }
 
     #[test]

@@ -703,7 +703,7 @@ fn compiled_methods_render_paths_and_check_patterns() {
     let c = shipped("epic");
     let m = c.method("get_patient").unwrap();
     assert_eq!(
-        m.render_path(&map(&[("id", "eq081-VQEgP8drUUqCWzHfw3")]))
+        m.render_path(|name| (name == "id").then_some("eq081-VQEgP8drUUqCWzHfw3"))
             .unwrap(),
         "Patient/eq081-VQEgP8drUUqCWzHfw3"
     );
@@ -749,7 +749,7 @@ fn settings_needed_depend_on_the_auth_type() {
         missing_for_auth(&c.def, AuthKind::Oauth2ClientCredentials, &merged),
         ["instance_url", "client_id", "client_secret"]
     );
-    assert_eq!(c.auth_kinds()[0], AuthKind::Oauth2AuthorizationCode);
+    assert_eq!(c.auth[0].kind(), AuthKind::Oauth2AuthorizationCode);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::model::{
-    AuthDef, ClientAuth, ConnectorDef, HttpVerb, MethodDef, Normalizer, ParamDef, ParamLocation,
-    ParamType, SettingDef, SettingType,
+    is_reserved_header, AuthDef, ClientAuth, ConnectorDef, HttpVerb, MethodDef, Normalizer,
+    ParamDef, ParamLocation, ParamType, SettingDef, SettingType,
 };
 use crate::path::PathTemplate;
 use crate::settings::{check_url, sample_value};
@@ -55,15 +55,6 @@ const RESERVED_TOKEN_PARAMS: &[&str] = &[
     "client_assertion",
     "client_assertion_type",
     "scope",
-];
-/// Headers the host or the HTTP client owns.
-const RESERVED_HEADERS: &[&str] = &[
-    "authorization",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "cookie",
 ];
 
 const SAMPLE_FHIR_BASE: &str = "https://example.invalid/fhir/";
@@ -377,7 +368,7 @@ impl Checker<'_> {
                 at.clone(),
                 format!("`{name}` is not a valid HTTP header name"),
             );
-        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        } else if is_reserved_header(name) {
             self.issue(
                 at.clone(),
                 format!("header `{name}` is set by the host and cannot be declared"),

@@ -161,10 +161,6 @@ pub(crate) struct Outcome {
 
 /// Extracts the issues of an OperationOutcome body; anything else (not JSON, another
 /// resource, unexpected shapes) yields no issues.
-pub fn extract_issues(body: &[u8]) -> Vec<OperationOutcomeIssue> {
-    parse_outcome(body).issues
-}
-
 pub(crate) fn parse_outcome(body: &[u8]) -> Outcome {
     let Ok(view) = serde_json::from_slice::<OutcomeView>(body) else {
         return Outcome::default();

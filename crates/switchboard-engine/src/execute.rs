@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use switchboard_connector::{MethodDef, Paging};
+use switchboard_connector::Paging;
 use switchboard_outbound::{Outbound, OutboundResponse, RetryPolicy};
 use url::Url;
 
@@ -21,14 +21,14 @@ use crate::params::ValidParams;
 use crate::request::{build_request, paging_headers};
 use crate::EngineError;
 
-/// One method call. Deliberately not `Debug` (it holds the bearer token).
+/// One method call: the method is the compiled one `params` were validated against
+/// ([`ValidParams::method`]). Deliberately not `Debug` (it holds the bearer token).
 #[derive(Clone, Copy)]
 pub struct MethodCall<'a> {
     /// The install's FHIR base (ends with `/`; one is assumed when missing).
     pub fhir_base: &'a Url,
-    pub method: &'a MethodDef,
-    pub params: &'a ValidParams,
-    /// The connector's static headers, rendered.
+    pub params: &'a ValidParams<'a>,
+    /// The connector's static headers, rendered ([`crate::static_headers`]).
     pub headers: &'a [(HeaderName, HeaderValue)],
     pub bearer: &'a str,
     /// Most pages to fetch (already capped by configuration); 0 counts as 1.
@@ -84,16 +84,11 @@ pub async fn execute(
     outbound: &Outbound,
     call: MethodCall<'_>,
 ) -> Result<MethodOutput, EngineError> {
-    let req = build_request(
-        call.fhir_base,
-        call.method,
-        call.params,
-        call.headers,
-        call.bearer,
-    )?;
-    let page_headers = (call.method.paging == Paging::FhirBundle && call.max_pages > 1)
+    let method = call.params.method();
+    let req = build_request(call.fhir_base, call.params, call.headers, call.bearer)?;
+    let page_headers = (method.paging() == Paging::FhirBundle && call.max_pages > 1)
         .then(|| paging_headers(req.headers()));
-    let retry = if call.method.verb.idempotent() {
+    let retry = if method.verb().idempotent() {
         RetryPolicy::OnThrottle
     } else {
         RetryPolicy::Never
@@ -105,7 +100,7 @@ pub async fn execute(
         None => single_page(status, body)?,
     };
     tracing::debug!(
-        method = %call.method.id,
+        method = %method.id(),
         status = out.status,
         pages = out.pages,
         bytes = out.body.len(),

@@ -1,15 +1,13 @@
-//! Validation of a caller's `params` against a method's parameter definitions, before anything
-//! is sent upstream. Messages say what was expected and never echo the value (it may be
+//! Validation of a caller's `params` against the compiled method from the catalogue, before
+//! anything is sent upstream: the patterns and `require_one_of` checked here are the connector's
+//! own compiled ones. Messages say what was expected and never echo the value (it may be
 //! patient data).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
 
-use regex::Regex;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use switchboard_connector::{MethodDef, ParamDef, ParamLocation, ParamType};
+use switchboard_connector::{CompiledMethod, CompiledParam, ParamDef, ParamLocation, ParamType};
 
 /// Longest accepted value (characters), per value of a repeated parameter.
 pub const MAX_VALUE_CHARS: usize = 1024;
@@ -37,20 +35,20 @@ impl ParamError {
     }
 }
 
-/// Parameters that passed [`validate_params`], in the method's declaration order, converted to
-/// their wire form. `Debug` shows names only, never values.
-#[derive(Clone, Default)]
-pub struct ValidParams {
-    pub(crate) items: Vec<ValidParam>,
+/// Parameters that passed [`validate_params`] for one compiled method, in the method's
+/// declaration order, converted to their wire form. They stay tied to that method: the request
+/// is built from [`ValidParams::method`], so a call cannot be validated against one definition
+/// and sent with another. `Debug` shows names only, never values.
+#[derive(Clone)]
+pub struct ValidParams<'m> {
+    method: &'m CompiledMethod,
+    pub(crate) items: Vec<ValidParam<'m>>,
 }
 
 #[derive(Clone)]
-pub(crate) struct ValidParam {
-    /// The caller's name (used for `{name}` path placeholders).
-    pub name: String,
-    /// The name sent upstream.
-    pub wire: String,
-    pub location: ParamLocation,
+pub(crate) struct ValidParam<'m> {
+    /// The compiled param the value was checked against (caller's name, wire name, location).
+    pub param: &'m CompiledParam,
     pub value: ValidValue,
 }
 
@@ -62,46 +60,44 @@ pub(crate) enum ValidValue {
     Json(Value),
 }
 
-impl ValidParams {
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+impl<'m> ValidParams<'m> {
+    /// The compiled method these params were validated against (and will be sent with).
+    pub fn method(&self) -> &'m CompiledMethod {
+        self.method
     }
 
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether the caller supplied `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.items.iter().any(|p| p.name == name)
-    }
-
-    pub(crate) fn find(&self, name: &str, location: ParamLocation) -> Option<&ValidParam> {
-        self.items
+    /// The single text value of the path param `name` (what a `{name}` placeholder renders).
+    pub(crate) fn path_value(&self, name: &str) -> Option<&str> {
+        let p = self
+            .items
             .iter()
-            .find(|p| p.location == location && p.name == name)
+            .find(|p| p.param.location() == ParamLocation::Path && p.param.name() == name)?;
+        match &p.value {
+            ValidValue::Text(values) if values.len() == 1 => Some(&values[0]),
+            _ => None,
+        }
     }
 }
 
-impl fmt::Debug for ValidParams {
+impl fmt::Debug for ValidParams<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.items.iter().map(|p| &p.name))
+            .entries(self.items.iter().map(|p| p.param.name()))
             .finish()
     }
 }
 
-/// Checks `params` against `method`: unknown names, missing required ones, types, enums,
-/// patterns, bounds, arrays only where `repeated`, empty and overlong values, and
+/// Checks `params` against the compiled `method`: unknown names, missing required ones, types,
+/// enums, patterns, bounds, arrays only where `repeated`, empty and overlong values, and
 /// `require_one_of`. Every problem found is reported, not just the first. `null` counts as
 /// absent. Path parameters are always required and may not be `.` or `..`.
-pub fn validate_params(
-    method: &MethodDef,
+pub fn validate_params<'m>(
+    method: &'m CompiledMethod,
     params: &Map<String, Value>,
-) -> Result<ValidParams, Vec<ParamError>> {
+) -> Result<ValidParams<'m>, Vec<ParamError>> {
     let mut errors = Vec::new();
     for key in params.keys() {
-        if !method.params.iter().any(|p| &p.name == key) {
+        if method.param(key).is_none() {
             errors.push(ParamError::new(
                 printable_field(key),
                 "unknown parameter for this method",
@@ -110,69 +106,48 @@ pub fn validate_params(
     }
 
     let mut items = Vec::with_capacity(params.len());
-    for def in &method.params {
-        let value = match params.get(&def.name) {
+    for param in method.params() {
+        let value = match params.get(param.name()) {
             None | Some(Value::Null) => {
-                if def.required || def.location == ParamLocation::Path {
-                    errors.push(ParamError::new(&def.name, "is required"));
+                if param.is_required() {
+                    errors.push(ParamError::new(param.name(), "is required"));
                 }
                 continue;
             }
             Some(v) => v,
         };
-        if let Some(valid) = validate_one(def, value, &mut errors) {
+        if let Some(valid) = validate_one(param, value, &mut errors) {
             items.push(ValidParam {
-                name: def.name.clone(),
-                wire: def.wire_name().to_owned(),
-                location: def.location,
+                param,
                 value: valid,
             });
         }
     }
 
-    if !method.require_one_of.is_empty() {
-        let present = |name: &String| matches!(params.get(name), Some(v) if !v.is_null());
-        let satisfied = method
-            .require_one_of
-            .iter()
-            .any(|set| set.iter().all(present));
-        if !satisfied {
-            let sets: Vec<String> = method
-                .require_one_of
-                .iter()
-                .map(|set| format!("[{}]", set.join(", ")))
-                .collect();
-            errors.push(ParamError::new(
-                "params",
-                format!(
-                    "supply every parameter of at least one of these combinations: {}",
-                    sets.join(" or ")
-                ),
-            ));
-        }
+    let present = |name: &str| matches!(params.get(name), Some(v) if !v.is_null());
+    if !method.satisfies_required_combinations(present) {
+        errors.push(ParamError::new(
+            "params",
+            format!(
+                "supply every parameter of at least one of these combinations: {}",
+                method.required_combinations_hint()
+            ),
+        ));
     }
 
     if errors.is_empty() {
-        Ok(ValidParams { items })
+        Ok(ValidParams { method, items })
     } else {
         Err(errors)
     }
 }
 
-/// Compiles and caches every pattern of `method` (e.g. when connectors are loaded) so the
-/// first call does not pay for it. Returns the first invalid pattern's error.
-pub fn precompile_patterns(method: &MethodDef) -> Result<(), regex::Error> {
-    for p in &method.params {
-        if let Some(pattern) = &p.pattern {
-            if compiled(pattern).is_none() {
-                return Err(build_full_match(pattern).unwrap_err());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_one(def: &ParamDef, value: &Value, errors: &mut Vec<ParamError>) -> Option<ValidValue> {
+fn validate_one(
+    param: &CompiledParam,
+    value: &Value,
+    errors: &mut Vec<ParamError>,
+) -> Option<ValidValue> {
+    let def = &param.def;
     if def.kind == ParamType::Json {
         return Some(if def.location == ParamLocation::Body {
             ValidValue::Json(value.clone())
@@ -196,7 +171,7 @@ fn validate_one(def: &ParamDef, value: &Value, errors: &mut Vec<ParamError>) -> 
             }
             let mut out = Vec::with_capacity(values.len());
             for (i, v) in values.iter().enumerate() {
-                if let Some(t) = check_value(def, v, || format!("{}[{i}]", def.name), errors) {
+                if let Some(t) = check_value(param, v, || format!("{}[{i}]", def.name), errors) {
                     out.push(t);
                 }
             }
@@ -209,7 +184,7 @@ fn validate_one(def: &ParamDef, value: &Value, errors: &mut Vec<ParamError>) -> 
             ));
             return None;
         }
-        v => match check_value(def, v, || def.name.clone(), errors) {
+        v => match check_value(param, v, || def.name.clone(), errors) {
             Some(t) => vec![t],
             None => return None,
         },
@@ -226,14 +201,14 @@ fn validate_one(def: &ParamDef, value: &Value, errors: &mut Vec<ParamError>) -> 
 
 /// Checks one scalar and returns its text form.
 fn check_value(
-    def: &ParamDef,
+    param: &CompiledParam,
     v: &Value,
     field: impl Fn() -> String,
     errors: &mut Vec<ParamError>,
 ) -> Option<String> {
-    match scalar_text(def, v) {
+    match scalar_text(&param.def, v) {
         Ok(t) => {
-            if let Err(message) = check_text(def, &t) {
+            if let Err(message) = check_text(param, &t) {
                 errors.push(ParamError::new(field(), message));
                 None
             } else {
@@ -317,7 +292,8 @@ fn check_bounds(def: &ParamDef, cmp: impl Fn(i64) -> std::cmp::Ordering) -> Resu
 }
 
 /// Checks shared by every value in text form.
-fn check_text(def: &ParamDef, t: &str) -> Result<(), String> {
+fn check_text(param: &CompiledParam, t: &str) -> Result<(), String> {
+    let def = &param.def;
     if t.is_empty() {
         return Err("must not be empty".to_owned());
     }
@@ -330,14 +306,9 @@ fn check_text(def: &ParamDef, t: &str) -> Result<(), String> {
     if !def.allowed.is_empty() && !def.allowed.iter().any(|a| a == t) {
         return Err(format!("must be one of: {}", def.allowed.join(", ")));
     }
-    if let Some(pattern) = &def.pattern {
-        match compiled(pattern) {
-            Some(re) if re.is_match(t) => {}
-            Some(_) => return Err(format!("must match the pattern {pattern}")),
-            None => {
-                return Err("cannot be checked: the connector's pattern for it is invalid".into())
-            }
-        }
+    if !param.matches_pattern(t) {
+        let pattern = def.pattern.as_deref().unwrap_or_default();
+        return Err(format!("must match the pattern {pattern}"));
     }
     match def.location {
         ParamLocation::Path if t == "." || t == ".." => {
@@ -405,30 +376,6 @@ pub(crate) fn is_token(s: &str) -> bool {
         None => !s.is_empty(),
         Some((system, code)) => !(code.contains('|') || system.is_empty() && code.is_empty()),
     }
-}
-
-type PatternCache = RwLock<HashMap<String, Option<Arc<Regex>>>>;
-
-/// Compiled full-match regexes keyed by the pattern text (so a reloaded connector with a
-/// changed pattern gets a new entry). `None` records an invalid pattern.
-fn compiled(pattern: &str) -> Option<Arc<Regex>> {
-    static CACHE: OnceLock<PatternCache> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(hit) = cache.read().unwrap_or_else(|e| e.into_inner()).get(pattern) {
-        return hit.clone();
-    }
-    let re = build_full_match(pattern).ok().map(Arc::new);
-    cache
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(pattern.to_owned(), re.clone());
-    re
-}
-
-fn build_full_match(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
 }
 
 /// A caller-supplied key made safe to echo: printable, bounded.

@@ -1,8 +1,13 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{self as h, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
-use switchboard_connector::MethodDef;
+use switchboard_connector::{
+    is_reserved_header, load_str, Catalog, CompiledMethod, Connector, TemplateContext,
+};
 use switchboard_outbound::{Outbound, OutboundConfig};
 use url::Url;
 use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
@@ -13,47 +18,142 @@ use crate::*;
 
 const SECRET: &str = "SECRET-VALUE";
 
-fn def(v: Value) -> MethodDef {
-    serde_json::from_value(v).unwrap()
+/// Everything but the methods: a connector the loader accepts.
+const HEAD: &str = r#"
+id = "enginetest"
+name = "Engine test"
+version = "1.0.0"
+fhir_base = "{{settings.base}}"
+
+[headers]
+Epic-Client-ID = "{{settings.client_id}}"
+
+[[settings]]
+key = "base"
+label = "FHIR base"
+type = "url"
+default = "https://ehr.example.com/fhir/R4/"
+
+[[settings]]
+key = "client_id"
+label = "Client ID"
+
+[[settings]]
+key = "api_token"
+label = "API token"
+secret = true
+
+[[auth]]
+type = "static_bearer"
+token = "{{settings.api_token}}"
+"#;
+
+/// The methods the tests run, declared as a connector file declares them.
+const METHODS: &str = r#"
+[[methods]]
+id = "get_patient"
+name = "Get patient"
+verb = "GET"
+path = "Patient/{id}"
+params = [{ name = "id", in = "path", type = "string", required = true }]
+
+[[methods]]
+id = "search_patients"
+name = "Search patients"
+verb = "GET"
+path = "Patient"
+paging = "fhir_bundle"
+require_one_of = [["_id"], ["identifier"], ["given", "family", "birthdate"]]
+params = [
+    { name = "_id", in = "query", type = "string" },
+    { name = "identifier", in = "query", type = "token", repeated = true },
+    { name = "given", in = "query", type = "string" },
+    { name = "family", in = "query", type = "string" },
+    { name = "birthdate", upstream_name = "birthDate", in = "query", type = "date" },
+    { name = "gender", in = "query", enum = ["male", "female", "other", "unknown"] },
+    { name = "_count", in = "query", type = "integer", minimum = 1, maximum = 100 },
+    { name = "active", in = "query", type = "boolean" },
+    { name = "weight", in = "query", type = "number" },
+    { name = "mrn", in = "query", pattern = "[0-9]{3,10}" },
+    { name = "x-trace", in = "header" },
+]
+
+[[methods]]
+id = "create"
+name = "Match patients"
+verb = "POST"
+path = "Patient/$match"
+params = [
+    { name = "resource", in = "body", type = "json", required = true },
+    { name = "count", upstream_name = "_count", in = "body", type = "integer" },
+]
+
+[[methods]]
+id = "match_patients"
+name = "Match patients (resource only)"
+verb = "POST"
+path = "Patient/$match"
+params = [{ name = "resource", in = "body", type = "json" }]
+
+[[methods]]
+id = "get_document"
+name = "Get document"
+verb = "GET"
+path = "DocumentReference/{docid}/$binary"
+params = [{ name = "docid", in = "path", required = true, pattern = "[a-z0-9/]+" }]
+"#;
+
+/// The test connector, loaded and compiled the way the service loads `connectors/`.
+static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
+    let src = format!("{HEAD}{METHODS}");
+    let def = load_str(Path::new("enginetest.toml"), &src)
+        .unwrap_or_else(|d| panic!("{}", load_problems(&d)));
+    [Connector::new(def).unwrap()].into_iter().collect()
+});
+
+fn connector() -> &'static Connector {
+    CATALOG.iter().next().unwrap()
+}
+
+fn compiled(id: &str) -> &'static CompiledMethod {
+    connector().method(id).unwrap()
+}
+
+fn load_problems(d: &[switchboard_connector::Diagnostic]) -> String {
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the loader says about a connector with these methods (empty when it loads).
+fn load_errors(methods: &str) -> String {
+    match load_str(Path::new("t.toml"), &format!("{HEAD}{methods}")) {
+        Ok(def) => match Connector::new(def) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        },
+        Err(d) => load_problems(&d),
+    }
 }
 
 fn params(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
 }
 
-fn get_patient() -> MethodDef {
-    def(json!({
-        "id": "get_patient", "name": "Get patient", "verb": "GET", "path": "Patient/{id}",
-        "params": [{"name": "id", "in": "path", "type": "string", "required": true}]
-    }))
+fn get_patient() -> &'static CompiledMethod {
+    compiled("get_patient")
 }
 
-fn search_patients() -> MethodDef {
-    def(json!({
-        "id": "search_patients", "name": "Search patients", "verb": "GET", "path": "Patient",
-        "paging": "fhir_bundle",
-        "require_one_of": [["_id"], ["identifier"], ["given", "family", "birthdate"]],
-        "params": [
-            {"name": "_id", "in": "query", "type": "string"},
-            {"name": "identifier", "in": "query", "type": "token", "repeated": true},
-            {"name": "given", "in": "query", "type": "string"},
-            {"name": "family", "in": "query", "type": "string"},
-            {"name": "birthdate", "upstream_name": "birthDate", "in": "query", "type": "date"},
-            {"name": "gender", "in": "query", "enum": ["male", "female", "other", "unknown"]},
-            {"name": "_count", "in": "query", "type": "integer", "minimum": 1, "maximum": 100},
-            {"name": "active", "in": "query", "type": "boolean"},
-            {"name": "weight", "in": "query", "type": "number"},
-            {"name": "mrn", "in": "query", "pattern": "[0-9]{3,10}"},
-            {"name": "x-trace", "in": "header"}
-        ]
-    }))
+fn search_patients() -> &'static CompiledMethod {
+    compiled("search_patients")
 }
 
-fn errors_of(m: &MethodDef, p: Value) -> Vec<ParamError> {
+fn errors_of(m: &CompiledMethod, p: Value) -> Vec<ParamError> {
     validate_params(m, &params(p)).unwrap_err()
 }
 
-fn one_error(m: &MethodDef, p: Value) -> ParamError {
+fn one_error(m: &CompiledMethod, p: Value) -> ParamError {
     let errs = errors_of(m, p);
     assert_eq!(errs.len(), 1, "{errs:?}");
     errs.into_iter().next().unwrap()
@@ -63,36 +163,47 @@ fn base() -> Url {
     Url::parse("https://ehr.example.com/fhir/R4/").unwrap()
 }
 
-fn build(m: &MethodDef, p: Value) -> reqwest::Request {
+fn build(m: &CompiledMethod, p: Value) -> reqwest::Request {
     let valid = validate_params(m, &params(p)).unwrap();
-    build_request(&base(), m, &valid, &[], "tok").unwrap()
+    build_request(&base(), &valid, &[], "tok").unwrap()
 }
 
 // ---------------------------------------------------------------- parameter validation
 
 #[test]
 fn unknown_parameter() {
-    let e = one_error(&get_patient(), json!({"id": "1", "nmae": "x"}));
+    let e = one_error(get_patient(), json!({"id": "1", "nmae": "x"}));
     assert_eq!(e.field, "nmae");
     assert!(e.message.contains("unknown"));
 }
 
 #[test]
 fn missing_required_and_path_params() {
-    let e = one_error(&get_patient(), json!({}));
+    let e = one_error(get_patient(), json!({}));
     assert_eq!(
         (e.field.as_str(), e.message.as_str()),
         ("id", "is required")
     );
     // null counts as absent
-    let e = one_error(&get_patient(), json!({"id": null}));
+    let e = one_error(get_patient(), json!({"id": null}));
     assert_eq!(e.field, "id");
-    // a path param is required even if the definition forgot to say so
-    let m = def(
-        json!({"id": "m", "name": "m", "verb": "GET", "path": "Patient/{id}",
-        "params": [{"name": "id", "in": "path"}]}),
+    // a path param is required even if the definition forgot to say so: the catalogue does
+    // not load such a definition, and the compiled param counts as required regardless
+    let forgot = load_errors(
+        r#"
+[[methods]]
+id = "m"
+name = "m"
+verb = "GET"
+path = "Patient/{id}"
+params = [{ name = "id", in = "path" }]
+"#,
     );
-    assert_eq!(one_error(&m, json!({})).message, "is required");
+    assert!(
+        forgot.contains("path params must be declared required = true"),
+        "{forgot}"
+    );
+    assert!(get_patient().param("id").unwrap().is_required());
 }
 
 #[test]
@@ -132,13 +243,13 @@ fn wrong_types() {
         ),
     ];
     for (p, field, msg) in cases {
-        let e = one_error(&m, p);
+        let e = one_error(m, p);
         assert_eq!(e.field, field);
         assert!(e.message.starts_with(msg), "{field}: {}", e.message);
         assert!(!e.message.contains(SECRET));
     }
     let ok = validate_params(
-        &m,
+        m,
         &params(json!({"_id": "1", "_count": 10, "active": false, "weight": 7.5})),
     );
     assert!(ok.is_ok());
@@ -157,7 +268,7 @@ fn fhir_dates() {
         "sa2000-01-31",
     ] {
         assert!(
-            validate_params(&m, &params(json!({"_id": "1", "birthdate": good}))).is_ok(),
+            validate_params(m, &params(json!({"_id": "1", "birthdate": good}))).is_ok(),
             "{good}"
         );
     }
@@ -175,7 +286,7 @@ fn fhir_dates() {
         "ge",
     ] {
         assert!(
-            validate_params(&m, &params(json!({"_id": "1", "birthdate": bad}))).is_err(),
+            validate_params(m, &params(json!({"_id": "1", "birthdate": bad}))).is_err(),
             "{bad}"
         );
     }
@@ -192,21 +303,21 @@ fn fhir_tokens() {
     ] {
         // a repeated parameter takes a single value or an array
         assert!(
-            validate_params(&m, &params(json!({"identifier": good}))).is_ok(),
+            validate_params(m, &params(json!({"identifier": good}))).is_ok(),
             "{good}"
         );
         assert!(
-            validate_params(&m, &params(json!({"identifier": [good]}))).is_ok(),
+            validate_params(m, &params(json!({"identifier": [good]}))).is_ok(),
             "{good}"
         );
     }
     for bad in ["|", "a|b|c", ""] {
         assert!(
-            validate_params(&m, &params(json!({"identifier": [bad]}))).is_err(),
+            validate_params(m, &params(json!({"identifier": [bad]}))).is_err(),
             "{bad}"
         );
         assert!(
-            validate_params(&m, &params(json!({"identifier": bad}))).is_err(),
+            validate_params(m, &params(json!({"identifier": bad}))).is_err(),
             "{bad}"
         );
     }
@@ -215,60 +326,60 @@ fn fhir_tokens() {
 #[test]
 fn enum_pattern_and_bounds() {
     let m = search_patients();
-    let e = one_error(&m, json!({"_id": "1", "gender": SECRET}));
+    let e = one_error(m, json!({"_id": "1", "gender": SECRET}));
     assert_eq!(e.message, "must be one of: male, female, other, unknown");
-    let e = one_error(&m, json!({"_id": "1", "mrn": "12345a"}));
+    let e = one_error(m, json!({"_id": "1", "mrn": "12345a"}));
     assert_eq!(e.message, "must match the pattern [0-9]{3,10}");
     // full match: a matching substring is not enough
-    assert!(validate_params(&m, &params(json!({"_id": "1", "mrn": "a12345"}))).is_err());
-    assert!(validate_params(&m, &params(json!({"_id": "1", "mrn": "12345"}))).is_ok());
+    assert!(validate_params(m, &params(json!({"_id": "1", "mrn": "a12345"}))).is_err());
+    assert!(validate_params(m, &params(json!({"_id": "1", "mrn": "12345"}))).is_ok());
     assert_eq!(
-        one_error(&m, json!({"_id": "1", "_count": 0})).message,
+        one_error(m, json!({"_id": "1", "_count": 0})).message,
         "must be at least 1"
     );
     assert_eq!(
-        one_error(&m, json!({"_id": "1", "_count": 101})).message,
+        one_error(m, json!({"_id": "1", "_count": 101})).message,
         "must be at most 100"
     );
-    assert!(validate_params(&m, &params(json!({"_id": "1", "_count": 100}))).is_ok());
+    assert!(validate_params(m, &params(json!({"_id": "1", "_count": 100}))).is_ok());
 }
 
 #[test]
 fn arrays_only_when_repeated() {
     let m = search_patients();
-    let e = one_error(&m, json!({"_id": ["1", "2"]}));
+    let e = one_error(m, json!({"_id": ["1", "2"]}));
     assert_eq!(e.message, "must be a single string, not an array");
-    let e = one_error(&m, json!({"identifier": []}));
+    let e = one_error(m, json!({"identifier": []}));
     assert_eq!(e.message, "must not be an empty array");
-    let e = one_error(&m, json!({"identifier": ["MRN|1", 7]}));
+    let e = one_error(m, json!({"identifier": ["MRN|1", 7]}));
     assert_eq!(e.field, "identifier[1]");
     let many: Vec<String> = (0..=MAX_REPEATED_VALUES).map(|i| i.to_string()).collect();
-    assert!(validate_params(&m, &params(json!({"identifier": many}))).is_err());
+    assert!(validate_params(m, &params(json!({"identifier": many}))).is_err());
 }
 
 #[test]
 fn empty_long_and_control_values() {
     let m = search_patients();
     assert_eq!(
-        one_error(&m, json!({"_id": ""})).message,
+        one_error(m, json!({"_id": ""})).message,
         "must not be empty"
     );
     let long = "a".repeat(MAX_VALUE_CHARS + 1);
     assert_eq!(
-        one_error(&m, json!({"_id": long})).message,
+        one_error(m, json!({"_id": long})).message,
         "must be at most 1024 characters"
     );
-    assert!(validate_params(&m, &params(json!({"_id": "é".repeat(MAX_VALUE_CHARS)}))).is_ok());
-    let e = one_error(&m, json!({"_id": format!("{SECRET}\r\nX: y")}));
+    assert!(validate_params(m, &params(json!({"_id": "é".repeat(MAX_VALUE_CHARS)}))).is_ok());
+    let e = one_error(m, json!({"_id": format!("{SECRET}\r\nX: y")}));
     assert_eq!(e.message, "must not contain control characters");
-    let e = one_error(&m, json!({"_id": "1", "x-trace": "café"}));
+    let e = one_error(m, json!({"_id": "1", "x-trace": "café"}));
     assert_eq!(e.message, "must contain only printable ASCII characters");
 }
 
 #[test]
 fn dot_segments_refused_in_path_params() {
     for v in [".", ".."] {
-        let e = one_error(&get_patient(), json!({"id": v}));
+        let e = one_error(get_patient(), json!({"id": v}));
         assert_eq!(e.message, "must not be \".\" or \"..\"");
     }
 }
@@ -276,7 +387,7 @@ fn dot_segments_refused_in_path_params() {
 #[test]
 fn require_one_of_lists_combinations() {
     let m = search_patients();
-    let e = one_error(&m, json!({"given": "Ann", "family": "Lee"}));
+    let e = one_error(m, json!({"given": "Ann", "family": "Lee"}));
     assert_eq!(e.field, "params");
     assert_eq!(
         e.message,
@@ -284,35 +395,51 @@ fn require_one_of_lists_combinations() {
          [_id] or [identifier] or [given, family, birthdate]"
     );
     assert!(validate_params(
-        &m,
+        m,
         &params(json!({"given": "Ann", "family": "Lee", "birthdate": "1990-01-02"}))
     )
     .is_ok());
-    assert!(validate_params(&m, &params(json!({"identifier": ["MRN|1"]}))).is_ok());
+    assert!(validate_params(m, &params(json!({"identifier": ["MRN|1"]}))).is_ok());
 }
 
 #[test]
 fn all_errors_are_reported_and_none_echo_values() {
     let m = search_patients();
     let errs = errors_of(
-        &m,
+        m,
         json!({"_id": [SECRET], "gender": SECRET, "_count": SECRET, "zz": SECRET}),
     );
     assert_eq!(errs.len(), 4, "{errs:?}");
     let text = serde_json::to_string(&errs).unwrap();
     assert!(!text.contains(SECRET), "{text}");
     // Debug of valid params shows names only
-    let ok = validate_params(&m, &params(json!({"_id": SECRET}))).unwrap();
+    let ok = validate_params(m, &params(json!({"_id": SECRET}))).unwrap();
     assert!(!format!("{ok:?}").contains(SECRET));
 }
 
 #[test]
 fn invalid_connector_pattern_is_reported() {
-    let m = def(json!({"id": "m", "name": "m", "verb": "GET", "path": "X",
-        "params": [{"name": "a", "in": "query", "pattern": "(unclosed"}]}));
-    assert!(precompile_patterns(&m).is_err());
-    assert!(one_error(&m, json!({"a": "x"})).message.contains("pattern"));
-    assert!(precompile_patterns(&search_patients()).is_ok());
+    // Patterns are compiled once, by the catalogue: an invalid one never reaches the engine.
+    let errors = load_errors(
+        r#"
+[[methods]]
+id = "m"
+name = "m"
+verb = "GET"
+path = "X"
+params = [{ name = "a", in = "query", pattern = "(unclosed" }]
+"#,
+    );
+    assert!(errors.contains("pattern"), "{errors}");
+    assert!(errors.contains("invalid regex"), "{errors}");
+    // The compiled pattern is the one calls are checked with.
+    let mrn = search_patients().param("mrn").unwrap();
+    assert!(mrn.matches_pattern("12345") && !mrn.matches_pattern("12345a"));
+    assert!(validate_params(
+        search_patients(),
+        &params(json!({"_id": "1", "mrn": "12345"}))
+    )
+    .is_ok());
 }
 
 // ---------------------------------------------------------------- request building
@@ -330,7 +457,7 @@ fn path_values_are_one_encoded_segment() {
         ("eRj.7-_~", "/fhir/R4/Patient/eRj.7-_~"),
     ];
     for (id, want) in cases {
-        let req = build(&m, json!({"id": id}));
+        let req = build(m, json!({"id": id}));
         let url = req.url();
         assert_eq!(url.path(), want, "{id}");
         assert_eq!(url.query(), None, "{id}");
@@ -343,7 +470,7 @@ fn path_values_are_one_encoded_segment() {
 #[test]
 fn repeated_query_params_and_upstream_names() {
     let req = build(
-        &search_patients(),
+        search_patients(),
         json!({"identifier": ["MRN|1", "SSN|2"], "birthdate": "ge2000-01-01", "_count": 10, "given": "A&b=c"}),
     );
     assert_eq!(req.url().path(), "/fhir/R4/Patient");
@@ -359,12 +486,12 @@ fn repeated_query_params_and_upstream_names() {
 #[test]
 fn headers_and_bearer() {
     let m = search_patients();
-    let valid = validate_params(&m, &params(json!({"_id": "1", "x-trace": "t-1"}))).unwrap();
+    let valid = validate_params(m, &params(json!({"_id": "1", "x-trace": "t-1"}))).unwrap();
     let statics = [(
         HeaderName::from_static("epic-client-id"),
         HeaderValue::from_static("cid"),
     )];
-    let req = build_request(&base(), &m, &valid, &statics, "tok.en").unwrap();
+    let req = build_request(&base(), &valid, &statics, "tok.en").unwrap();
     let h = req.headers();
     assert_eq!(h["accept"], "application/fhir+json");
     assert_eq!(h["authorization"], "Bearer tok.en");
@@ -378,26 +505,20 @@ fn headers_and_bearer() {
         HeaderValue::from_static("x"),
     )];
     assert!(matches!(
-        build_request(&base(), &m, &valid, &bad, "t"),
+        build_request(&base(), &valid, &bad, "t"),
         Err(EngineError::Definition(_))
     ));
     assert!(matches!(
-        build_request(&base(), &m, &valid, &[], "a\nb"),
+        build_request(&base(), &valid, &[], "a\nb"),
         Err(EngineError::InvalidBearer)
     ));
 }
 
 #[test]
 fn body_params_become_a_json_object() {
-    let m = def(
-        json!({"id": "create", "name": "c", "verb": "POST", "path": "Patient/$match",
-        "params": [
-            {"name": "resource", "in": "body", "type": "json", "required": true},
-            {"name": "count", "upstream_name": "_count", "in": "body", "type": "integer"}
-        ]}),
-    );
+    let m = compiled("create");
     let req = build(
-        &m,
+        m,
         json!({"resource": {"resourceType": "Parameters"}, "count": 3}),
     );
     assert_eq!(req.method(), reqwest::Method::POST);
@@ -413,26 +534,156 @@ fn body_params_become_a_json_object() {
 #[test]
 fn base_is_joined_by_concatenation() {
     let m = get_patient();
-    let valid = validate_params(&m, &params(json!({"id": "7"}))).unwrap();
+    let valid = validate_params(m, &params(json!({"id": "7"}))).unwrap();
     let no_slash = Url::parse("https://ehr.example.com/fhir/R4").unwrap();
-    let req = build_request(&no_slash, &m, &valid, &[], "t").unwrap();
+    let req = build_request(&no_slash, &valid, &[], "t").unwrap();
     assert_eq!(
         req.url().as_str(),
         "https://ehr.example.com/fhir/R4/Patient/7"
     );
     let with_query = Url::parse("https://ehr.example.com/fhir/?x=1").unwrap();
     assert!(matches!(
-        build_request(&with_query, &m, &valid, &[], "t"),
+        build_request(&with_query, &valid, &[], "t"),
         Err(EngineError::Definition(_))
     ));
-    let escaping = def(
-        json!({"id": "m", "name": "m", "verb": "GET", "path": "../admin/{id}",
-        "params": [{"name": "id", "in": "path"}]}),
+    // A path that climbs out of the base never becomes a compiled method.
+    let escaping = load_errors(
+        r#"
+[[methods]]
+id = "m"
+name = "m"
+verb = "GET"
+path = "../admin/{id}"
+params = [{ name = "id", in = "path", required = true }]
+"#,
     );
-    assert!(matches!(
-        build_request(&base(), &escaping, &valid, &[], "t"),
-        Err(EngineError::Definition(_))
-    ));
+    assert!(
+        escaping.contains("must not contain `.` or `..` segments"),
+        "{escaping}"
+    );
+}
+
+#[test]
+fn validator_and_executor_share_one_compiled_method() {
+    // One compiled object from the catalogue: its param pattern decides what validates, its
+    // path template decides what is sent, and the request is built from the very method the
+    // params were validated against.
+    let m = compiled("get_document");
+    let docid = m.param("docid").unwrap();
+    assert_eq!(m.path.params().collect::<Vec<_>>(), [docid.name()]);
+
+    // The pattern rejects what the compiled param rejects, and nothing is built.
+    assert!(!docid.matches_pattern("A B"));
+    let e = one_error(m, json!({"docid": "A B"}));
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("docid", "must match the pattern [a-z0-9/]+")
+    );
+
+    // The pattern lets a `/` through; rendering still encodes the value as one segment.
+    assert!(docid.matches_pattern("a/b"));
+    let valid = validate_params(m, &params(json!({"docid": "a/b"}))).unwrap();
+    assert!(
+        std::ptr::eq(valid.method(), m),
+        "the catalogue's own object"
+    );
+    let rendered = m
+        .render_path(|name| (name == "docid").then_some("a/b"))
+        .unwrap();
+    assert_eq!(rendered, "DocumentReference/a%2Fb/$binary");
+    let req = build_request(&base(), &valid, &[], "t").unwrap();
+    assert_eq!(req.url().path(), format!("/fhir/R4/{rendered}"));
+    assert_eq!(req.url().path_segments().unwrap().count(), 5);
+
+    // Another method's params cannot be sent under this one: they carry their own method.
+    let other = validate_params(get_patient(), &params(json!({"id": "a/b"}))).unwrap();
+    let req = build_request(&base(), &other, &[], "t").unwrap();
+    assert_eq!(req.url().path(), "/fhir/R4/Patient/a%2Fb");
+}
+
+#[test]
+fn one_reserved_header_list_for_loader_and_engine() {
+    for name in [
+        h::AUTHORIZATION,
+        h::HOST,
+        h::CONTENT_LENGTH,
+        h::TRANSFER_ENCODING,
+        h::CONNECTION,
+        h::COOKIE,
+    ] {
+        assert!(is_reserved_header(name.as_str()), "{name}");
+        // The loader refuses it as a static header and as a header param...
+        let title = name.as_str().to_ascii_uppercase();
+        let src = HEAD.replacen("[headers]\n", &format!("[headers]\n{title} = \"x\"\n"), 1);
+        let d = load_str(Path::new("t.toml"), &format!("{src}{METHODS}")).unwrap_err();
+        assert!(
+            load_problems(&d).contains("is set by the host and cannot be declared"),
+            "{name}: {}",
+            load_problems(&d)
+        );
+        let param = load_errors(&format!(
+            r#"
+[[methods]]
+id = "m"
+name = "m"
+verb = "GET"
+path = "X"
+params = [{{ name = "h", upstream_name = "{title}", in = "header" }}]
+"#
+        ));
+        assert!(
+            param.contains("is set by the host and cannot be declared"),
+            "{name}: {param}"
+        );
+        // ...and the engine refuses it when handed one anyway.
+        let valid = validate_params(get_patient(), &params(json!({"id": "1"}))).unwrap();
+        let statics = [(name.clone(), HeaderValue::from_static("x"))];
+        assert!(
+            matches!(
+                build_request(&base(), &valid, &statics, "t"),
+                Err(EngineError::Definition(_))
+            ),
+            "{name}"
+        );
+    }
+    assert!(!is_reserved_header("epic-client-id"));
+}
+
+#[test]
+fn static_headers_are_the_connectors_rendering() {
+    let c = connector();
+    let mut settings = BTreeMap::new();
+    settings.insert(
+        "base".to_owned(),
+        "https://ehr.example.com/fhir/R4/".to_owned(),
+    );
+    settings.insert("client_id".to_owned(), "cid-1".to_owned());
+    let ctx = c.context(settings.clone()).unwrap();
+    let wire = static_headers(c, &ctx).unwrap();
+    let rendered = c.render_headers(&ctx).unwrap();
+    assert_eq!(
+        rendered,
+        [("Epic-Client-ID".to_owned(), "cid-1".to_owned())]
+    );
+    assert_eq!(wire.len(), rendered.len());
+    for ((name, value), (rname, rvalue)) in wire.iter().zip(&rendered) {
+        assert!(name.as_str().eq_ignore_ascii_case(rname));
+        assert_eq!(value.to_str().unwrap(), rvalue);
+    }
+    let valid = validate_params(get_patient(), &params(json!({"id": "1"}))).unwrap();
+    let req = build_request(&base(), &valid, &wire, "t").unwrap();
+    assert_eq!(req.headers()["epic-client-id"], "cid-1");
+
+    // A missing setting names the key; a value that is no header value names the header only.
+    settings.remove("client_id");
+    let err = static_headers(c, &c.context(settings.clone()).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("`client_id`"), "{err}");
+    settings.insert("client_id".to_owned(), format!("{SECRET}\r\nX: y"));
+    let ctx = TemplateContext::new(settings).with_fhir_base("https://ehr.example.com/fhir/R4/");
+    let err = static_headers(c, &ctx).unwrap_err();
+    assert!(matches!(err, EngineError::Definition(_)), "{err:?}");
+    assert!(err.to_string().contains("Epic-Client-ID"), "{err}");
+    assert!(!format!("{err} {err:?}").contains(SECRET));
 }
 
 // ---------------------------------------------------------------- next links
@@ -503,9 +754,13 @@ fn outcome(code: &str, epic: &str) -> Vec<u8> {
     .unwrap()
 }
 
+fn issues_of(body: &[u8]) -> Vec<OperationOutcomeIssue> {
+    parse_outcome(body).issues
+}
+
 #[test]
 fn operation_outcome_extraction() {
-    let issues = extract_issues(&outcome("processing", "4127"));
+    let issues = issues_of(&outcome("processing", "4127"));
     assert_eq!(issues.len(), 1);
     let i = &issues[0];
     assert_eq!(i.severity, "fatal");
@@ -514,11 +769,11 @@ fn operation_outcome_extraction() {
     assert_eq!(i.details_text.as_deref(), Some("Additional data may exist"));
     assert_eq!(i.diagnostics.as_deref().map(str::len), Some(MAX_ISSUE_TEXT));
     assert!(parse_outcome(&outcome("processing", "4127")).search_too_broad);
-    assert!(extract_issues(br#"{"resourceType":"Patient","issue":[]}"#).is_empty());
-    assert!(extract_issues(b"<html>oops</html>").is_empty());
+    assert!(issues_of(br#"{"resourceType":"Patient","issue":[]}"#).is_empty());
+    assert!(issues_of(b"<html>oops</html>").is_empty());
     let many = json!({"resourceType": "OperationOutcome", "issue": vec![json!({"severity": "error", "code": "x"}); 50]});
     assert_eq!(
-        extract_issues(&serde_json::to_vec(&many).unwrap()).len(),
+        issues_of(&serde_json::to_vec(&many).unwrap()).len(),
         MAX_ISSUES
     );
 }
@@ -597,7 +852,7 @@ fn fhir(body: &str) -> ResponseTemplate {
 
 async fn run(
     server: &MockServer,
-    m: &MethodDef,
+    m: &CompiledMethod,
     p: Value,
     max_pages: u32,
 ) -> Result<MethodOutput, EngineError> {
@@ -607,7 +862,6 @@ async fn run(
         &outbound(),
         MethodCall {
             fhir_base: &base,
-            method: m,
             params: &valid,
             headers: &[],
             bearer: "tok",
@@ -630,7 +884,7 @@ async fn single_page_passes_bytes_through() {
         .expect(1)
         .mount(&server)
         .await;
-    let out = run(&server, &get_patient(), json!({"id": "e1"}), 5)
+    let out = run(&server, get_patient(), json!({"id": "e1"}), 5)
         .await
         .unwrap();
     assert_eq!(out.status, 200);
@@ -654,7 +908,7 @@ async fn non_json_success_is_refused_without_echo() {
         .mount(&server)
         .await;
     for id in ["html", "broken"] {
-        let err = run(&server, &get_patient(), json!({"id": id}), 1)
+        let err = run(&server, get_patient(), json!({"id": id}), 1)
             .await
             .unwrap_err();
         assert!(
@@ -686,7 +940,7 @@ async fn upstream_errors_are_mapped() {
         )
         .mount(&server)
         .await;
-    let err = run(&server, &get_patient(), json!({"id": "gone"}), 1)
+    let err = run(&server, get_patient(), json!({"id": "gone"}), 1)
         .await
         .unwrap_err();
     match err {
@@ -695,13 +949,13 @@ async fn upstream_errors_are_mapped() {
         }
         other => panic!("{other:?}"),
     }
-    let err = run(&server, &get_patient(), json!({"id": "expired"}), 1)
+    let err = run(&server, get_patient(), json!({"id": "expired"}), 1)
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Unauthorized));
     let err = run(
         &server,
-        &search_patients(),
+        search_patients(),
         json!({"family": "Lee", "given": "A", "birthdate": "1990"}),
         1,
     )
@@ -718,11 +972,8 @@ async fn non_idempotent_throttle_is_not_retried() {
         .expect(1)
         .mount(&server)
         .await;
-    let m = def(
-        json!({"id": "m", "name": "m", "verb": "POST", "path": "Patient/$match",
-        "params": [{"name": "resource", "in": "body", "type": "json"}]}),
-    );
-    let err = run(&server, &m, json!({"resource": {}}), 1)
+    let m = compiled("match_patients");
+    let err = run(&server, m, json!({"resource": {}}), 1)
         .await
         .unwrap_err();
     assert!(matches!(
@@ -788,7 +1039,7 @@ fn next_link(v: &Value) -> Option<String> {
 async fn paging_follows_relative_links_and_merges_entries() {
     let server = MockServer::start().await;
     three_pages(&server).await;
-    let out = run(&server, &search_patients(), json!({"_id": "x"}), 10)
+    let out = run(&server, search_patients(), json!({"_id": "x"}), 10)
         .await
         .unwrap();
     assert_eq!(out.pages, 3);
@@ -807,7 +1058,7 @@ async fn paging_follows_relative_links_and_merges_entries() {
 async fn paging_stops_at_max_pages_and_keeps_next() {
     let server = MockServer::start().await;
     three_pages(&server).await;
-    let out = run(&server, &search_patients(), json!({"_id": "x"}), 2)
+    let out = run(&server, search_patients(), json!({"_id": "x"}), 2)
         .await
         .unwrap();
     assert_eq!(out.pages, 2);
@@ -820,7 +1071,7 @@ async fn paging_stops_at_max_pages_and_keeps_next() {
     );
 
     // max_pages 1: the first page untouched, its next link included
-    let out = run(&server, &search_patients(), json!({"_id": "x"}), 1)
+    let out = run(&server, search_patients(), json!({"_id": "x"}), 1)
         .await
         .unwrap();
     assert_eq!(out.pages, 1);
@@ -847,7 +1098,7 @@ async fn foreign_next_link_is_never_followed() {
         .respond_with(fhir(&body.to_string()))
         .mount(&server)
         .await;
-    let err = run(&server, &search_patients(), json!({"_id": "x"}), 3)
+    let err = run(&server, search_patients(), json!({"_id": "x"}), 3)
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::ForeignNextLink), "{err:?}");
@@ -867,7 +1118,7 @@ async fn self_referencing_next_link_ends_paging() {
         .respond_with(fhir(&body.to_string()))
         .mount(&server)
         .await;
-    let out = run(&server, &search_patients(), json!({"_id": "x"}), 10)
+    let out = run(&server, search_patients(), json!({"_id": "x"}), 10)
         .await
         .unwrap();
     assert_eq!(out.pages, 2);

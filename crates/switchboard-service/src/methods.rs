@@ -208,16 +208,8 @@ impl Services {
             }
             _ => tokens.access,
         };
-        let mut headers = Vec::new();
-        for (k, v) in &resolved.connector.def.headers {
-            let value = switchboard_connector::render_str(v, &resolved.ctx)
-                .map_err(|e| ServiceError::internal(e.to_string()))?;
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| ServiceError::internal("invalid header name in connector"))?;
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| ServiceError::internal("invalid header value from settings"))?;
-            headers.push((name, value));
-        }
+        let headers = switchboard_engine::static_headers(&resolved.connector, &resolved.ctx)
+            .map_err(|e| ServiceError::internal(e.to_string()))?;
         let p = Arc::new(Prepared {
             status: InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
             status_error: row.last_error.clone(),
@@ -281,10 +273,7 @@ impl Services {
         let p = self.prepared(t, account_id, install_id).await?;
         let connector = p.connector.clone();
         let method = connector
-            .def
-            .methods
-            .iter()
-            .find(|m| m.id == method_id.as_str())
+            .method(method_id.as_str())
             .ok_or_else(|| ServiceError::UnknownMethod(method_id.to_string()))?;
         let params =
             switchboard_engine::validate_params(method, &input.params).map_err(|errs| {
@@ -322,7 +311,6 @@ impl Services {
                 &self.inner.outbound,
                 MethodCall {
                     fhir_base: &attempt.fhir_base,
-                    method,
                     params: &params,
                     headers: &attempt.headers,
                     bearer: bearer.expose_secret(),
