@@ -570,6 +570,37 @@ mod tests {
         );
     }
 
+    /// docs/API.md is the contract users read: its endpoint table names exactly the operations of
+    /// this document.
+    #[test]
+    fn the_documented_endpoints_are_the_operations() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/API.md"),
+        )
+        .expect("docs/API.md");
+        let table = text
+            .split("## Endpoints")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/API.md has an Endpoints section");
+        let mut documented = std::collections::BTreeSet::new();
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let first_cell = line.trim_start_matches('|').split('|').next().unwrap();
+            for token in first_cell.split('`').skip(1).step_by(2) {
+                let (verb, path) = token.split_once(' ').expect("`VERB /path`");
+                documented.insert(format!("{} {path}", verb.to_lowercase()));
+            }
+        }
+        let doc = doc();
+        let mut served = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for verb in item.as_object().unwrap().keys() {
+                served.insert(format!("{verb} {path}"));
+            }
+        }
+        assert_eq!(documented, served);
+    }
+
     #[test]
     fn list_endpoints_declare_limit_and_cursor() {
         let doc = doc();
