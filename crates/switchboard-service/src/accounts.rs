@@ -1,6 +1,8 @@
-//! Accounts: a tenant's customers, each with its installs.
+//! Accounts: a tenant's customers, each with its installs (part of [`InstallService`]: deleting
+//! an account deletes and revokes its installs).
 
-use crate::{ServiceError, Services, TenantCtx};
+use crate::installs::InstallService;
+use crate::{ServiceError, TenantCtx};
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind};
 use switchboard_db::repo::accounts;
@@ -30,7 +32,7 @@ impl From<switchboard_db::Account> for AccountOut {
     }
 }
 
-impl Services {
+impl InstallService {
     pub async fn create_account(
         &self,
         t: &TenantCtx,
@@ -60,8 +62,7 @@ impl Services {
         };
         let created_at = row.created_at;
         let out_id = id.clone();
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::insert(conn, &row))
             .await
             .map_err(|e| match e {
@@ -80,7 +81,6 @@ impl Services {
     pub async fn list_accounts(&self, t: &TenantCtx) -> Result<Vec<AccountOut>, ServiceError> {
         let tenant = t.tenant_id.clone();
         let rows = self
-            .inner
             .db
             .run(move |conn| accounts::list(conn, &tenant))
             .await?;
@@ -100,8 +100,7 @@ impl Services {
             return Err(ServiceError::NotFound("account not found".into()));
         }
         let (tenant, aid) = (t.tenant_id.clone(), id.to_owned());
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::find(conn, &tenant, &aid))
             .await?
             .ok_or_else(|| ServiceError::NotFound("account not found".into()))
@@ -114,8 +113,7 @@ impl Services {
             self.delete_install(t, &account.id, &install.id).await?;
         }
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::delete(conn, &tenant, &aid))
             .await?;
         Ok(())

@@ -11,11 +11,11 @@ pub async fn create_account(
     s: web::Data<Services>,
     body: web::Json<AccountIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Created().json(s.create_account(&t.0, body.into_inner()).await?))
+    Ok(HttpResponse::Created().json(s.installs.create_account(&t.0, body.into_inner()).await?))
 }
 
 pub async fn list_accounts(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(json!({ "accounts": s.list_accounts(&t.0).await? })))
+    Ok(HttpResponse::Ok().json(json!({ "accounts": s.installs.list_accounts(&t.0).await? })))
 }
 
 pub async fn get_account(
@@ -24,7 +24,7 @@ pub async fn get_account(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_account(&t.0, &path).await?))
+    Ok(HttpResponse::Ok().json(s.installs.get_account(&t.0, &path).await?))
 }
 
 pub async fn delete_account(
@@ -33,6 +33,6 @@ pub async fn delete_account(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    s.delete_account(&t.0, &path).await?;
+    s.installs.delete_account(&t.0, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -17,14 +17,14 @@ pub async fn create_api_key(
     s: web::Data<Services>,
     body: web::Json<ApiKeyIn>,
 ) -> Result<HttpResponse> {
-    let created = s.create_api_key(&t.0, &body.name).await?;
+    let created = s.keys.create_api_key(&t.0, &body.name).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(created))
 }
 
 pub async fn list_api_keys(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(json!({ "api_keys": s.list_api_keys(&t.0).await? })))
+    Ok(HttpResponse::Ok().json(json!({ "api_keys": s.keys.list_api_keys(&t.0).await? })))
 }
 
 pub async fn revoke_api_key(
@@ -33,6 +33,6 @@ pub async fn revoke_api_key(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    s.revoke_api_key(&t.0, &path).await?;
+    s.keys.revoke_api_key(&t.0, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }

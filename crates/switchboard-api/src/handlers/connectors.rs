@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use switchboard_service::Services;
 
 pub async fn list_connectors(_t: Tenant, s: web::Data<Services>) -> HttpResponse {
-    HttpResponse::Ok().json(s.list_connectors())
+    HttpResponse::Ok().json(s.connectors.list_connectors())
 }
 
 pub async fn get_connector(
@@ -14,5 +14,5 @@ pub async fn get_connector(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_connector(&path)?))
+    Ok(HttpResponse::Ok().json(s.connectors.get_connector(&path)?))
 }

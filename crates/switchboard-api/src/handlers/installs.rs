@@ -13,7 +13,10 @@ pub async fn create_install(
     body: web::Json<InstallIn>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    let created = s.create_install(&t.0, &path, body.into_inner()).await?;
+    let created = s
+        .installs
+        .create_install(&t.0, &path, body.into_inner())
+        .await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(created))
@@ -25,7 +28,10 @@ pub async fn list_installs(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(json!({ "installs": s.list_installs(&t.0, &path).await? })))
+    Ok(
+        HttpResponse::Ok()
+            .json(json!({ "installs": s.installs.list_installs(&t.0, &path).await? })),
+    )
 }
 
 pub async fn get_install(
@@ -36,7 +42,7 @@ pub async fn get_install(
     let (account, install) = path.into_inner();
     check_id(&account)?;
     check_id(&install)?;
-    Ok(HttpResponse::Ok().json(s.get_install(&t.0, &account, &install).await?))
+    Ok(HttpResponse::Ok().json(s.installs.get_install(&t.0, &account, &install).await?))
 }
 
 pub async fn delete_install(
@@ -47,7 +53,7 @@ pub async fn delete_install(
     let (account, install) = path.into_inner();
     check_id(&account)?;
     check_id(&install)?;
-    s.delete_install(&t.0, &account, &install).await?;
+    s.installs.delete_install(&t.0, &account, &install).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -63,7 +69,10 @@ pub async fn authorize_install(
     let input = body
         .map(|b| b.into_inner())
         .unwrap_or(AuthorizeIn { return_url: None });
-    let url = s.authorize_install(&t.0, &account, &install, input).await?;
+    let url = s
+        .installs
+        .authorize_install(&t.0, &account, &install, input)
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "authorize_url": url })))

@@ -16,6 +16,7 @@ pub async fn call_method(
     check_id(&install)?;
     check_id(&method)?;
     let out = s
+        .methods
         .call_method(&t.0, &account, &install, &method, body.into_inner())
         .await?;
     Ok(HttpResponse::Ok()

@@ -19,7 +19,7 @@ pub async fn put_setup(
     body: web::Json<SetupIn>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.put_setup(&t.0, &path, &body.settings).await?))
+    Ok(HttpResponse::Ok().json(s.setups.put_setup(&t.0, &path, &body.settings).await?))
 }
 
 pub async fn get_setup(
@@ -28,7 +28,7 @@ pub async fn get_setup(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    Ok(HttpResponse::Ok().json(s.get_setup(&t.0, &path).await?))
+    Ok(HttpResponse::Ok().json(s.setups.get_setup(&t.0, &path).await?))
 }
 
 pub async fn delete_setup(
@@ -37,6 +37,6 @@ pub async fn delete_setup(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     check_id(&path)?;
-    s.delete_setup(&t.0, &path).await?;
+    s.setups.delete_setup(&t.0, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }

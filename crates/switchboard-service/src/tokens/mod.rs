@@ -1,0 +1,493 @@
+//! Token lifecycle: [`TokenKeeper`]. A refresh happens once per install however many calls need
+//! it: callers in this process queue on a per-install async mutex, and processes coordinate
+//! through a lease on the install row (conditional UPDATE; no transaction is held across the
+//! upstream call). The winner re-reads the tokens (another replica may have refreshed), calls
+//! the token endpoint, and commits the result fenced by `token_version` BEFORE anyone uses the
+//! new access token, so a rotated refresh token is never lost to a later write and never sent
+//! twice.
+//!
+//! The keeper's inputs are narrow: a [`TokenStore`] (the install rows), a [`TokenEndpoint`]
+//! (new tokens for a row), a [`Clock`] (expiry, lease, backoff) and the prepared-install cache
+//! it drops entries from. It knows nothing of method calls.
+
+mod endpoint;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use endpoint::{OAuthTokenEndpoint, RequestError, TokenEndpoint};
+pub use store::{DbTokenStore, TokenStore};
+
+use crate::cache::{InstallCache, Prepared};
+use crate::clock::Clock;
+use crate::ServiceError;
+use rand::Rng;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_auth::AuthError;
+use switchboard_core::{ErrorCode, InstallStatus};
+use switchboard_db::{Install, TokenWrite};
+
+/// Maps a failure to obtain an install's first token (client credentials at creation).
+pub(crate) fn first_token_error(e: AuthError) -> ServiceError {
+    match e {
+        AuthError::InvalidClient { .. } | AuthError::InvalidGrant { .. } => {
+            ServiceError::CredentialsRejected(
+                "the token endpoint rejected the client credentials; check client_id and client_secret".into(),
+            )
+        }
+        AuthError::OAuth { error, .. } => ServiceError::CredentialsRejected(format!(
+            "the token endpoint refused the request ({error})"
+        )),
+        AuthError::Transient { status, .. } => ServiceError::TokenExchangeFailed(match status {
+            Some(s) => format!("the token endpoint is unavailable (HTTP {s}); try again later"),
+            None => "the token endpoint did not answer; try again later".into(),
+        }),
+        other => ServiceError::TokenExchangeFailed(format!(
+            "the token endpoint gave an unusable answer: {other}"
+        )),
+    }
+}
+
+/// Refresh when less than min(margin_max, 10% of the lifetime) is left.
+pub(crate) fn needs_refresh(
+    expires_at: Option<i64>,
+    obtained_at: Option<i64>,
+    margin_max_ms: i64,
+    now: i64,
+) -> bool {
+    let Some(exp) = expires_at else {
+        return false;
+    };
+    let lifetime = obtained_at
+        .map(|o| (exp - o).max(0))
+        .unwrap_or(margin_max_ms * 10);
+    let margin = (lifetime / 10).min(margin_max_ms);
+    exp - margin <= now
+}
+
+/// The keeper of the process: on the database and the real token endpoints.
+pub type Keeper = TokenKeeper<DbTokenStore, OAuthTokenEndpoint>;
+
+/// The outcome of a refresh.
+pub enum Refreshed<T> {
+    /// Someone in this process already holds newer tokens (or the still valid current ones
+    /// after a failure it shares): the cached prepared install.
+    Cached(Arc<Prepared>),
+    /// The install row as it is now (newer tokens, written by us or by another process), as
+    /// the caller's `prepare` made it.
+    Row(T),
+}
+
+pub struct TokenKeeper<S, E> {
+    store: S,
+    endpoint: E,
+    clock: Arc<dyn Clock>,
+    cache: Arc<InstallCache>,
+    /// Identifies this process as a lease owner; new on every start.
+    owner: String,
+    lease_ttl_ms: i64,
+    wait_timeout: Duration,
+    margin_max_ms: i64,
+    horizon_ms: i64,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed refresh attempt per install, shared with the callers that queued while it
+    /// ran and with every caller until its backoff ends: a token endpoint that is down is asked
+    /// once per flight and then with exponential backoff, not once per call.
+    failures: Mutex<HashMap<String, Failure>>,
+    /// Numbers failures in the order they were recorded ("did it end while I queued?").
+    failure_seq: AtomicU64,
+    backoff_initial_ms: i64,
+    backoff_max_ms: i64,
+}
+
+/// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
+#[derive(Clone)]
+struct Failure {
+    seq: u64,
+    /// No new attempt before this (exponential backoff over consecutive failures).
+    retry_at: i64,
+    consecutive: u32,
+    version: i64,
+    unavailable: bool,
+    message: String,
+}
+
+impl Failure {
+    fn error(&self, now: i64) -> ServiceError {
+        if self.unavailable {
+            let wait_ms = (self.retry_at - now).max(0);
+            ServiceError::Upstream {
+                code: ErrorCode::UpstreamUnavailable,
+                detail: "the EHR's token endpoint is unavailable; the install stays authorized, retry later".into(),
+                retry_after_secs: Some(((wait_ms + 999) / 1000).max(1) as u64),
+                issues: vec![],
+            }
+        } else {
+            ServiceError::TokenExchangeFailed(self.message.clone())
+        }
+    }
+}
+
+enum Outcome {
+    Fresh(Box<Install>),
+    Failed(ServiceError),
+}
+
+impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
+    pub fn new(
+        cfg: &switchboard_config::TokenSettings,
+        store: S,
+        endpoint: E,
+        clock: Arc<dyn Clock>,
+        cache: Arc<InstallCache>,
+    ) -> Self {
+        Self {
+            store,
+            endpoint,
+            clock,
+            cache,
+            owner: format!("proc_{}", switchboard_core::random_token(12)),
+            lease_ttl_ms: cfg.lease_ttl_ms as i64,
+            wait_timeout: Duration::from_millis(cfg.wait_timeout_ms),
+            margin_max_ms: (cfg.refresh_margin_max_secs * 1000) as i64,
+            horizon_ms: (cfg.background_refresh_horizon_secs * 1000) as i64,
+            locks: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            failure_seq: AtomicU64::new(0),
+            backoff_initial_ms: cfg.refresh_backoff_initial_ms as i64,
+            backoff_max_ms: cfg.refresh_backoff_max_ms as i64,
+        }
+    }
+
+    /// The keeper's clock (epoch ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The token expires within the refresh margin (or has expired).
+    pub fn needs_refresh(&self, expires_at: Option<i64>, obtained_at: Option<i64>) -> bool {
+        needs_refresh(expires_at, obtained_at, self.margin_max_ms, self.now_ms())
+    }
+
+    /// Records a failed attempt; consecutive failures on the same token version double the
+    /// wait before the next attempt (from `refresh_backoff_initial_ms` up to `_max_ms`).
+    fn record_failure(
+        &self,
+        install_id: &str,
+        version: i64,
+        unavailable: bool,
+        message: String,
+    ) -> Failure {
+        let now = self.now_ms();
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, f| f.retry_at > now);
+        }
+        let consecutive = map
+            .get(install_id)
+            .filter(|f| f.version == version)
+            .map_or(1, |f| f.consecutive.saturating_add(1));
+        let backoff = self
+            .backoff_initial_ms
+            .saturating_mul(1i64 << (consecutive - 1).min(16))
+            .min(self.backoff_max_ms);
+        let failure = Failure {
+            seq: self.failure_seq.fetch_add(1, Ordering::SeqCst) + 1,
+            retry_at: now.saturating_add(backoff),
+            consecutive,
+            version,
+            unavailable,
+            message,
+        };
+        map.insert(install_id.to_owned(), failure.clone());
+        failure
+    }
+
+    fn clear_failure(&self, install_id: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(install_id);
+    }
+
+    /// A failed attempt on `seen_version` (or later) whose outcome still stands: it ended
+    /// while the caller queued (after failure number `ticket`), or its backoff has not run out.
+    fn failure_since(&self, install_id: &str, seen_version: i64, ticket: u64) -> Option<Failure> {
+        let now = self.now_ms();
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(install_id)
+            .filter(|f| f.version >= seen_version && (f.seq > ticket || now < f.retry_at))
+            .cloned()
+    }
+
+    fn lock_for(&self, install_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        map.entry(install_id.to_owned()).or_default().clone()
+    }
+
+    /// Refreshes once for everyone who saw `seen_version` (or an older one). A row with newer
+    /// tokens is handed to `prepare` while this process's flight for the install is still
+    /// held, so callers queued behind it find the prepared result in the cache.
+    pub async fn refresh<T, F, Fut>(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        prepare: F,
+    ) -> Result<Refreshed<T>, ServiceError>
+    where
+        F: FnOnce(Install) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let ticket = self.failure_seq.load(Ordering::SeqCst);
+        let lock = self.lock_for(install_id);
+        let _flight = lock.lock().await;
+        match self
+            .refresh_in_flight(install_id, seen_version, ticket)
+            .await?
+        {
+            Ok(cached) => Ok(Refreshed::Cached(cached)),
+            Err(row) => Ok(Refreshed::Row(prepare(row).await?)),
+        }
+    }
+
+    /// [`TokenKeeper::refresh`] under the in-process flight: the cached install (Ok) or the
+    /// current row (Err).
+    async fn refresh_in_flight(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        ticket: u64,
+    ) -> Result<Result<Arc<Prepared>, Install>, ServiceError> {
+        // Someone in this process may have refreshed while we queued.
+        let cached = self.cache.get_any(install_id);
+        if let Some(p) = &cached {
+            if p.token_version > seen_version {
+                return Ok(Ok(p.clone()));
+            }
+        }
+        // Or tried and failed while we queued, or so recently that its backoff still runs: share
+        // that outcome (the still valid token, or the error) instead of asking the token
+        // endpoint again.
+        if let Some(f) = self.failure_since(install_id, seen_version, ticket) {
+            let now = self.now_ms();
+            if let Some(p) = cached.filter(|p| {
+                p.token_version == f.version
+                    && p.bearer.is_some()
+                    && p.expires_at.is_some_and(|e| e > now + 1000)
+            }) {
+                return Ok(Ok(p));
+            }
+            return Err(f.error(now));
+        }
+        let deadline = tokio::time::Instant::now() + self.wait_timeout;
+        loop {
+            let (row, won) = self
+                .store
+                .read_and_lease(
+                    install_id,
+                    seen_version,
+                    &self.owner,
+                    self.now_ms(),
+                    self.lease_ttl_ms,
+                )
+                .await?;
+            let Some(row) = row else {
+                return Err(ServiceError::NotFound("install not found".into()));
+            };
+            if row.token_version > seen_version {
+                self.cache.remove(install_id);
+                return Ok(Err(row));
+            }
+            if row.status != InstallStatus::Authorized.as_str() {
+                self.cache.remove(install_id);
+                return Err(not_authorized(&row));
+            }
+            if won {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::Unavailable(
+                    "a token refresh for this install is in progress in another process; retry shortly".into(),
+                ));
+            }
+            // One cheap row read per waiting process; short so other replicas see a refresh quickly.
+            let pause = rand::rng().random_range(10..40);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let outcome = self.refresh_with_lease(install_id, seen_version).await;
+        if let Err(e) = self.store.release_lease(install_id, &self.owner).await {
+            tracing::warn!(install = %install_id, error = %e, "could not release the refresh lease; it expires by itself");
+        }
+        self.cache.remove(install_id);
+        match outcome? {
+            Outcome::Fresh(row) => Ok(Err(*row)),
+            Outcome::Failed(e) => Err(e),
+        }
+    }
+
+    async fn reread(&self, install_id: &str) -> Result<Install, ServiceError> {
+        self.store
+            .find(install_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("install not found".into()))
+    }
+
+    async fn refresh_with_lease(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+    ) -> Result<Outcome, ServiceError> {
+        // Re-read under the lease: another replica may have refreshed between our read and our
+        // winning the lease.
+        let row = self.reread(install_id).await?;
+        if row.token_version > seen_version {
+            return Ok(Outcome::Fresh(Box::new(row)));
+        }
+        let result = match self.endpoint.request(&row).await {
+            Ok(sealed) => Ok(sealed),
+            Err(RequestError::NoRefreshToken) => {
+                return self
+                    .demote(&row, "the access token expired and the provider issued no refresh token; re-authorize with POST .../authorize")
+                    .await
+            }
+            Err(RequestError::Install(e)) => return Err(e),
+            Err(RequestError::Auth(e)) => Err(e),
+        };
+        let now = self.now_ms();
+        match result {
+            Ok(sealed) => {
+                let rotated = sealed.refresh.is_some();
+                let write = TokenWrite {
+                    access_token: sealed.access,
+                    // None keeps the stored refresh token (providers that do not rotate).
+                    refresh_token: sealed.refresh,
+                    expires_at: sealed.expires_at,
+                    scopes: sealed.scopes.or(row.scopes.clone()),
+                    context: sealed.context.or(row.context.clone()),
+                    status: InstallStatus::Authorized,
+                    last_error: None,
+                    last_refresh_at: Some(now),
+                    last_refresh_error: None,
+                    now,
+                };
+                let committed = self
+                    .store
+                    .store_tokens(&row.id, row.token_version, write)
+                    .await?;
+                if !committed {
+                    // Fenced out: a newer version exists (our lease must have lapsed).
+                    tracing::warn!(install = %row.id, "refresh result fenced out by a newer token version");
+                }
+                self.clear_failure(&row.id);
+                tracing::info!(install = %row.id, rotated, "install tokens refreshed");
+                Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)))
+            }
+            Err(e) if e.is_invalid_grant() => {
+                let latest = self.reread(&row.id).await?;
+                if latest.token_version > row.token_version {
+                    return Ok(Outcome::Fresh(Box::new(latest)));
+                }
+                self.demote(&row, "the provider rejected the refresh token (invalid_grant: revoked, expired or already used); re-authorize with POST .../authorize").await
+            }
+            Err(e) => {
+                let message = match &e {
+                    AuthError::Transient {
+                        status: Some(s), ..
+                    } => {
+                        format!("token endpoint unavailable (HTTP {s}); will retry")
+                    }
+                    AuthError::Transient { status: None, .. } => {
+                        "token endpoint did not answer; will retry".to_owned()
+                    }
+                    other => format!("token refresh failed: {other}"),
+                };
+                tracing::warn!(install = %row.id, error = %message, "token refresh failed");
+                self.store.set_refresh_error(&row.id, &message, now).await?;
+                let failure =
+                    self.record_failure(&row.id, row.token_version, e.is_transient(), message);
+                // The current access token may still be valid (we refresh ahead of expiry).
+                if row.access_token.is_some()
+                    && row.token_expires_at.is_some_and(|x| x > now + 1000)
+                {
+                    return Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)));
+                }
+                Ok(Outcome::Failed(failure.error(self.now_ms())))
+            }
+        }
+    }
+
+    async fn demote(&self, row: &Install, why: &str) -> Result<Outcome, ServiceError> {
+        self.store
+            .set_status(
+                &row.id,
+                InstallStatus::NeedsReauthorization,
+                Some(why),
+                self.now_ms(),
+            )
+            .await?;
+        tracing::warn!(install = %row.id, "install needs re-authorization");
+        Ok(Outcome::Failed(ServiceError::InstallNotAuthorized {
+            status: InstallStatus::NeedsReauthorization.as_str(),
+            detail: why.to_string(),
+        }))
+    }
+
+    /// One pass of the background refresher: refreshes authorized installs whose token expires
+    /// within the horizon, so idle installs keep a live refresh token. Returns how many it tried.
+    pub async fn refresh_due_installs(&self) -> Result<usize, ServiceError> {
+        let due = self
+            .store
+            .refresh_candidates(self.now_ms(), self.horizon_ms)
+            .await?;
+        let n = due.len();
+        for row in due {
+            let refreshed = self
+                .refresh(&row.id, row.token_version, |_| async { Ok(()) })
+                .await;
+            if let Err(e) = refreshed {
+                tracing::warn!(install = %row.id, code = %e.code(), "background refresh failed");
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) fn not_authorized(row: &Install) -> ServiceError {
+    not_authorized_parts(
+        InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+        row.last_error.as_deref(),
+        &row.account_id,
+        &row.id,
+    )
+}
+
+/// The 409 for an install that cannot be called, with what to do about it.
+pub(crate) fn not_authorized_parts(
+    status: InstallStatus,
+    last_error: Option<&str>,
+    account_id: &str,
+    install_id: &str,
+) -> ServiceError {
+    let hint = match status {
+        InstallStatus::PendingAuthorization => {
+            "the install has not been authorized yet: open its authorize_url".to_owned()
+        }
+        _ => format!(
+            "{}; re-authorize with POST /v1/accounts/{account_id}/installs/{install_id}/authorize",
+            last_error.unwrap_or("the install is not authorized"),
+        ),
+    };
+    ServiceError::InstallNotAuthorized {
+        status: status.as_str(),
+        detail: hint,
+    }
+}
