@@ -1,8 +1,9 @@
 //! Accounts: a tenant's customers, each with its installs (part of [`InstallService`]: deleting
 //! an account deletes and revokes its installs).
 
+use crate::error::ServiceError;
 use crate::installs::InstallService;
-use crate::{ServiceError, TenantCtx};
+use crate::tenant::TenantCtx;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, valid_external_id, IdKind};
 use switchboard_db::repo::accounts;

@@ -119,7 +119,7 @@ impl CallbackService {
                 message,
             )
         };
-        let current = install.status.clone();
+        let current = install.status.to_string();
 
         if let Some(err) = q.error.as_deref() {
             let code = safe_code(err);

@@ -1,6 +1,6 @@
 //! The connector catalogue as the API shows it.
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 use serde_json::{json, Value};
 use switchboard_connector::Catalog;
 

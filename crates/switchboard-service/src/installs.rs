@@ -4,10 +4,11 @@
 //! accepts a static bearer token. Deletion revokes tokens upstream where declared.
 
 use crate::cache::InstallCache;
+use crate::error::ServiceError;
 use crate::resolve::{Resolved, Resolver};
 use crate::return_url::{matches_prefix, validate_return_prefix};
 use crate::settings::{self, Layer};
-use crate::{ServiceError, TenantCtx};
+use crate::tenant::TenantCtx;
 use diesel::Connection;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -166,7 +167,7 @@ impl InstallService {
             account_id: account.id.clone(),
             connector_id: connector.def.id.clone(),
             auth_type: auth.kind().as_str().to_owned(),
-            status: InstallStatus::PendingAuthorization.as_str().to_owned(),
+            status: InstallStatus::PendingAuthorization,
             settings: sealed,
             return_url: input.return_url.clone(),
             created_at: now,
@@ -176,7 +177,7 @@ impl InstallService {
         match &auth {
             AuthDef::Oauth2AuthorizationCode(_) => {}
             AuthDef::StaticBearer(_) => {
-                row.status = InstallStatus::Authorized.as_str().to_owned();
+                row.status = InstallStatus::Authorized;
             }
             AuthDef::Oauth2ClientCredentials(c) => {
                 // The first token is fetched before anything is written: a bad secret leaves no
@@ -276,7 +277,7 @@ impl InstallService {
             extra: &extra,
         })
         .map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
                 "authorize_url",
                 e.to_string(),
             )])
@@ -391,7 +392,7 @@ impl InstallService {
             account: row.account_id,
             connector: row.connector_id,
             auth_type: row.auth_type,
-            status: row.status,
+            status: row.status.to_string(),
         }
     }
 

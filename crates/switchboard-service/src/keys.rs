@@ -2,7 +2,8 @@
 //! (the secret has 256 bits of entropy, so a fast hash is enough), the plaintext is shown once.
 //! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read.
 
-use crate::{ServiceError, TenantCtx};
+use crate::error::ServiceError;
+use crate::tenant::TenantCtx;
 use diesel::Connection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};

@@ -3,7 +3,7 @@
 //! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
-//! Modules depend one way: leaves (`error`, `clock`, `settings`, `sealing`, `cache`,
+//! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, then `resolve` on `settings`) <- `tokens` <- the services (`keys`, `setups`,
 //! `installs` + `accounts`, `callback`, `methods`, `connectors`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
@@ -22,10 +22,12 @@ mod return_url;
 pub mod sealing;
 pub mod settings;
 pub mod setups;
+pub mod tenant;
 pub mod tokens;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldError, ServiceError};
+pub use tenant::TenantCtx;
 pub use tokens::{Keeper, TokenKeeper};
 
 use std::sync::Arc;
@@ -34,23 +36,6 @@ use switchboard_connector::Catalog;
 use switchboard_crypto::KeyRing;
 use switchboard_db::Db;
 use switchboard_outbound::{Outbound, OutboundConfig};
-
-/// The tenant a request is authenticated as. Only [`keys::KeyService::authenticate`] creates one, so a
-/// function taking `&TenantCtx` is tenant-scoped by its signature.
-#[derive(Debug, Clone)]
-pub struct TenantCtx {
-    tenant_id: String,
-    key_id: String,
-}
-
-impl TenantCtx {
-    pub fn tenant_id(&self) -> &str {
-        &self.tenant_id
-    }
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-}
 
 /// Failures while assembling the services at start-up.
 #[derive(Debug, thiserror::Error)]

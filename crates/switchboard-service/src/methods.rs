@@ -3,9 +3,10 @@
 //! due for refresh. A call then costs no database round trip and no JSON tree.
 
 use crate::cache::{InstallCache, Prepared};
+use crate::error::ServiceError;
 use crate::resolve::Resolver;
+use crate::tenant::TenantCtx;
 use crate::tokens::{Keeper, Refreshed};
-use crate::{ServiceError, TenantCtx};
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -186,7 +187,7 @@ impl MethodService {
             headers.push((name, value));
         }
         let p = Arc::new(Prepared {
-            status: InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+            status: row.status,
             status_error: row.last_error.clone(),
             id: row.id,
             tenant_id: row.tenant_id,

@@ -3,8 +3,8 @@
 //! rendered and checked against the outbound IP policy. Shared by installs, the callback,
 //! setups, method calls and the token endpoint; depends only on leaf modules (settings, error).
 
+use crate::error::ServiceError;
 use crate::settings;
-use crate::ServiceError;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use switchboard_outbound::Outbound;
 use url::Url;
 
 /// Everything derived from a connector and the merged settings of one install.
-pub(crate) struct Resolved {
+pub struct Resolved {
     pub connector: Arc<Connector>,
     pub auth: AuthDef,
     pub fhir_base: Url,
@@ -36,7 +36,10 @@ impl Resolved {
             None => self.ctx.clone(),
         };
         switchboard_connector::render_str(template, &ctx).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new("settings", e.to_string())])
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "settings",
+                e.to_string(),
+            )])
         })
     }
 
@@ -60,7 +63,7 @@ impl Resolved {
             AuthDef::StaticBearer(_) => return Ok(None),
         };
         let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
                 "settings",
                 "the token URL is not a valid URL",
             )])
@@ -130,7 +133,7 @@ impl Resolver {
                 missing
                     .into_iter()
                     .map(|k| {
-                        crate::FieldError::new(
+                        crate::error::FieldError::new(
                             k,
                             "required: set it in the connector setup or the install settings",
                         )
@@ -139,10 +142,13 @@ impl Resolver {
             ));
         }
         let base = connector.render_fhir_base(&merged).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new("fhir_base", e.to_string())])
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "fhir_base",
+                e.to_string(),
+            )])
         })?;
         let fhir_base = Url::parse(&base).map_err(|_| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
                 "fhir_base",
                 "the settings do not form a valid FHIR base URL",
             )])
@@ -161,7 +167,7 @@ impl Resolver {
     /// the caller's settings problem (422), reported under `field`.
     pub(crate) fn check_upstream_url(&self, field: &str, url: &Url) -> Result<(), ServiceError> {
         self.outbound.check_url(url).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(field, e.to_string())])
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(field, e.to_string())])
         })
     }
 

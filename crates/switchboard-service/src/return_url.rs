@@ -1,7 +1,7 @@
 //! `return_url` checks shared by tenants (their allowed prefixes) and installs (the URL a
 //! person is sent back to). Depends on nothing else in the crate but the error type.
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 use url::Url;
 
 /// A `return_url` or allowed prefix must be an absolute http(s) URL without fragment.

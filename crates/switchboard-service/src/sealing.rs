@@ -2,7 +2,7 @@
 //! token it is (`install:<id>:access_token` / `:refresh_token`). Depends on nothing else in the
 //! crate but the error type.
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 use secrecy::{ExposeSecret, SecretString};
 use switchboard_auth::TokenResponse;
 use switchboard_crypto::KeyRing;

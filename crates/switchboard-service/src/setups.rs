@@ -1,9 +1,10 @@
 //! A tenant's connector setup (its app registration: endpoint, client id, client secret...).
 
 use crate::cache::InstallCache;
+use crate::error::ServiceError;
 use crate::resolve::Resolver;
 use crate::settings::{self, Layer};
-use crate::{ServiceError, TenantCtx};
+use crate::tenant::TenantCtx;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;

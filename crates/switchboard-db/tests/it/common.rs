@@ -1,3 +1,4 @@
+use switchboard_core::InstallStatus;
 use switchboard_db::{repo, Account, Db, NewInstall, Tenant};
 
 /// Runs `f` against a freshly migrated SQLite database file.
@@ -75,7 +76,7 @@ pub fn new_install(tenant_id: &str, account_id: &str, id: &str) -> NewInstall {
         account_id: account_id.to_owned(),
         connector_id: "epic".to_owned(),
         auth_type: "smart_standalone".to_owned(),
-        status: "pending_authorization".to_owned(),
+        status: InstallStatus::PendingAuthorization,
         settings: "{}".to_owned(),
         return_url: Some("https://console.example/done".to_owned()),
         created_at: 3_000,

@@ -4,9 +4,9 @@
 //! a fake.
 
 use crate::clock::Clock;
+use crate::error::ServiceError;
 use crate::resolve::Resolver;
 use crate::sealing::{open_tokens, seal_tokens, SealedTokens};
-use crate::ServiceError;
 use std::future::Future;
 use std::sync::Arc;
 use switchboard_auth::AuthError;

@@ -20,7 +20,7 @@ pub use store::{DbTokenStore, TokenStore};
 
 use crate::cache::{InstallCache, Prepared};
 use crate::clock::Clock;
-use crate::ServiceError;
+use crate::error::ServiceError;
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
@@ -307,7 +307,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 self.cache.remove(install_id);
                 return Ok(Err(row));
             }
-            if row.status != InstallStatus::Authorized.as_str() {
+            if row.status != InstallStatus::Authorized {
                 self.cache.remove(install_id);
                 return Err(not_authorized(&row));
             }
@@ -463,7 +463,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
 
 pub(crate) fn not_authorized(row: &Install) -> ServiceError {
     not_authorized_parts(
-        InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+        row.status,
         row.last_error.as_deref(),
         &row.account_id,
         &row.id,

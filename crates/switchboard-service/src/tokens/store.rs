@@ -1,7 +1,7 @@
 //! What the [`TokenKeeper`](super::TokenKeeper) reads and writes: the install row, its lease
 //! and its fenced token write. [`DbTokenStore`] is the database; tests use a fake.
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 use std::future::Future;
 use switchboard_core::InstallStatus;
 use switchboard_db::repo::{installs, lease};

@@ -35,7 +35,7 @@ fn expired_row() -> Install {
         account_id: "acme".into(),
         connector_id: "canvas".into(),
         auth_type: "oauth2_authorization_code".into(),
-        status: "authorized".into(),
+        status: InstallStatus::Authorized,
         settings: "{}".into(),
         return_url: None,
         access_token: Some(b"at-0".to_vec()),
@@ -130,7 +130,7 @@ impl TokenStore for FakeStore {
                 r.token_expires_at = w.expires_at;
                 r.scopes = w.scopes;
                 r.context = w.context;
-                r.status = w.status.as_str().to_owned();
+                r.status = w.status;
                 r.last_error = w.last_error;
                 r.last_refresh_at = w.last_refresh_at;
                 r.last_refresh_error = w.last_refresh_error;
@@ -163,7 +163,7 @@ impl TokenStore for FakeStore {
         _now: i64,
     ) -> Result<(), ServiceError> {
         if let Some(r) = self.0.lock().unwrap().get_mut(install_id) {
-            r.status = status.as_str().to_owned();
+            r.status = status;
             r.last_error = last_error.map(str::to_owned);
         }
         Ok(())
