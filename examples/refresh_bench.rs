@@ -118,6 +118,7 @@ impl Bench {
             .start();
         let created = servers[0]
             .services
+            .keys
             .create_tenant("Bench")
             .await
             .expect("tenant");

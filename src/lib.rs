@@ -6,10 +6,12 @@ pub mod telemetry;
 
 use actix_web::{dev::Service as _, App, HttpServer};
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_api::Metrics;
 use switchboard_config::Settings;
-use switchboard_service::Services;
+use switchboard_db::Db;
+use switchboard_service::{Clock, Services, SystemClock};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -49,8 +51,20 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> Result<Self, AppError> {
+        Self::build_with_clock(settings, listener, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Application::build_with_listener`] with the clock of the token lifecycle (expiry,
+    /// refresh lease, backoff): tests pass a `ManualClock` to move time without sleeping.
+    pub async fn build_with_clock(
+        settings: Settings,
+        listener: TcpListener,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AppError> {
         let addr = settings.server.bind.clone();
-        let services = Services::build(settings)?;
+        let db = Db::connect(&settings.database.url, settings.database.pool_size)
+            .map_err(switchboard_service::StartupError::from)?;
+        let services = Services::build_with_clock(settings, db, clock)?;
         services
             .migrate()
             .await
@@ -141,7 +155,7 @@ fn spawn_refresher(services: Services) -> Option<tokio::task::JoinHandle<()>> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            match services.refresh_due_installs().await {
+            match services.tokens.refresh_due_installs().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(installs = n, "background refresh pass"),
                 Err(e) => tracing::warn!(code = %e.code(), "background refresh pass failed"),

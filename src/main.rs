@@ -75,6 +75,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
             let services = Services::build(settings).map_err(|e| e.to_string())?;
             services.migrate().await.map_err(|e| e.to_string())?;
             let created = services
+                .keys
                 .create_tenant(&name)
                 .await
                 .map_err(|e| e.to_string())?;

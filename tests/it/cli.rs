@@ -109,6 +109,7 @@ async fn cli_tenant_create_and_migrate() {
     settings.secrets.key_file = key_file;
     let services = switchboard_service::Services::build(settings).expect("services");
     let ctx = services
+        .keys
         .authenticate(&key)
         .await
         .expect("authenticate")

@@ -11,12 +11,13 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use switchboard::Application;
 use switchboard_config::Settings;
 use switchboard_core::ErrorCode;
 use switchboard_crypto::KeyRing;
 use switchboard_db::schema;
-use switchboard_service::Services;
+use switchboard_service::{Clock, ManualClock, Services, SystemClock};
 
 /// The workspace's one backend enum and its PostgreSQL probe (`both_backends!` is the
 /// testkit's too, imported at the crate root so `crate::both_backends!` names it).
@@ -110,16 +111,39 @@ impl TestApp {
         db_url: String,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestApp {
+        Self::spawn_on_clock(backend, dir, db_url, tweak, Arc::new(SystemClock)).await
+    }
+
+    /// Spawns with the token lifecycle on `clock` (a `ManualClock` moves expiry, lease and
+    /// backoff time without sleeping).
+    pub async fn spawn_with_clock(
+        backend: Backend,
+        clock: ManualClock,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_url = database_url(backend, dir.path());
+        Self::spawn_on_clock(backend, dir, db_url, tweak, Arc::new(clock)).await
+    }
+
+    async fn spawn_on_clock(
+        backend: Backend,
+        dir: tempfile::TempDir,
+        db_url: String,
+        tweak: impl FnOnce(&mut Settings),
+        clock: Arc<dyn Clock>,
+    ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
         let mut settings = test_settings(&db_url, dir.path(), port);
         tweak(&mut settings);
-        let app = Application::build_with_listener(settings, listener)
+        let app = Application::build_with_clock(settings, listener, clock)
             .await
             .expect("application builds");
         let services = app.services().clone();
         actix_web::rt::spawn(app.run_until_stopped());
         let created = services
+            .keys
             .create_tenant("Test Console")
             .await
             .expect("tenant");
@@ -149,7 +173,12 @@ impl TestApp {
 
     /// Another tenant with its own key.
     pub async fn new_tenant(&self, name: &str) -> (String, String) {
-        let t = self.services.create_tenant(name).await.expect("tenant");
+        let t = self
+            .services
+            .keys
+            .create_tenant(name)
+            .await
+            .expect("tenant");
         (t.tenant, t.api_key)
     }
 

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchboard_core::{ms_to_rfc3339, now_ms};
 use switchboard_db::schema::installs as installs_table;
+use switchboard_service::ManualClock;
 use switchboard_testkit::fhir::FakeFhir;
 use switchboard_testkit::oauth::{FakeOAuth, OAuthClient, TokenFault};
 
@@ -1053,9 +1054,11 @@ async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
 /// Transient token-endpoint failures are retried with exponential backoff, not on every call:
 /// within the backoff window calls get 503 `upstream_unavailable` with the remaining wait as
 /// `retry_after` and no token request is made; the next attempt waits twice as long; once the
-/// endpoint is back, the first attempt after the window refreshes and clears the error.
+/// endpoint is back, the first attempt after the window refreshes and clears the error. The
+/// token lifecycle runs on a manual clock, so the windows are exact and nothing sleeps.
 async fn token_endpoint_backoff_between_attempts(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |s| {
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
         s.tokens.refresh_backoff_initial_ms = 1_000;
         s.tokens.refresh_backoff_max_ms = 60_000;
     })
@@ -1063,23 +1066,23 @@ async fn token_endpoint_backoff_between_attempts(backend: Backend) {
     let w = World::with_app(app, &[]).await;
     let ins = w.authorized_install("acme").await;
     w.expire_token(&ins).await;
+    // The token expired one second before this instant.
+    clock.set(now_ms());
     w.oauth.fail_token_next(1_000, TokenFault::Status503);
     let base = w.oauth.token_request_count();
 
     // First failure: one attempt, then a 1 s window.
     let (s, v) = w.call(&ins).await;
     assert_problem(s, &v, 503, "upstream_unavailable");
+    assert_eq!(v["retry_after"], 1, "{v}");
     assert_eq!(w.oauth.token_request_count() - base, 1);
-    let failed_at = std::time::Instant::now();
-    // Calls well inside the window (guarded by time, so a slow machine cannot make this flaky).
-    let mut inside = 0;
-    while inside < 5 && failed_at.elapsed() < std::time::Duration::from_millis(600) {
+    // Calls inside the window (the clock has not moved, then 900 ms on).
+    for step in [0, 0, 900] {
+        clock.advance(Duration::from_millis(step));
         let (s, v) = w.call(&ins).await;
         assert_problem(s, &v, 503, "upstream_unavailable");
         assert_eq!(v["retry_after"], 1, "{v}");
-        inside += 1;
     }
-    assert!(inside >= 1, "no call made it inside the window");
     assert_eq!(
         w.oauth.token_request_count() - base,
         1,
@@ -1087,17 +1090,14 @@ async fn token_endpoint_backoff_between_attempts(backend: Backend) {
     );
 
     // After the window: a second attempt, which fails and doubles the window to 2 s.
-    tokio::time::sleep(std::time::Duration::from_millis(1_100).saturating_sub(failed_at.elapsed()))
-        .await;
+    clock.advance(Duration::from_millis(100));
     let (s, v) = w.call(&ins).await;
     assert_problem(s, &v, 503, "upstream_unavailable");
     assert_eq!(w.oauth.token_request_count() - base, 2);
-    let second_at = std::time::Instant::now();
+    assert_eq!(v["retry_after"], 2, "{v}");
     let (s, v) = w.call(&ins).await;
     assert_problem(s, &v, 503, "upstream_unavailable");
-    if second_at.elapsed() < std::time::Duration::from_millis(900) {
-        assert_eq!(v["retry_after"], 2, "{v}");
-    }
+    assert_eq!(v["retry_after"], 2, "{v}");
     let got = w.get_install(&ins).await;
     assert_eq!(got["status"], "authorized", "{got}");
     assert!(
@@ -1107,13 +1107,12 @@ async fn token_endpoint_backoff_between_attempts(backend: Backend) {
 
     // The endpoint recovers inside the window: still no attempt until the window ends.
     w.oauth.clear_token_faults();
-    if second_at.elapsed() < std::time::Duration::from_millis(1_500) {
-        let (s, _) = w.call(&ins).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(w.oauth.token_request_count() - base, 2);
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(2_100).saturating_sub(second_at.elapsed()))
-        .await;
+    clock.advance(Duration::from_millis(1_500));
+    let (s, v) = w.call(&ins).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["retry_after"], 1, "{v}");
+    assert_eq!(w.oauth.token_request_count() - base, 2);
+    clock.advance(Duration::from_millis(500));
     let (s, v) = w.call(&ins).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(w.oauth.token_request_count() - base, 3);

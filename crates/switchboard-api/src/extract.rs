@@ -35,7 +35,7 @@ impl FromRequest for Tenant {
             };
             let services = services.ok_or_else(unauthorized)?;
             let key = key.ok_or_else(unauthorized)?;
-            match services.authenticate(&key).await? {
+            match services.keys.authenticate(&key).await? {
                 Some(ctx) => Ok(Tenant(ctx)),
                 None => Err(unauthorized()),
             }

@@ -36,3 +36,10 @@ impl std::fmt::Display for InstallStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// Compares with a status name (`row.status == "authorized"`).
+impl PartialEq<&str> for InstallStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}

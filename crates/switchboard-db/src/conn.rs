@@ -216,12 +216,6 @@ impl Db {
         Ok(self.pool.get()?)
     }
 
-    /// Applies pending migrations (blocking) and returns the versions applied.
-    pub fn migrate(&self) -> Result<Vec<String>, DbError> {
-        let mut conn = self.get()?;
-        crate::migrate::run_migrations(&mut conn)
-    }
-
     /// Runs `f` with a pooled connection on tokio's blocking pool, so diesel's synchronous calls
     /// never stall the async workers.
     pub fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, DbError>> + Send + 'static

@@ -2,7 +2,7 @@ use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::conn::AnyConnection;
+use crate::conn::{AnyConnection, Db};
 use crate::error::DbError;
 
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -13,6 +13,15 @@ pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../mig
 pub const MIGRATION_LOCK_KEY: i64 = 0x5357_4244_4D49_4752;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Db {
+    /// Applies pending migrations (blocking) and returns the versions applied. Defined here,
+    /// not in `conn`, so the dependency runs one way: `migrate` -> `conn`.
+    pub fn migrate(&self) -> Result<Vec<String>, DbError> {
+        let mut conn = self.get()?;
+        run_migrations(&mut conn)
+    }
+}
 
 /// Applies the pending migrations of the connection's backend; returns the versions applied.
 pub fn run_migrations(conn: &mut AnyConnection) -> Result<Vec<String>, DbError> {

@@ -3,7 +3,12 @@
 
 use std::fmt;
 
+use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
 use diesel::prelude::*;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
 use switchboard_core::InstallStatus;
 
 use crate::schema::{accounts, api_keys, connector_setups, installs, oauth_states, tenants};
@@ -18,6 +23,46 @@ impl fmt::Debug for Redacted {
 
 fn redacted_opt(v: &Option<Vec<u8>>) -> Option<Redacted> {
     v.as_ref().map(|b| Redacted(b.len()))
+}
+
+/// [`InstallStatus`] in the `installs.status` text column, as its snake_case name on both
+/// backends. Rows read and insert `InstallStatus` through it (`deserialize_as` /
+/// `serialize_as`); a name the enum does not know fails the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Text)]
+pub struct StatusColumn(pub InstallStatus);
+
+impl From<InstallStatus> for StatusColumn {
+    fn from(s: InstallStatus) -> Self {
+        Self(s)
+    }
+}
+
+impl From<StatusColumn> for InstallStatus {
+    fn from(c: StatusColumn) -> Self {
+        c.0
+    }
+}
+
+impl<DB: Backend> FromSql<Text, DB> for StatusColumn
+where
+    String: FromSql<Text, DB>,
+{
+    fn from_sql(bytes: DB::RawValue<'_>) -> deserialize::Result<Self> {
+        let name = String::from_sql(bytes)?;
+        InstallStatus::parse(&name)
+            .map(Self)
+            .ok_or_else(|| format!("unknown install status '{name}'").into())
+    }
+}
+
+impl<DB: Backend> ToSql<Text, DB> for StatusColumn
+where
+    str: ToSql<Text, DB>,
+{
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, DB>) -> serialize::Result {
+        self.0.as_str().to_sql(out)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -104,8 +149,8 @@ pub struct Install {
     pub account_id: String,
     pub connector_id: String,
     pub auth_type: String,
-    /// An [`InstallStatus`] name; see [`Install::install_status`].
-    pub status: String,
+    #[diesel(deserialize_as = StatusColumn)]
+    pub status: InstallStatus,
     /// JSON object of setting overrides; secrets as `{"enc":..}` with AAD `install:{id}:{key}`.
     pub settings: String,
     pub return_url: Option<String>,
@@ -129,9 +174,9 @@ pub struct Install {
 }
 
 impl Install {
-    /// The status as the shared enum (`None` only if the column holds an unknown name).
+    /// The status (always `Some`: the column type is [`InstallStatus`]).
     pub fn install_status(&self) -> Option<InstallStatus> {
-        InstallStatus::parse(&self.status)
+        Some(self.status)
     }
 }
 
@@ -172,8 +217,8 @@ pub struct NewInstall {
     pub account_id: String,
     pub connector_id: String,
     pub auth_type: String,
-    /// An [`InstallStatus`] name (`InstallStatus::as_str`).
-    pub status: String,
+    #[diesel(serialize_as = StatusColumn)]
+    pub status: InstallStatus,
     pub settings: String,
     pub return_url: Option<String>,
     pub created_at: i64,

@@ -1,7 +1,10 @@
-//! Accounts: a tenant's customers, each with its installs.
+//! Accounts: a tenant's customers, each with its installs (part of [`InstallService`]: deleting
+//! an account deletes and revokes its installs).
 
+use crate::error::ServiceError;
+use crate::installs::InstallService;
 use crate::pagination::{self, PageIn};
-use crate::{ServiceError, Services, TenantCtx};
+use crate::tenant::TenantCtx;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId};
 use switchboard_db::repo::{accounts, installs};
@@ -47,7 +50,7 @@ impl From<switchboard_db::Account> for AccountOut {
     }
 }
 
-impl Services {
+impl InstallService {
     pub async fn create_account(
         &self,
         t: &TenantCtx,
@@ -71,8 +74,7 @@ impl Services {
         };
         let created_at = row.created_at;
         let out_id = id.clone();
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::insert(conn, &row))
             .await
             .map_err(|e| match e {
@@ -95,11 +97,10 @@ impl Services {
         page: PageIn,
     ) -> Result<AccountList, ServiceError> {
         const SCOPE: &str = "accounts";
-        let ring = &self.inner.crypto;
+        let ring = &self.crypto;
         let start = pagination::start(ring, &t.tenant_id, SCOPE, &page)?;
         let tenant = t.tenant_id.clone();
         let page = self
-            .inner
             .db
             .run(move |conn| accounts::list_page(conn, &tenant, start.after.as_ref(), start.limit))
             .await?;
@@ -125,8 +126,7 @@ impl Services {
         id: &str,
     ) -> Result<switchboard_db::Account, ServiceError> {
         let (tenant, aid) = (t.tenant_id.clone(), id.to_owned());
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::find(conn, &tenant, &aid))
             .await?
             .ok_or_else(|| ServiceError::NotFound("account not found".into()))
@@ -137,7 +137,6 @@ impl Services {
         let account = self.find_account(t, id).await?;
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
         let all = self
-            .inner
             .db
             .run(move |conn| installs::list(conn, &tenant, &aid))
             .await?;
@@ -146,8 +145,7 @@ impl Services {
             self.delete_install(t, id, &install_id).await?;
         }
         let (tenant, aid) = (t.tenant_id.clone(), account.id.clone());
-        self.inner
-            .db
+        self.db
             .run(move |conn| accounts::delete(conn, &tenant, &aid))
             .await?;
         Ok(())

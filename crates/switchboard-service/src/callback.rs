@@ -2,12 +2,17 @@
 //! alone finds the install (hashed lookup, single use, expiring); the code is redeemed only at
 //! the token endpoint recorded with that state, with the PKCE verifier stored with it.
 
-use crate::Services;
+use crate::cache::InstallCache;
+use crate::resolve::Resolver;
 use secrecy::SecretString;
 use serde::Deserialize;
+use std::sync::Arc;
 use switchboard_core::{now_ms, InstallStatus};
+use switchboard_crypto::KeyRing;
 use switchboard_db::repo::{installs, oauth_states};
+use switchboard_db::Db;
 use switchboard_db::TokenWrite;
+use switchboard_outbound::Outbound;
 use url::Url;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -60,7 +65,16 @@ fn invalid_state_page() -> CallbackOutcome {
     })
 }
 
-impl Services {
+/// The OAuth redirect endpoint shared by every install.
+pub struct CallbackService {
+    pub(crate) db: Db,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) outbound: Outbound,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) cache: Arc<InstallCache>,
+}
+
+impl CallbackService {
     pub async fn handle_callback(&self, q: CallbackIn) -> CallbackOutcome {
         let Some(state) = q
             .state
@@ -72,7 +86,6 @@ impl Services {
         let hash = switchboard_auth::hash_state(state);
         let now = now_ms();
         let taken = self
-            .inner
             .db
             .run(move |conn| {
                 let Some(st) = oauth_states::take(conn, &hash, now)? else {
@@ -107,7 +120,7 @@ impl Services {
                 message,
             )
         };
-        let current = install.status.clone();
+        let current = install.status.to_string();
 
         if let Some(err) = q.error.as_deref() {
             let code = safe_code(err);
@@ -155,6 +168,7 @@ impl Services {
         code: &str,
     ) -> Result<(), String> {
         let resolved = self
+            .resolver
             .resolve_row(install)
             .await
             .map_err(|e| format!("install settings are incomplete: {e}"))?;
@@ -165,7 +179,6 @@ impl Services {
         client.token_url =
             Url::parse(&st.token_url).map_err(|_| "stored token URL is invalid".to_owned())?;
         let verifier = self
-            .inner
             .crypto
             .decrypt(
                 &st.verifier,
@@ -176,15 +189,10 @@ impl Services {
             String::from_utf8(verifier).map_err(|_| "stored verifier is corrupt".to_owned())?,
         );
         let tokens = client
-            .exchange_code(
-                self.inner.outbound.client(),
-                code,
-                &st.redirect_uri,
-                &verifier,
-            )
+            .exchange_code(self.outbound.client(), code, &st.redirect_uri, &verifier)
             .await
             .map_err(|e| format!("token exchange failed: {e}"))?;
-        let mut sealed = crate::tokens::seal_tokens(&self.inner.crypto, &install.id, &tokens);
+        let mut sealed = crate::sealing::seal_tokens(&self.crypto, &install.id, &tokens, now_ms());
         if sealed.scopes.is_none() {
             // RFC 6749 §5.1: an omitted scope means exactly the requested scope was granted.
             sealed.scopes = resolved.requested_scopes().ok().filter(|s| !s.is_empty());
@@ -208,7 +216,6 @@ impl Services {
             let id = install.id.clone();
             let has_refresh = sealed.refresh.is_some();
             let committed = self
-                .inner
                 .db
                 .run(move |conn| {
                     if !has_refresh {
@@ -220,13 +227,12 @@ impl Services {
                 .await
                 .map_err(|e| e.to_string())?;
             if committed {
-                self.inner.installs.remove(&install.id);
+                self.cache.remove(&install.id);
                 tracing::info!(install = %install.id, "install authorized");
                 return Ok(());
             }
             let id = install.id.clone();
             version = self
-                .inner
                 .db
                 .run(move |conn| installs::find_by_id(conn, &id))
                 .await
@@ -240,14 +246,13 @@ impl Services {
     async fn record_error(&self, install_id: &str, message: &str) {
         let (id, msg, now) = (install_id.to_owned(), message.to_owned(), now_ms());
         if let Err(e) = self
-            .inner
             .db
             .run(move |conn| installs::set_last_error(conn, &id, &msg, now))
             .await
         {
             tracing::error!(error = %e, "callback: could not record the install's last_error");
         }
-        self.inner.installs.remove(install_id);
+        self.cache.remove(install_id);
     }
 
     fn finish(

@@ -3,21 +3,27 @@
 //! flow (state + PKCE, stored hashed/encrypted), fetches a first client-credentials token, or
 //! accepts a static bearer token. Deletion revokes tokens upstream where declared.
 
+use crate::cache::InstallCache;
+use crate::error::ServiceError;
 use crate::pagination::{self, InstallsQuery, PageIn};
+use crate::resolve::{Resolved, Resolver};
+use crate::return_url::{matches_prefix, validate_return_prefix};
 use crate::settings::{self, Layer};
-use crate::{ServiceError, Services, TenantCtx};
+use crate::tenant::TenantCtx;
 use diesel::Connection;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use switchboard_auth::{TokenClient, TokenTypeHint};
-use switchboard_connector::{AuthDef, AuthKind, Connector, TemplateContext};
+use switchboard_auth::TokenTypeHint;
+use switchboard_config::Settings;
+use switchboard_connector::{AuthDef, AuthKind, Connector};
 use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId, InstallStatus};
-use switchboard_db::repo::{installs, oauth_states};
-use switchboard_db::{NewInstall, NewOAuthState, TokenWrite};
-use url::Url;
+use switchboard_crypto::KeyRing;
+use switchboard_db::repo::{installs, oauth_states, tenants};
+use switchboard_db::{Db, NewInstall, NewOAuthState, TokenWrite};
+use switchboard_outbound::Outbound;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,122 +82,6 @@ pub struct InstallCreated {
     pub authorize_url: Option<String>,
 }
 
-/// Everything derived from a connector and the merged settings of one install.
-pub(crate) struct Resolved {
-    pub connector: Arc<Connector>,
-    pub auth: AuthDef,
-    pub fhir_base: Url,
-    /// Settings plus the rendered FHIR base, for templates.
-    pub ctx: TemplateContext,
-}
-
-impl Resolved {
-    pub fn render(
-        &self,
-        template: &str,
-        redirect_uri: Option<&str>,
-    ) -> Result<String, ServiceError> {
-        let ctx = match redirect_uri {
-            Some(r) => self.ctx.clone().with_redirect_uri(r),
-            None => self.ctx.clone(),
-        };
-        switchboard_connector::render_str(template, &ctx).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new("settings", e.to_string())])
-        })
-    }
-
-    /// The token endpoint client of this install's auth type (None for static bearer).
-    pub fn token_client(&self, redirect_uri: &str) -> Result<Option<TokenClient>, ServiceError> {
-        let (token_url, client_id, secret, client_auth, params) = match &self.auth {
-            AuthDef::Oauth2AuthorizationCode(a) => (
-                &a.token_url,
-                &a.client_id,
-                a.client_secret.as_ref(),
-                a.client_auth,
-                &a.token_params,
-            ),
-            AuthDef::Oauth2ClientCredentials(c) => (
-                &c.token_url,
-                &c.client_id,
-                Some(&c.client_secret),
-                c.client_auth,
-                &c.token_params,
-            ),
-            AuthDef::StaticBearer(_) => return Ok(None),
-        };
-        let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
-                "settings",
-                "the token URL is not a valid URL",
-            )])
-        })?;
-        let client_secret = match secret {
-            Some(t) => Some(SecretString::from(self.render(t, Some(redirect_uri))?)),
-            None => None,
-        };
-        let mut extra_params = Vec::new();
-        for (k, v) in params {
-            extra_params.push((k.clone(), self.render(v, Some(redirect_uri))?));
-        }
-        Ok(Some(TokenClient {
-            token_url,
-            client_id: self.render(client_id, Some(redirect_uri))?,
-            client_secret,
-            client_auth,
-            extra_params,
-        }))
-    }
-
-    /// The scopes this install's auth type requests, rendered.
-    pub fn requested_scopes(&self) -> Result<String, ServiceError> {
-        match &self.auth {
-            AuthDef::Oauth2AuthorizationCode(a) => self.render(&a.scopes, None),
-            AuthDef::Oauth2ClientCredentials(c) => self.render(&c.scopes, None),
-            AuthDef::StaticBearer(_) => Ok(String::new()),
-        }
-    }
-
-    pub fn revocation_url(&self) -> Result<Option<Url>, ServiceError> {
-        let t = match &self.auth {
-            AuthDef::Oauth2AuthorizationCode(a) => a.revocation_url.as_ref(),
-            AuthDef::Oauth2ClientCredentials(c) => c.revocation_url.as_ref(),
-            AuthDef::StaticBearer(_) => None,
-        };
-        match t {
-            Some(t) => Ok(Url::parse(&self.render(t, None)?).ok()),
-            None => Ok(None),
-        }
-    }
-}
-
-/// A `return_url` or allowed prefix must be an absolute http(s) URL without fragment.
-pub(crate) fn validate_return_prefix(p: &str) -> Result<Url, ServiceError> {
-    match Url::parse(p) {
-        Ok(u)
-            if matches!(u.scheme(), "http" | "https")
-                && u.fragment().is_none()
-                && u.username().is_empty()
-                && u.password().is_none()
-                && p.len() <= 2048 =>
-        {
-            Ok(u)
-        }
-        _ => Err(ServiceError::InvalidReturnUrl(
-            "return URLs must be absolute http(s) URLs without credentials or fragment".into(),
-        )),
-    }
-}
-
-/// `url` starts with `prefix` at a URL boundary (so `https://a.example` does not admit
-/// `https://a.example.evil.com`).
-fn matches_prefix(url: &str, prefix: &str) -> bool {
-    match url.strip_prefix(prefix) {
-        Some("") => true,
-        Some(rest) => prefix.ends_with('/') || rest.starts_with(['/', '?']),
-        None => false,
-    }
-}
-
 fn auth_kind_of(connector: &Connector, requested: Option<&str>) -> Result<AuthDef, ServiceError> {
     let def = &connector.def;
     match requested {
@@ -218,63 +108,21 @@ fn auth_kind_of(connector: &Connector, requested: Option<&str>) -> Result<AuthDe
     }
 }
 
-impl Services {
-    /// Merges defaults, the tenant setup and the install overrides, checks that every setting
-    /// the auth type and the FHIR base need is present, and renders the FHIR base.
-    pub(crate) async fn resolve(
-        &self,
-        tenant_id: &str,
-        connector: Arc<Connector>,
-        auth: AuthDef,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<Resolved, ServiceError> {
-        let setup = self.setup_values(tenant_id, &connector.def.id).await?;
-        let merged = switchboard_connector::merge_settings(&connector.def, &setup, overrides);
-        let missing = switchboard_connector::missing_for_auth(&connector.def, auth.kind(), &merged);
-        if !missing.is_empty() {
-            return Err(ServiceError::InvalidSettings(
-                missing
-                    .into_iter()
-                    .map(|k| {
-                        crate::FieldError::new(
-                            k,
-                            "required: set it in the connector setup or the install settings",
-                        )
-                    })
-                    .collect(),
-            ));
-        }
-        let base = connector.render_fhir_base(&merged).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new("fhir_base", e.to_string())])
-        })?;
-        let fhir_base = Url::parse(&base).map_err(|_| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
-                "fhir_base",
-                "the settings do not form a valid FHIR base URL",
-            )])
-        })?;
-        self.check_upstream_url("fhir_base", &fhir_base)?;
-        let ctx = TemplateContext::new(merged).with_fhir_base(fhir_base.as_str());
-        Ok(Resolved {
-            connector,
-            auth,
-            fhir_base,
-            ctx,
-        })
-    }
+/// Accounts and their installs (creation, authorization, reading, deletion with revocation).
+pub struct InstallService {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) db: Db,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) outbound: Outbound,
+    pub(crate) redirect_uri: String,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) cache: Arc<InstallCache>,
+}
 
-    /// An upstream URL the settings produced must pass the outbound IP policy; a violation is
-    /// the caller's settings problem (422), reported under `field`.
-    fn check_upstream_url(&self, field: &str, url: &Url) -> Result<(), ServiceError> {
-        self.inner.outbound.check_url(url).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(field, e.to_string())])
-        })
-    }
-
+impl InstallService {
     fn check_return_url(&self, allowed_tenant: &[String], url: &str) -> Result<(), ServiceError> {
         validate_return_prefix(url)?;
         let allowed = self
-            .inner
             .settings
             .security
             .allowed_return_urls
@@ -291,7 +139,13 @@ impl Services {
     }
 
     async fn tenant_return_prefixes(&self, t: &TenantCtx) -> Result<Vec<String>, ServiceError> {
-        Ok(self.get_tenant(t).await?.allowed_return_urls)
+        let tenant = t.tenant_id.clone();
+        let row = self
+            .db
+            .run(move |conn| tenants::find(conn, &tenant))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("tenant not found".into()))?;
+        Ok(serde_json::from_str(&row.allowed_return_urls).unwrap_or_default())
     }
 
     pub async fn create_install(
@@ -301,7 +155,7 @@ impl Services {
         input: InstallIn,
     ) -> Result<InstallCreated, ServiceError> {
         let account = self.find_account(t, account_id).await?;
-        let connector = self.connector(&input.connector)?;
+        let connector = self.resolver.connector(&input.connector)?;
         let auth = auth_kind_of(&connector, input.auth_type.as_deref())?;
         let overrides = settings::validate_input(&connector.def, &input.settings, Layer::Install)?;
         if let Some(r) = &input.return_url {
@@ -309,12 +163,13 @@ impl Services {
             self.check_return_url(&prefixes, r)?;
         }
         let resolved = self
+            .resolver
             .resolve(&t.tenant_id, connector.clone(), auth.clone(), &overrides)
             .await?;
         let id = IdKind::Install.generate();
         let now = now_ms();
         let sealed = settings::seal(
-            &self.inner.crypto,
+            &self.crypto,
             &connector.def,
             &overrides,
             &settings::install_aad(&id),
@@ -325,7 +180,7 @@ impl Services {
             account_id: account.id.clone(),
             connector_id: connector.def.id.clone(),
             auth_type: auth.kind().as_str().to_owned(),
-            status: InstallStatus::PendingAuthorization.as_str().to_owned(),
+            status: InstallStatus::PendingAuthorization,
             settings: sealed,
             return_url: input.return_url.clone(),
             created_at: now,
@@ -335,21 +190,22 @@ impl Services {
         match &auth {
             AuthDef::Oauth2AuthorizationCode(_) => {}
             AuthDef::StaticBearer(_) => {
-                row.status = InstallStatus::Authorized.as_str().to_owned();
+                row.status = InstallStatus::Authorized;
             }
             AuthDef::Oauth2ClientCredentials(c) => {
                 // The first token is fetched before anything is written: a bad secret leaves no
                 // install behind.
                 let client = resolved
-                    .token_client(&self.inner.redirect_uri)?
+                    .token_client(&self.redirect_uri)?
                     .ok_or_else(|| ServiceError::internal("client credentials without client"))?;
                 let scopes = resolved.render(&c.scopes, None)?;
-                self.check_upstream_url("token_url", &client.token_url)?;
+                self.resolver
+                    .check_upstream_url("token_url", &client.token_url)?;
                 let tokens = client
-                    .client_credentials(self.inner.outbound.client(), &scopes)
+                    .client_credentials(self.outbound.client(), &scopes)
                     .await
                     .map_err(crate::tokens::first_token_error)?;
-                let sealed = crate::tokens::seal_tokens(&self.inner.crypto, &id, &tokens);
+                let sealed = crate::sealing::seal_tokens(&self.crypto, &id, &tokens, now_ms());
                 first_tokens = Some(TokenWrite {
                     access_token: sealed.access,
                     refresh_token: sealed.refresh,
@@ -366,8 +222,7 @@ impl Services {
             }
         }
         let install_row = row;
-        self.inner
-            .db
+        self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     installs::insert(conn, &install_row)?;
@@ -406,7 +261,7 @@ impl Services {
                 "this install does not use the authorization-code flow".into(),
             ));
         };
-        let redirect_uri = self.inner.redirect_uri.clone();
+        let redirect_uri = self.redirect_uri.clone();
         let state = switchboard_auth::new_state();
         let state_hash = switchboard_auth::hash_state(&state);
         let pkce = switchboard_auth::new_pkce();
@@ -414,7 +269,8 @@ impl Services {
         let client = resolved
             .token_client(&redirect_uri)?
             .ok_or_else(|| ServiceError::internal("authorization code without token client"))?;
-        self.check_upstream_url("token_url", &client.token_url)?;
+        self.resolver
+            .check_upstream_url("token_url", &client.token_url)?;
         let scopes = resolved.render(&a.scopes, None)?;
         let mut extra = BTreeMap::new();
         for (k, v) in &a.authorize_params {
@@ -434,13 +290,13 @@ impl Services {
             extra: &extra,
         })
         .map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::FieldError::new(
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
                 "authorize_url",
                 e.to_string(),
             )])
         })?;
         let now = now_ms();
-        let verifier = self.inner.crypto.encrypt(
+        let verifier = self.crypto.encrypt(
             pkce.verifier.expose_secret().as_bytes(),
             format!("state:{state_hash}:verifier").as_bytes(),
         );
@@ -453,11 +309,10 @@ impl Services {
             redirect_uri,
             expected_issuer,
             return_url: return_url.map(str::to_owned),
-            expires_at: now + (self.inner.settings.oauth.state_ttl_secs as i64) * 1000,
+            expires_at: now + (self.settings.oauth.state_ttl_secs as i64) * 1000,
             created_at: now,
         };
-        self.inner
-            .db
+        self.db
             .run(move |conn| {
                 oauth_states::purge_expired(conn, now)?;
                 oauth_states::insert(conn, &row)
@@ -480,7 +335,7 @@ impl Services {
             self.check_return_url(&prefixes, r)?;
         }
         let return_url = input.return_url.or(row.return_url.clone());
-        let resolved = self.resolve_row(&row).await?;
+        let resolved = self.resolver.resolve_row(&row).await?;
         if return_url != row.return_url {
             let (tenant, acc, id, r) = (
                 row.tenant_id.clone(),
@@ -488,42 +343,13 @@ impl Services {
                 row.id.clone(),
                 return_url.clone(),
             );
-            self.inner
-                .db
+            self.db
                 .run(move |conn| {
                     installs::set_return_url(conn, &tenant, &acc, &id, r.as_deref(), now_ms())
                 })
                 .await?;
         }
         self.begin_authorization(&row.tenant_id, &row.id, &resolved, return_url.as_deref())
-            .await
-    }
-
-    /// Resolves a stored install row (decrypting its overrides).
-    pub(crate) async fn resolve_row(
-        &self,
-        row: &switchboard_db::Install,
-    ) -> Result<Resolved, ServiceError> {
-        let connector = self.connector(&row.connector_id)?;
-        let kind = AuthKind::parse(&row.auth_type)
-            .ok_or_else(|| ServiceError::internal("stored auth type is unknown"))?;
-        let auth = connector
-            .def
-            .auth
-            .iter()
-            .find(|a| a.kind() == kind)
-            .cloned()
-            .ok_or_else(|| {
-                ServiceError::UnsupportedAuthType(
-                    "the connector no longer supports this install's auth type".into(),
-                )
-            })?;
-        let overrides = settings::open(
-            &self.inner.crypto,
-            &row.settings,
-            &settings::install_aad(&row.id),
-        )?;
-        self.resolve(&row.tenant_id, connector, auth, &overrides)
             .await
     }
 
@@ -538,8 +364,7 @@ impl Services {
             account_id.to_owned(),
             install_id.to_owned(),
         );
-        self.inner
-            .db
+        self.db
             .run(move |conn| installs::find(conn, &tenant, &acc, &id))
             .await?
             .ok_or_else(|| ServiceError::NotFound("install not found".into()))
@@ -547,16 +372,13 @@ impl Services {
 
     fn install_out(&self, row: switchboard_db::Install) -> InstallOut {
         let overrides = self
+            .resolver
             .connector(&row.connector_id)
             .ok()
             .and_then(|c| {
-                settings::open(
-                    &self.inner.crypto,
-                    &row.settings,
-                    &settings::install_aad(&row.id),
-                )
-                .ok()
-                .map(|v| settings::masked(&c.def, &v))
+                settings::open(&self.crypto, &row.settings, &settings::install_aad(&row.id))
+                    .ok()
+                    .map(|v| settings::masked(&c.def, &v))
             })
             .unwrap_or(Value::Object(Map::new()));
         InstallOut {
@@ -580,7 +402,7 @@ impl Services {
             account: row.account_id,
             connector: row.connector_id,
             auth_type: row.auth_type,
-            status: row.status,
+            status: row.status.to_string(),
         }
     }
 
@@ -638,11 +460,10 @@ impl Services {
             filter.status,
             filter.connector_id.as_deref(),
         );
-        let ring = &self.inner.crypto;
+        let ring = &self.crypto;
         let start = pagination::start(ring, &t.tenant_id, &scope, &page)?;
         let tenant = t.tenant_id.clone();
         let page = self
-            .inner
             .db
             .run(move |conn| {
                 installs::list_page(conn, &tenant, &filter, start.after.as_ref(), start.limit)
@@ -674,31 +495,29 @@ impl Services {
             row.account_id.clone(),
             row.id.clone(),
         );
-        self.inner
-            .db
+        self.db
             .run(move |conn| {
                 oauth_states::delete_for_install(conn, &id)?;
                 installs::delete(conn, &tenant, &acc, &id)
             })
             .await?;
-        self.inner.installs.remove(&row.id);
+        self.cache.remove(&row.id);
         Ok(())
     }
 
     async fn revoke_upstream(&self, row: &switchboard_db::Install) -> Result<(), ServiceError> {
-        let resolved = self.resolve_row(row).await?;
+        let resolved = self.resolver.resolve_row(row).await?;
         let Some(url) = resolved.revocation_url()? else {
             return Ok(());
         };
-        let Some(client) = resolved.token_client(&self.inner.redirect_uri)? else {
+        let Some(client) = resolved.token_client(&self.redirect_uri)? else {
             return Ok(());
         };
-        self.inner
-            .outbound
+        self.outbound
             .check_url(&url)
             .map_err(|e| ServiceError::internal(e.to_string()))?;
-        let tokens = crate::tokens::open_tokens(&self.inner.crypto, row)?;
-        let http = self.inner.outbound.client();
+        let tokens = crate::sealing::open_tokens(&self.crypto, row)?;
+        let http = self.outbound.client();
         if let Some(rt) = &tokens.refresh {
             client
                 .revoke(http, &url, rt, TokenTypeHint::RefreshToken)
@@ -712,36 +531,5 @@ impl Services {
                 .map_err(|e| ServiceError::internal(e.to_string()))?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches_prefix;
-
-    #[test]
-    fn return_url_prefixes_match_on_boundaries() {
-        assert!(matches_prefix(
-            "https://a.example/done",
-            "https://a.example/"
-        ));
-        assert!(matches_prefix(
-            "https://a.example/done",
-            "https://a.example"
-        ));
-        assert!(matches_prefix("https://a.example?x=1", "https://a.example"));
-        assert!(!matches_prefix(
-            "https://a.example.evil.com/",
-            "https://a.example"
-        ));
-        assert!(!matches_prefix("https://a.examplex/", "https://a.example"));
-        assert!(matches_prefix(
-            "https://a.example/app/x",
-            "https://a.example/app"
-        ));
-        assert!(!matches_prefix(
-            "https://a.example/appx",
-            "https://a.example/app"
-        ));
     }
 }

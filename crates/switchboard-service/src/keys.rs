@@ -2,16 +2,19 @@
 //! (the secret has 256 bits of entropy, so a fast hash is enough), the plaintext is shown once.
 //! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read.
 
+use crate::error::ServiceError;
 use crate::pagination::{self, PageIn};
-use crate::{ServiceError, Services, TenantCtx};
+use crate::tenant::TenantCtx;
 use diesel::Connection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use switchboard_core::{ms_to_rfc3339, now_ms, random_token, ApiKeyId, IdKind};
+use switchboard_crypto::KeyRing;
 use switchboard_db::repo::{api_keys, tenants};
+use switchboard_db::Db;
 use switchboard_db::{NewApiKey, NewTenant};
 
 const KEY_PREFIX: &str = "sbk_";
@@ -71,7 +74,7 @@ fn mint_key() -> (String, String, String) {
     (id, plaintext, prefix)
 }
 
-pub(crate) struct KeyCache {
+pub struct KeyCache {
     ttl: Duration,
     entries: RwLock<HashMap<String, (TenantCtx, Instant)>>,
 }
@@ -115,7 +118,15 @@ fn validate_name(name: &str, what: &str) -> Result<String, ServiceError> {
     Ok(name.to_owned())
 }
 
-impl Services {
+/// Tenants and their API keys, and the authentication of every request.
+pub struct KeyService {
+    pub(crate) db: Db,
+    pub(crate) keys: KeyCache,
+    /// Seals the list cursors.
+    pub(crate) crypto: Arc<KeyRing>,
+}
+
+impl KeyService {
     /// Creates a tenant and its first API key (the CLI's `tenant create`).
     pub async fn create_tenant(&self, name: &str) -> Result<TenantCreated, ServiceError> {
         let name = validate_name(name, "tenant name")?;
@@ -124,8 +135,7 @@ impl Services {
         let now = now_ms();
         let key_hash = hash_key(&plaintext);
         let (t, k) = (tenant_id.clone(), key_id);
-        self.inner
-            .db
+        self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     tenants::insert(
@@ -164,13 +174,12 @@ impl Services {
             return Ok(None);
         }
         let hash = hash_key(presented);
-        if let Some(ctx) = self.inner.keys.get(&hash) {
+        if let Some(ctx) = self.keys.get(&hash) {
             return Ok(Some(ctx));
         }
         let h = hash.clone();
         let now = now_ms();
         let found = self
-            .inner
             .db
             .run(move |conn| {
                 let key = api_keys::find_active_by_hash(conn, &h)?;
@@ -185,7 +194,7 @@ impl Services {
                 tenant_id: k.tenant_id,
                 key_id: k.id,
             };
-            self.inner.keys.put(hash, ctx.clone());
+            self.keys.put(hash, ctx.clone());
             ctx
         }))
     }
@@ -206,8 +215,7 @@ impl Services {
             key_hash: hash_key(&plaintext),
             created_at: now,
         };
-        self.inner
-            .db
+        self.db
             .run(move |conn| api_keys::insert(conn, &row))
             .await?;
         Ok(ApiKeyCreated {
@@ -226,11 +234,10 @@ impl Services {
         page: PageIn,
     ) -> Result<ApiKeyList, ServiceError> {
         const SCOPE: &str = "api_keys";
-        let ring = &self.inner.crypto;
+        let ring = &self.crypto;
         let start = pagination::start(ring, &t.tenant_id, SCOPE, &page)?;
         let tenant = t.tenant_id.clone();
         let page = self
-            .inner
             .db
             .run(move |conn| api_keys::list_page(conn, &tenant, start.after.as_ref(), start.limit))
             .await?;
@@ -256,11 +263,10 @@ impl Services {
     pub async fn revoke_api_key(&self, t: &TenantCtx, id: &ApiKeyId) -> Result<(), ServiceError> {
         let (tenant, key) = (t.tenant_id.clone(), id.to_owned());
         let revoked = self
-            .inner
             .db
             .run(move |conn| api_keys::revoke(conn, &tenant, &key, now_ms()))
             .await?;
-        self.inner.keys.forget_key(id);
+        self.keys.forget_key(id);
         if revoked {
             Ok(())
         } else {
@@ -271,7 +277,6 @@ impl Services {
     pub async fn get_tenant(&self, t: &TenantCtx) -> Result<TenantOut, ServiceError> {
         let tenant = t.tenant_id.clone();
         let row = self
-            .inner
             .db
             .run(move |conn| tenants::find(conn, &tenant))
             .await?
@@ -296,12 +301,11 @@ impl Services {
             ));
         }
         for p in &prefixes {
-            crate::installs::validate_return_prefix(p)?;
+            crate::return_url::validate_return_prefix(p)?;
         }
         let tenant = t.tenant_id.clone();
         let json = serde_json::to_string(&prefixes).map_err(ServiceError::internal)?;
-        self.inner
-            .db
+        self.db
             .run(move |conn| tenants::set_allowed_return_urls(conn, &tenant, &json))
             .await?;
         self.get_tenant(t).await

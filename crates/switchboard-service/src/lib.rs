@@ -1,20 +1,35 @@
-//! Application services: tenants and API keys, connector setups, accounts, installs, the OAuth
-//! callback, the token lifecycle (single flight per install, across replicas through a database
-//! lease) and method calls with the hot-path caches. Handlers call exactly one function here.
+//! Application services: one service per resource, each owning only the shared pieces it
+//! needs (keys, setups, accounts+installs, the OAuth callback, method calls, the connector
+//! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
+//! replicas through a database lease). Handlers call exactly one function here.
+//!
+//! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
+//! `return_url`, then `resolve` on `settings`) <- `tokens` <- the services (`keys`, `setups`,
+//! `installs` + `accounts`, `callback`, `methods`, `connectors`) <- `Services` (this file).
+//! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
+pub mod cache;
 pub mod callback;
+pub mod clock;
 pub mod connectors;
 pub mod error;
 pub mod installs;
 pub mod keys;
 pub mod methods;
 pub mod pagination;
+pub mod resolve;
+mod return_url;
+pub mod sealing;
 pub mod settings;
 pub mod setups;
+pub mod tenant;
 pub mod tokens;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldError, ServiceError};
+pub use tenant::TenantCtx;
+pub use tokens::{Keeper, TokenKeeper};
 
 use std::sync::Arc;
 use switchboard_config::Settings;
@@ -22,23 +37,6 @@ use switchboard_connector::Catalog;
 use switchboard_crypto::KeyRing;
 use switchboard_db::Db;
 use switchboard_outbound::{Outbound, OutboundConfig};
-
-/// The tenant a request is authenticated as. Only [`Services::authenticate`] creates one, so a
-/// function taking `&TenantCtx` is tenant-scoped by its signature.
-#[derive(Debug, Clone)]
-pub struct TenantCtx {
-    tenant_id: String,
-    key_id: String,
-}
-
-impl TenantCtx {
-    pub fn tenant_id(&self) -> &str {
-        &self.tenant_id
-    }
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-}
 
 /// Failures while assembling the services at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -53,22 +51,19 @@ pub enum StartupError {
     Outbound(String),
 }
 
-pub(crate) struct Inner {
-    pub settings: Settings,
-    pub db: Db,
-    pub crypto: KeyRing,
-    pub catalog: Catalog,
-    pub outbound: Outbound,
-    pub redirect_uri: String,
-    pub keys: keys::KeyCache,
-    pub installs: methods::InstallCache,
-    pub tokens: tokens::TokenManager,
-}
-
 /// Every service of one Switchboard process. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
-    pub(crate) inner: Arc<Inner>,
+    pub keys: Arc<keys::KeyService>,
+    pub setups: Arc<setups::SetupService>,
+    pub installs: Arc<installs::InstallService>,
+    pub callback: Arc<callback::CallbackService>,
+    pub methods: Arc<methods::MethodService>,
+    pub connectors: Arc<connectors::ConnectorService>,
+    pub tokens: Arc<Keeper>,
+    settings: Arc<Settings>,
+    db: Db,
+    catalog: Catalog,
 }
 
 impl Services {
@@ -84,7 +79,17 @@ impl Services {
     }
 
     pub fn build_with_db(settings: Settings, db: Db) -> Result<Self, StartupError> {
-        let crypto = KeyRing::load_or_create(&settings.secrets.key_file)?;
+        Self::build_with_clock(settings, db, Arc::new(SystemClock))
+    }
+
+    /// Like [`Services::build_with_db`] with the clock of the token lifecycle (tests pass a
+    /// [`ManualClock`]).
+    pub fn build_with_clock(
+        settings: Settings,
+        db: Db,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let crypto = Arc::new(KeyRing::load_or_create(&settings.secrets.key_file)?);
         let catalog =
             switchboard_connector::load_dir(&settings.connectors.dir).map_err(|diags| {
                 StartupError::Connectors(
@@ -107,35 +112,87 @@ impl Services {
         })
         .map_err(|e| StartupError::Outbound(e.to_string()))?;
         let redirect_uri = settings.redirect_uri();
-        let keys = keys::KeyCache::new(settings.api_keys.cache_ttl_ms);
-        let installs = methods::InstallCache::new(settings.tokens.install_cache_ttl_ms);
-        let tokens = tokens::TokenManager::new(&settings.tokens);
+        let settings = Arc::new(settings);
+        let cache = Arc::new(cache::InstallCache::new(
+            settings.tokens.install_cache_ttl_ms,
+        ));
+        let resolver = Arc::new(resolve::Resolver {
+            db: db.clone(),
+            crypto: crypto.clone(),
+            catalog: catalog.clone(),
+            outbound: outbound.clone(),
+        });
+        let tokens = Arc::new(TokenKeeper::new(
+            &settings.tokens,
+            tokens::DbTokenStore::new(db.clone()),
+            tokens::OAuthTokenEndpoint {
+                resolver: resolver.clone(),
+                crypto: crypto.clone(),
+                outbound: outbound.clone(),
+                redirect_uri: redirect_uri.clone(),
+                clock: clock.clone(),
+            },
+            clock,
+            cache.clone(),
+        ));
         Ok(Self {
-            inner: Arc::new(Inner {
-                settings,
-                db,
-                crypto,
-                catalog,
-                outbound,
-                redirect_uri,
-                keys,
-                installs,
-                tokens,
+            keys: Arc::new(keys::KeyService {
+                db: db.clone(),
+                keys: keys::KeyCache::new(settings.api_keys.cache_ttl_ms),
+                crypto: crypto.clone(),
             }),
+            setups: Arc::new(setups::SetupService {
+                db: db.clone(),
+                crypto: crypto.clone(),
+                resolver: resolver.clone(),
+                cache: cache.clone(),
+            }),
+            installs: Arc::new(installs::InstallService {
+                settings: settings.clone(),
+                db: db.clone(),
+                crypto: crypto.clone(),
+                outbound: outbound.clone(),
+                redirect_uri,
+                resolver: resolver.clone(),
+                cache: cache.clone(),
+            }),
+            callback: Arc::new(callback::CallbackService {
+                db: db.clone(),
+                crypto: crypto.clone(),
+                outbound: outbound.clone(),
+                resolver: resolver.clone(),
+                cache: cache.clone(),
+            }),
+            methods: Arc::new(methods::MethodService {
+                settings: settings.clone(),
+                db: db.clone(),
+                crypto,
+                outbound,
+                resolver,
+                cache,
+                tokens: tokens.clone(),
+            }),
+            connectors: Arc::new(connectors::ConnectorService {
+                catalog: catalog.clone(),
+            }),
+            tokens,
+            settings,
+            db,
+            catalog,
         })
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+        &self.settings
     }
 
     pub fn db(&self) -> &Db {
-        &self.inner.db
+        &self.db
     }
 
     /// Applies pending migrations (serialised across replicas on PostgreSQL).
     pub async fn migrate(&self) -> Result<Vec<String>, ServiceError> {
-        let db = self.inner.db.clone();
+        let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.migrate())
             .await
             .map_err(ServiceError::internal)?
@@ -144,6 +201,6 @@ impl Services {
 
     /// Readiness: the database answers and the connector catalogue is loaded.
     pub async fn ready(&self) -> bool {
-        self.inner.db.ping().await.is_ok() && self.inner.catalog.iter().next().is_some()
+        self.db.ping().await.is_ok() && self.catalog.iter().next().is_some()
     }
 }

@@ -1,22 +1,25 @@
-//! Method calls, the hot path. An install is prepared once (merged settings rendered, FHIR base
-//! parsed, headers built, access token decrypted) and cached for `tokens.install_cache_ttl_ms`;
-//! every change this process makes to an install drops its entry, other replicas' changes are
-//! seen within the TTL. A call then costs no database round trip and no JSON tree.
+//! Method calls, the hot path: [`MethodService`]. The install is taken from the prepared-install
+//! cache (see `cache`) or prepared from its row; its token comes from the [`Keeper`] when it is
+//! due for refresh. A call then costs no database round trip and no JSON tree.
 
-use crate::{ServiceError, Services, TenantCtx};
+use crate::cache::{InstallCache, Prepared};
+use crate::error::ServiceError;
+use crate::resolve::Resolver;
+use crate::tenant::TenantCtx;
+use crate::tokens::{Keeper, Refreshed};
 use bytes::Bytes;
-use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-use switchboard_connector::{AuthKind, Connector};
+use std::sync::Arc;
+use std::time::Instant;
+use switchboard_config::Settings;
 use switchboard_core::{AccountId, ErrorCode, InstallId, InstallStatus, MethodId};
+use switchboard_crypto::KeyRing;
 use switchboard_db::repo::installs;
+use switchboard_db::Db;
 use switchboard_engine::{EngineError, MethodCall};
-use url::Url;
+use switchboard_outbound::Outbound;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,86 +28,6 @@ pub struct MethodIn {
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     pub max_pages: Option<u32>,
-}
-
-/// An install ready for calls.
-pub(crate) struct Prepared {
-    pub id: String,
-    pub tenant_id: String,
-    pub account_id: String,
-    pub connector: Arc<Connector>,
-    pub auth_kind: AuthKind,
-    pub status: InstallStatus,
-    pub status_error: Option<String>,
-    pub fhir_base: Url,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub bearer: Option<SecretString>,
-    pub expires_at: Option<i64>,
-    pub obtained_at: Option<i64>,
-    pub token_version: i64,
-    pub has_refresh_token: bool,
-    loaded_at: Instant,
-}
-
-impl Prepared {
-    pub fn can_refresh(&self) -> bool {
-        match self.auth_kind {
-            AuthKind::Oauth2ClientCredentials => true,
-            AuthKind::Oauth2AuthorizationCode => self.has_refresh_token,
-            AuthKind::StaticBearer => false,
-        }
-    }
-}
-
-pub(crate) struct InstallCache {
-    ttl: Duration,
-    map: RwLock<HashMap<String, Arc<Prepared>>>,
-}
-
-impl InstallCache {
-    pub fn new(ttl_ms: u64) -> Self {
-        Self {
-            ttl: Duration::from_millis(ttl_ms),
-            map: RwLock::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<Arc<Prepared>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .filter(|p| p.loaded_at.elapsed() < self.ttl)
-            .cloned()
-    }
-
-    /// Any cached entry, however old (used after waiting for a refresh in this process).
-    pub fn get_any(&self, id: &str) -> Option<Arc<Prepared>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    fn put(&self, p: Arc<Prepared>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 50_000 {
-            map.retain(|_, v| v.loaded_at.elapsed() < self.ttl);
-        }
-        map.insert(p.id.clone(), p);
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-
-    pub fn clear(&self) {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
-    }
 }
 
 fn engine_error(e: EngineError) -> ServiceError {
@@ -193,15 +116,60 @@ fn engine_error(e: EngineError) -> ServiceError {
     }
 }
 
-impl Services {
+/// Method calls on installs.
+pub struct MethodService {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) db: Db,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) outbound: Outbound,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) cache: Arc<InstallCache>,
+    pub(crate) tokens: Arc<Keeper>,
+}
+
+impl MethodService {
+    /// A usable access token for a method call: the cached one while it is fresh, otherwise
+    /// the result of the (single) refresh.
+    async fn ensure_token(&self, p: Arc<Prepared>) -> Result<Arc<Prepared>, ServiceError> {
+        let now = self.tokens.now_ms();
+        if p.bearer.is_some() && !self.tokens.needs_refresh(p.expires_at, p.obtained_at) {
+            return Ok(p);
+        }
+        if !p.can_refresh() {
+            if p.bearer.is_some() && p.expires_at.is_none_or(|e| e > now) {
+                return Ok(p);
+            }
+            return Err(ServiceError::InstallNotAuthorized {
+                status: InstallStatus::NeedsReauthorization.as_str(),
+                detail: "the access token expired and this install has no refresh token; re-authorize with POST .../authorize".into(),
+            });
+        }
+        self.refresh_install(&p.id, p.token_version).await
+    }
+
+    /// Refreshes once for everyone who saw `seen_version`, then prepares the result.
+    async fn refresh_install(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+    ) -> Result<Arc<Prepared>, ServiceError> {
+        let refreshed = self
+            .tokens
+            .refresh(install_id, seen_version, |row| self.prepare_row(row))
+            .await?;
+        match refreshed {
+            Refreshed::Cached(p) | Refreshed::Row(p) => Ok(p),
+        }
+    }
+
     /// Builds (and caches) the prepared form of an install row.
     pub(crate) async fn prepare_row(
         &self,
         row: switchboard_db::Install,
     ) -> Result<Arc<Prepared>, ServiceError> {
-        let resolved = self.resolve_row(&row).await?;
+        let resolved = self.resolver.resolve_row(&row).await?;
         let auth_kind = resolved.auth.kind();
-        let tokens = crate::tokens::open_tokens(&self.inner.crypto, &row)?;
+        let tokens = crate::sealing::open_tokens(&self.crypto, &row)?;
         let bearer = match &resolved.auth {
             switchboard_connector::AuthDef::StaticBearer(s) => {
                 Some(SecretString::from(resolved.render(&s.token, None)?))
@@ -211,7 +179,7 @@ impl Services {
         let headers = switchboard_engine::static_headers(&resolved.connector, &resolved.ctx)
             .map_err(|e| ServiceError::internal(e.to_string()))?;
         let p = Arc::new(Prepared {
-            status: InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+            status: row.status,
             status_error: row.last_error.clone(),
             id: row.id,
             tenant_id: row.tenant_id,
@@ -227,7 +195,7 @@ impl Services {
             has_refresh_token: row.refresh_token.is_some(),
             loaded_at: Instant::now(),
         });
-        self.inner.installs.put(p.clone());
+        self.cache.put(p.clone());
         Ok(p)
     }
 
@@ -238,12 +206,11 @@ impl Services {
         install_id: &str,
     ) -> Result<Arc<Prepared>, ServiceError> {
         let not_found = || ServiceError::NotFound("install not found".into());
-        let p = match self.inner.installs.get(install_id) {
+        let p = match self.cache.get(install_id) {
             Some(p) => p,
             None => {
                 let id = install_id.to_owned();
                 let row = self
-                    .inner
                     .db
                     .run(move |conn| installs::find_by_id(conn, &id))
                     .await?
@@ -289,7 +256,7 @@ impl Services {
                     "max_pages must be at least 1".into(),
                 ))
             }
-            Some(n) => n.min(self.inner.settings.upstream.max_pages),
+            Some(n) => n.min(self.settings.upstream.max_pages),
             None => 1,
         };
         if p.status != InstallStatus::Authorized {
@@ -308,7 +275,7 @@ impl Services {
                 .as_ref()
                 .ok_or_else(|| ServiceError::internal("authorized install without a token"))?;
             let result = switchboard_engine::execute(
-                &self.inner.outbound,
+                &self.outbound,
                 MethodCall {
                     fhir_base: &attempt.fhir_base,
                     params: &params,

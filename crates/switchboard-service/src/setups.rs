@@ -1,11 +1,17 @@
 //! A tenant's connector setup (its app registration: endpoint, client id, client secret...).
 
+use crate::cache::InstallCache;
+use crate::error::ServiceError;
+use crate::resolve::Resolver;
 use crate::settings::{self, Layer};
-use crate::{ServiceError, Services, TenantCtx};
+use crate::tenant::TenantCtx;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
+use switchboard_crypto::KeyRing;
 use switchboard_db::repo::setups;
+use switchboard_db::Db;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SetupOut {
@@ -17,7 +23,15 @@ pub struct SetupOut {
     pub updated_at: String,
 }
 
-impl Services {
+/// Tenants' connector setups. A change drops every prepared install (they embed the setup).
+pub struct SetupService {
+    pub(crate) db: Db,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) cache: Arc<InstallCache>,
+}
+
+impl SetupService {
     /// Creates or replaces the setup. The body is validated as a whole before anything is
     /// written; secret values are sealed.
     pub async fn put_setup(
@@ -26,18 +40,17 @@ impl Services {
         connector_id: &ConnectorId,
         input: &Map<String, Value>,
     ) -> Result<SetupOut, ServiceError> {
-        let connector = self.connector(connector_id)?;
+        let connector = self.resolver.connector(connector_id)?;
         let def = &connector.def;
         let values = settings::validate_input(def, input, Layer::Setup)?;
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
-        let stored = settings::seal(&self.inner.crypto, def, &values, &aad);
+        let stored = settings::seal(&self.crypto, def, &values, &aad);
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
         let row = self
-            .inner
             .db
             .run(move |conn| setups::upsert(conn, &tenant, &cid, &stored, now))
             .await?;
-        self.inner.installs.clear();
+        self.cache.clear();
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
@@ -51,16 +64,15 @@ impl Services {
         t: &TenantCtx,
         connector_id: &ConnectorId,
     ) -> Result<SetupOut, ServiceError> {
-        let connector = self.connector(connector_id)?;
+        let connector = self.resolver.connector(connector_id)?;
         let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let row = self
-            .inner
             .db
             .run(move |conn| setups::find(conn, &tenant, &cid))
             .await?
             .ok_or_else(|| ServiceError::NotFound("this connector has no setup".into()))?;
         let values = settings::open(
-            &self.inner.crypto,
+            &self.crypto,
             &row.settings,
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
@@ -77,50 +89,17 @@ impl Services {
         t: &TenantCtx,
         connector_id: &ConnectorId,
     ) -> Result<(), ServiceError> {
-        self.connector(connector_id)?;
+        self.resolver.connector(connector_id)?;
         let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let deleted = self
-            .inner
             .db
             .run(move |conn| setups::delete(conn, &tenant, &cid))
             .await?;
-        self.inner.installs.clear();
+        self.cache.clear();
         if deleted {
             Ok(())
         } else {
             Err(ServiceError::NotFound("this connector has no setup".into()))
         }
-    }
-
-    /// The decrypted setup values of a tenant's connector (empty when there is no setup).
-    pub(crate) async fn setup_values(
-        &self,
-        tenant_id: &str,
-        connector_id: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>, ServiceError> {
-        let (tenant, cid) = (tenant_id.to_owned(), connector_id.to_owned());
-        let row = self
-            .inner
-            .db
-            .run(move |conn| setups::find(conn, &tenant, &cid))
-            .await?;
-        match row {
-            Some(r) => settings::open(
-                &self.inner.crypto,
-                &r.settings,
-                &settings::setup_aad(tenant_id, connector_id),
-            ),
-            None => Ok(Default::default()),
-        }
-    }
-
-    pub(crate) fn connector(
-        &self,
-        id: &str,
-    ) -> Result<std::sync::Arc<switchboard_connector::Connector>, ServiceError> {
-        self.inner
-            .catalog
-            .get(id)
-            .ok_or_else(|| ServiceError::UnknownConnector(id.to_owned()))
     }
 }

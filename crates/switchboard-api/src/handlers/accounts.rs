@@ -11,7 +11,7 @@ pub async fn create_account(
     s: web::Data<Services>,
     body: web::Json<AccountIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Created().json(s.create_account(&t.0, body.into_inner()).await?))
+    Ok(HttpResponse::Created().json(s.installs.create_account(&t.0, body.into_inner()).await?))
 }
 
 pub async fn list_accounts(
@@ -19,7 +19,7 @@ pub async fn list_accounts(
     s: web::Data<Services>,
     query: web::Query<PageIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.list_accounts(&t.0, query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(s.installs.list_accounts(&t.0, query.into_inner()).await?))
 }
 
 pub async fn get_account(
@@ -27,7 +27,7 @@ pub async fn get_account(
     s: web::Data<Services>,
     Ids(account): Ids<AccountId>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.get_account(&t.0, &account).await?))
+    Ok(HttpResponse::Ok().json(s.installs.get_account(&t.0, &account).await?))
 }
 
 pub async fn delete_account(
@@ -35,6 +35,6 @@ pub async fn delete_account(
     s: web::Data<Services>,
     Ids(account): Ids<AccountId>,
 ) -> Result<HttpResponse> {
-    s.delete_account(&t.0, &account).await?;
+    s.installs.delete_account(&t.0, &account).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -23,7 +23,7 @@ pub async fn create_api_key(
     s: web::Data<Services>,
     body: web::Json<ApiKeyIn>,
 ) -> Result<HttpResponse> {
-    let created = s.create_api_key(&t.0, &body.name).await?;
+    let created = s.keys.create_api_key(&t.0, &body.name).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(created))
@@ -34,7 +34,7 @@ pub async fn list_api_keys(
     s: web::Data<Services>,
     query: web::Query<PageIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.list_api_keys(&t.0, query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(s.keys.list_api_keys(&t.0, query.into_inner()).await?))
 }
 
 pub async fn revoke_api_key(
@@ -42,6 +42,6 @@ pub async fn revoke_api_key(
     s: web::Data<Services>,
     Ids(id): Ids<ApiKeyId>,
 ) -> Result<HttpResponse> {
-    s.revoke_api_key(&t.0, &id).await?;
+    s.keys.revoke_api_key(&t.0, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -25,7 +25,11 @@ fn parse_query(query: &str) -> CallbackIn {
 
 /// `GET /connector/callback`: the browser lands here after the EHR login.
 pub async fn callback(s: web::Data<Services>, req: actix_web::HttpRequest) -> HttpResponse {
-    match s.handle_callback(parse_query(req.query_string())).await {
+    match s
+        .callback
+        .handle_callback(parse_query(req.query_string()))
+        .await
+    {
         CallbackOutcome::Redirect(url) => HttpResponse::Found()
             .insert_header((header::LOCATION, url))
             .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -5,7 +5,7 @@ use switchboard_core::ConnectorId;
 use switchboard_service::Services;
 
 pub async fn list_connectors(_t: Tenant, s: web::Data<Services>) -> HttpResponse {
-    HttpResponse::Ok().json(s.list_connectors())
+    HttpResponse::Ok().json(s.connectors.list_connectors())
 }
 
 pub async fn get_connector(
@@ -13,5 +13,5 @@ pub async fn get_connector(
     s: web::Data<Services>,
     Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.get_connector(&connector)?))
+    Ok(HttpResponse::Ok().json(s.connectors.get_connector(&connector)?))
 }

@@ -13,7 +13,10 @@ pub async fn create_install(
     Ids(account): Ids<AccountId>,
     body: web::Json<InstallIn>,
 ) -> Result<HttpResponse> {
-    let created = s.create_install(&t.0, &account, body.into_inner()).await?;
+    let created = s
+        .installs
+        .create_install(&t.0, &account, body.into_inner())
+        .await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(created))
@@ -25,7 +28,11 @@ pub async fn list_installs(
     Ids(account): Ids<AccountId>,
     query: web::Query<PageIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.list_installs(&t.0, &account, query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(
+        s.installs
+            .list_installs(&t.0, &account, query.into_inner())
+            .await?,
+    ))
 }
 
 /// The tenant's installs across its accounts (`?status=&connector=&account=`).
@@ -34,7 +41,11 @@ pub async fn list_tenant_installs(
     s: web::Data<Services>,
     query: web::Query<InstallsQuery>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.list_tenant_installs(&t.0, query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(
+        s.installs
+            .list_tenant_installs(&t.0, query.into_inner())
+            .await?,
+    ))
 }
 
 pub async fn get_install(
@@ -42,7 +53,7 @@ pub async fn get_install(
     s: web::Data<Services>,
     Ids((account, install)): Ids<(AccountId, InstallId)>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.get_install(&t.0, &account, &install).await?))
+    Ok(HttpResponse::Ok().json(s.installs.get_install(&t.0, &account, &install).await?))
 }
 
 pub async fn delete_install(
@@ -50,7 +61,7 @@ pub async fn delete_install(
     s: web::Data<Services>,
     Ids((account, install)): Ids<(AccountId, InstallId)>,
 ) -> Result<HttpResponse> {
-    s.delete_install(&t.0, &account, &install).await?;
+    s.installs.delete_install(&t.0, &account, &install).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -63,7 +74,10 @@ pub async fn authorize_install(
     let input = body
         .map(|b| b.into_inner())
         .unwrap_or(AuthorizeIn { return_url: None });
-    let url = s.authorize_install(&t.0, &account, &install, input).await?;
+    let url = s
+        .installs
+        .authorize_install(&t.0, &account, &install, input)
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "authorize_url": url })))

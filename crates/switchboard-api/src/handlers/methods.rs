@@ -12,6 +12,7 @@ pub async fn call_method(
     body: web::Json<MethodIn>,
 ) -> Result<HttpResponse> {
     let out = s
+        .methods
         .call_method(&t.0, &account, &install, &method, body.into_inner())
         .await?;
     Ok(HttpResponse::Ok()

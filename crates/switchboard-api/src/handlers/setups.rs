@@ -20,7 +20,7 @@ pub async fn put_setup(
     Ids(connector): Ids<ConnectorId>,
     body: web::Json<SetupIn>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.put_setup(&t.0, &connector, &body.settings).await?))
+    Ok(HttpResponse::Ok().json(s.setups.put_setup(&t.0, &connector, &body.settings).await?))
 }
 
 pub async fn get_setup(
@@ -28,7 +28,7 @@ pub async fn get_setup(
     s: web::Data<Services>,
     Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.get_setup(&t.0, &connector).await?))
+    Ok(HttpResponse::Ok().json(s.setups.get_setup(&t.0, &connector).await?))
 }
 
 pub async fn delete_setup(
@@ -36,6 +36,6 @@ pub async fn delete_setup(
     s: web::Data<Services>,
     Ids(connector): Ids<ConnectorId>,
 ) -> Result<HttpResponse> {
-    s.delete_setup(&t.0, &connector).await?;
+    s.setups.delete_setup(&t.0, &connector).await?;
     Ok(HttpResponse::NoContent().finish())
 }

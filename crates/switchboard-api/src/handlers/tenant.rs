@@ -11,7 +11,7 @@ pub struct TenantPatch {
 }
 
 pub async fn get_tenant(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(s.get_tenant(&t.0).await?))
+    Ok(HttpResponse::Ok().json(s.keys.get_tenant(&t.0).await?))
 }
 
 pub async fn update_tenant(
@@ -21,7 +21,8 @@ pub async fn update_tenant(
 ) -> Result<HttpResponse> {
     let body = body.into_inner();
     Ok(HttpResponse::Ok().json(
-        s.set_allowed_return_urls(&t.0, body.allowed_return_urls)
+        s.keys
+            .set_allowed_return_urls(&t.0, body.allowed_return_urls)
             .await?,
     ))
 }

@@ -3,14 +3,15 @@ use std::fmt;
 use diesel::prelude::*;
 use switchboard_core::InstallStatus;
 
-use crate::models::{Install, NewInstall};
+use crate::models::{Install, NewInstall, StatusColumn};
 use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
 use crate::schema::installs::dsl as i;
 use crate::{AnyConnection, DbError};
 
 pub fn insert(conn: &mut AnyConnection, new: &NewInstall) -> Result<Install, DbError> {
+    // Owned: a `serialize_as` field (the status) has no borrowed `Insertable`.
     Ok(diesel::insert_into(i::installs)
-        .values(new)
+        .values(new.clone())
         .returning(crate::schema::installs::all_columns)
         .get_result(conn)?)
 }
@@ -53,7 +54,7 @@ pub fn list_page(
         query = query.filter(i::account_id.eq(account.clone()));
     }
     if let Some(status) = filter.status {
-        query = query.filter(i::status.eq(status.as_str()));
+        query = query.filter(i::status.eq(StatusColumn(status)));
     }
     if let Some(connector) = &filter.connector_id {
         query = query.filter(i::connector_id.eq(connector.clone()));
@@ -142,7 +143,7 @@ pub fn set_status(
 ) -> Result<bool, DbError> {
     let n = diesel::update(i::installs.find(id))
         .set((
-            i::status.eq(status.as_str()),
+            i::status.eq(StatusColumn(status)),
             i::last_error.eq(last_error),
             i::updated_at.eq(now),
         ))
@@ -197,7 +198,7 @@ struct TokenChanges<'a> {
     token_expires_at: Option<i64>,
     scopes: Option<&'a str>,
     context: Option<&'a str>,
-    status: &'a str,
+    status: StatusColumn,
     last_error: Option<&'a str>,
     last_refresh_at: Option<i64>,
     last_refresh_error: Option<&'a str>,
@@ -220,7 +221,7 @@ pub fn store_tokens(
         token_expires_at: write.expires_at,
         scopes: write.scopes.as_deref(),
         context: write.context.as_deref(),
-        status: write.status.as_str(),
+        status: StatusColumn(write.status),
         last_error: write.last_error.as_deref(),
         last_refresh_at: write.last_refresh_at,
         last_refresh_error: write.last_refresh_error.as_deref(),
@@ -261,7 +262,7 @@ pub fn list_refresh_candidates(
     horizon_ms: i64,
 ) -> Result<Vec<Install>, DbError> {
     Ok(i::installs
-        .filter(i::status.eq(InstallStatus::Authorized.as_str()))
+        .filter(i::status.eq(StatusColumn(InstallStatus::Authorized)))
         .filter(i::token_expires_at.lt(now.saturating_add(horizon_ms)))
         .filter(i::refresh_token.is_not_null())
         .order((i::token_expires_at.asc(), i::id.asc()))

@@ -1,5 +1,6 @@
 //! Rows the repository tests build on (tenant, account, install).
 
+use switchboard_core::InstallStatus;
 use switchboard_db::{repo, Account, Db, NewInstall, Tenant};
 
 pub fn tenant(db: &Db, id: &str) -> Tenant {
@@ -37,7 +38,7 @@ pub fn new_install(tenant_id: &str, account_id: &str, id: &str) -> NewInstall {
         account_id: account_id.to_owned(),
         connector_id: "epic".to_owned(),
         auth_type: "smart_standalone".to_owned(),
-        status: "pending_authorization".to_owned(),
+        status: InstallStatus::PendingAuthorization,
         settings: "{}".to_owned(),
         return_url: Some("https://console.example/done".to_owned()),
         created_at: 3_000,

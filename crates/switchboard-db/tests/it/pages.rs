@@ -128,7 +128,7 @@ fn install_pages_filter_within_the_tenant(db: &Db) {
     for (t, a, i, conn_id, status, at) in rows {
         let mut n = new_install(t, a, i);
         n.connector_id = conn_id.into();
-        n.status = status.as_str().into();
+        n.status = status;
         n.created_at = at;
         repo::installs::insert(&mut c, &n).unwrap();
     }

@@ -17,6 +17,7 @@ both_backends!(
     refresh_candidates,
     oauth_state_single_use,
     oauth_state_concurrent_take,
+    install_status_column,
 );
 
 fn tenants_roundtrip(db: &Db) {
@@ -633,4 +634,49 @@ fn oauth_state_concurrent_take(db: &Db) {
             .count()
     });
     assert_eq!(taken, 1);
+}
+
+/// `installs.status` is read and written as `InstallStatus`, stored as its snake_case name; a
+/// name the enum does not know fails the read instead of becoming some other status.
+fn install_status_column(db: &Db) {
+    use diesel::prelude::*;
+    use switchboard_db::schema::installs::dsl as i;
+    tenant(db, "ten_a");
+    account(db, "ten_a", "acme");
+    let mut c = db.get().unwrap();
+    let all = [
+        InstallStatus::PendingAuthorization,
+        InstallStatus::Authorized,
+        InstallStatus::NeedsReauthorization,
+        InstallStatus::Error,
+    ];
+    for (n, status) in all.into_iter().enumerate() {
+        let id = format!("ins_{n}");
+        let new = switchboard_db::NewInstall {
+            status,
+            ..new_install("ten_a", "acme", &id)
+        };
+        let inserted = repo::installs::insert(&mut c, &new).unwrap();
+        assert_eq!(inserted.status, status);
+        let got = repo::installs::find_by_id(&mut c, &id).unwrap().unwrap();
+        assert_eq!(got.status, status);
+        let raw: String = i::installs
+            .find(&id)
+            .select(i::status)
+            .first(&mut c)
+            .unwrap();
+        assert_eq!(raw, status.as_str());
+    }
+    diesel::update(i::installs.find("ins_0"))
+        .set(i::status.eq("paused"))
+        .execute(&mut c)
+        .unwrap();
+    assert!(repo::installs::find_by_id(&mut c, "ins_0").is_err());
+    assert_eq!(
+        repo::installs::find_by_id(&mut c, "ins_1")
+            .unwrap()
+            .unwrap()
+            .status,
+        InstallStatus::Authorized
+    );
 }

@@ -1,88 +1,35 @@
-//! Token lifecycle. A refresh happens once per install however many calls need it: callers in
-//! this process queue on a per-install async mutex, and processes coordinate through a lease on
-//! the install row (conditional UPDATE; no transaction is held across the upstream call). The
-//! winner re-reads the tokens (another replica may have refreshed), calls the token endpoint,
-//! and commits the result fenced by `token_version` BEFORE anyone uses the new access token, so
-//! a rotated refresh token is never lost to a later write and never sent twice.
+//! Token lifecycle: [`TokenKeeper`]. A refresh happens once per install however many calls need
+//! it: callers in this process queue on a per-install async mutex, and processes coordinate
+//! through a lease on the install row (conditional UPDATE; no transaction is held across the
+//! upstream call). The winner re-reads the tokens (another replica may have refreshed), calls
+//! the token endpoint, and commits the result fenced by `token_version` BEFORE anyone uses the
+//! new access token, so a rotated refresh token is never lost to a later write and never sent
+//! twice.
+//!
+//! The keeper's inputs are narrow: a [`TokenStore`] (the install rows), a [`TokenEndpoint`]
+//! (new tokens for a row), a [`Clock`] (expiry, lease, backoff) and the prepared-install cache
+//! it drops entries from. It knows nothing of method calls.
 
-use crate::methods::Prepared;
-use crate::{ServiceError, Services};
+mod endpoint;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use endpoint::{OAuthTokenEndpoint, RequestError, TokenEndpoint};
+pub use store::{DbTokenStore, TokenStore};
+
+use crate::cache::{InstallCache, Prepared};
+use crate::clock::Clock;
+use crate::error::ServiceError;
 use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use switchboard_auth::{AuthError, TokenResponse};
-use switchboard_connector::AuthDef;
-use switchboard_core::{now_ms, ErrorCode, InstallStatus};
-use switchboard_crypto::KeyRing;
-use switchboard_db::repo::{installs, lease};
+use std::time::Duration;
+use switchboard_auth::AuthError;
+use switchboard_core::{ErrorCode, InstallStatus};
 use switchboard_db::{Install, TokenWrite};
-
-pub(crate) struct SealedTokens {
-    pub access: Vec<u8>,
-    pub refresh: Option<Vec<u8>>,
-    pub expires_at: Option<i64>,
-    pub scopes: Option<String>,
-    pub context: Option<String>,
-}
-
-pub(crate) fn token_aad(install_id: &str, which: &str) -> String {
-    format!("install:{install_id}:{which}")
-}
-
-pub(crate) fn seal_tokens(crypto: &KeyRing, install_id: &str, t: &TokenResponse) -> SealedTokens {
-    let access = crypto.encrypt(
-        t.access_token.expose_secret().as_bytes(),
-        token_aad(install_id, "access_token").as_bytes(),
-    );
-    let refresh = t.refresh_token.as_ref().map(|r| {
-        crypto.encrypt(
-            r.expose_secret().as_bytes(),
-            token_aad(install_id, "refresh_token").as_bytes(),
-        )
-    });
-    let context = serde_json::to_value(&t.context)
-        .ok()
-        .filter(|v| {
-            v.as_object()
-                .is_some_and(|o| o.values().any(|x| !x.is_null()))
-        })
-        .map(|v| v.to_string());
-    SealedTokens {
-        access,
-        refresh,
-        expires_at: t
-            .expires_in
-            .map(|s| now_ms() + (s.min(10 * 365 * 86_400) as i64) * 1000),
-        scopes: t.scope.clone(),
-        context,
-    }
-}
-
-pub(crate) struct OpenTokens {
-    pub access: Option<SecretString>,
-    pub refresh: Option<SecretString>,
-}
-
-pub(crate) fn open_tokens(crypto: &KeyRing, row: &Install) -> Result<OpenTokens, ServiceError> {
-    let open =
-        |blob: &Option<Vec<u8>>, which: &str| -> Result<Option<SecretString>, ServiceError> {
-            match blob {
-                Some(b) => {
-                    let plain = crypto.decrypt(b, token_aad(&row.id, which).as_bytes())?;
-                    let s = String::from_utf8(plain)
-                        .map_err(|_| ServiceError::internal("stored token is not UTF-8"))?;
-                    Ok(Some(SecretString::from(s)))
-                }
-                None => Ok(None),
-            }
-        };
-    Ok(OpenTokens {
-        access: open(&row.access_token, "access_token")?,
-        refresh: open(&row.refresh_token, "refresh_token")?,
-    })
-}
 
 /// Maps a failure to obtain an install's first token (client credentials at creation).
 pub(crate) fn first_token_error(e: AuthError) -> ServiceError {
@@ -122,27 +69,47 @@ pub(crate) fn needs_refresh(
     exp - margin <= now
 }
 
-pub(crate) struct TokenManager {
+/// The keeper of the process: on the database and the real token endpoints.
+pub type Keeper = TokenKeeper<DbTokenStore, OAuthTokenEndpoint>;
+
+/// The outcome of a refresh.
+pub enum Refreshed<T> {
+    /// Someone in this process already holds newer tokens (or the still valid current ones
+    /// after a failure it shares): the cached prepared install.
+    Cached(Arc<Prepared>),
+    /// The install row as it is now (newer tokens, written by us or by another process), as
+    /// the caller's `prepare` made it.
+    Row(T),
+}
+
+pub struct TokenKeeper<S, E> {
+    store: S,
+    endpoint: E,
+    clock: Arc<dyn Clock>,
+    cache: Arc<InstallCache>,
     /// Identifies this process as a lease owner; new on every start.
     owner: String,
     lease_ttl_ms: i64,
     wait_timeout: Duration,
-    pub margin_max_ms: i64,
+    margin_max_ms: i64,
+    horizon_ms: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The last failed refresh attempt per install, shared with the callers that queued while it
     /// ran and with every caller until its backoff ends: a token endpoint that is down is asked
     /// once per flight and then with exponential backoff, not once per call.
     failures: Mutex<HashMap<String, Failure>>,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    /// Numbers failures in the order they were recorded ("did it end while I queued?").
+    failure_seq: AtomicU64,
+    backoff_initial_ms: i64,
+    backoff_max_ms: i64,
 }
 
 /// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
 #[derive(Clone)]
 struct Failure {
-    at: Instant,
+    seq: u64,
     /// No new attempt before this (exponential backoff over consecutive failures).
-    retry_at: Instant,
+    retry_at: i64,
     consecutive: u32,
     version: i64,
     unavailable: bool,
@@ -150,13 +117,13 @@ struct Failure {
 }
 
 impl Failure {
-    fn error(&self) -> ServiceError {
+    fn error(&self, now: i64) -> ServiceError {
         if self.unavailable {
-            let wait = self.retry_at.saturating_duration_since(Instant::now());
+            let wait_ms = (self.retry_at - now).max(0);
             ServiceError::Upstream {
                 code: ErrorCode::UpstreamUnavailable,
                 detail: "the EHR's token endpoint is unavailable; the install stays authorized, retry later".into(),
-                retry_after_secs: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+                retry_after_secs: Some(((wait_ms + 999) / 1000).max(1) as u64),
                 issues: vec![],
             }
         } else {
@@ -165,18 +132,45 @@ impl Failure {
     }
 }
 
-impl TokenManager {
-    pub fn new(cfg: &switchboard_config::TokenSettings) -> Self {
+enum Outcome {
+    Fresh(Box<Install>),
+    Failed(ServiceError),
+}
+
+impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
+    pub fn new(
+        cfg: &switchboard_config::TokenSettings,
+        store: S,
+        endpoint: E,
+        clock: Arc<dyn Clock>,
+        cache: Arc<InstallCache>,
+    ) -> Self {
         Self {
+            store,
+            endpoint,
+            clock,
+            cache,
             owner: format!("proc_{}", switchboard_core::random_token(12)),
             lease_ttl_ms: cfg.lease_ttl_ms as i64,
             wait_timeout: Duration::from_millis(cfg.wait_timeout_ms),
             margin_max_ms: (cfg.refresh_margin_max_secs * 1000) as i64,
+            horizon_ms: (cfg.background_refresh_horizon_secs * 1000) as i64,
             locks: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            backoff_initial: Duration::from_millis(cfg.refresh_backoff_initial_ms),
-            backoff_max: Duration::from_millis(cfg.refresh_backoff_max_ms),
+            failure_seq: AtomicU64::new(0),
+            backoff_initial_ms: cfg.refresh_backoff_initial_ms as i64,
+            backoff_max_ms: cfg.refresh_backoff_max_ms as i64,
         }
+    }
+
+    /// The keeper's clock (epoch ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The token expires within the refresh margin (or has expired).
+    pub fn needs_refresh(&self, expires_at: Option<i64>, obtained_at: Option<i64>) -> bool {
+        needs_refresh(expires_at, obtained_at, self.margin_max_ms, self.now_ms())
     }
 
     /// Records a failed attempt; consecutive failures on the same token version double the
@@ -188,22 +182,22 @@ impl TokenManager {
         unavailable: bool,
         message: String,
     ) -> Failure {
+        let now = self.now_ms();
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 10_000 {
-            map.retain(|_, f| f.retry_at > Instant::now());
+            map.retain(|_, f| f.retry_at > now);
         }
         let consecutive = map
             .get(install_id)
             .filter(|f| f.version == version)
             .map_or(1, |f| f.consecutive.saturating_add(1));
         let backoff = self
-            .backoff_initial
-            .saturating_mul(1u32 << (consecutive - 1).min(16))
-            .min(self.backoff_max);
-        let at = Instant::now();
+            .backoff_initial_ms
+            .saturating_mul(1i64 << (consecutive - 1).min(16))
+            .min(self.backoff_max_ms);
         let failure = Failure {
-            at,
-            retry_at: at + backoff,
+            seq: self.failure_seq.fetch_add(1, Ordering::SeqCst) + 1,
+            retry_at: now.saturating_add(backoff),
             consecutive,
             version,
             unavailable,
@@ -221,18 +215,14 @@ impl TokenManager {
     }
 
     /// A failed attempt on `seen_version` (or later) whose outcome still stands: it ended
-    /// while the caller queued (`since`), or its backoff has not run out.
-    fn failure_since(
-        &self,
-        install_id: &str,
-        seen_version: i64,
-        since: Instant,
-    ) -> Option<Failure> {
+    /// while the caller queued (after failure number `ticket`), or its backoff has not run out.
+    fn failure_since(&self, install_id: &str, seen_version: i64, ticket: u64) -> Option<Failure> {
+        let now = self.now_ms();
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(install_id)
-            .filter(|f| f.version >= seen_version && (f.at >= since || Instant::now() < f.retry_at))
+            .filter(|f| f.version >= seen_version && (f.seq > ticket || now < f.retry_at))
             .cloned()
     }
 
@@ -243,112 +233,88 @@ impl TokenManager {
         }
         map.entry(install_id.to_owned()).or_default().clone()
     }
-}
 
-enum Outcome {
-    Fresh(Box<Install>),
-    Failed(ServiceError),
-}
-
-impl Services {
-    /// A usable access token for a method call: the cached one while it is fresh, otherwise
-    /// the result of the (single) refresh.
-    pub(crate) async fn ensure_token(
-        &self,
-        p: Arc<Prepared>,
-    ) -> Result<Arc<Prepared>, ServiceError> {
-        let now = now_ms();
-        if p.bearer.is_some()
-            && !needs_refresh(
-                p.expires_at,
-                p.obtained_at,
-                self.inner.tokens.margin_max_ms,
-                now,
-            )
-        {
-            return Ok(p);
-        }
-        if !p.can_refresh() {
-            if p.bearer.is_some() && p.expires_at.is_none_or(|e| e > now) {
-                return Ok(p);
-            }
-            return Err(ServiceError::InstallNotAuthorized {
-                status: InstallStatus::NeedsReauthorization.as_str(),
-                detail: "the access token expired and this install has no refresh token; re-authorize with POST .../authorize".into(),
-            });
-        }
-        self.refresh_install(&p.id, p.token_version).await
-    }
-
-    /// Refreshes once for everyone who saw `seen_version` (or an older one).
-    pub(crate) async fn refresh_install(
+    /// Refreshes once for everyone who saw `seen_version` (or an older one). A row with newer
+    /// tokens is handed to `prepare` while this process's flight for the install is still
+    /// held, so callers queued behind it find the prepared result in the cache.
+    pub async fn refresh<T, F, Fut>(
         &self,
         install_id: &str,
         seen_version: i64,
-    ) -> Result<Arc<Prepared>, ServiceError> {
-        let queued_at = Instant::now();
-        let lock = self.inner.tokens.lock_for(install_id);
-        let _guard = lock.lock().await;
+        prepare: F,
+    ) -> Result<Refreshed<T>, ServiceError>
+    where
+        F: FnOnce(Install) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let ticket = self.failure_seq.load(Ordering::SeqCst);
+        let lock = self.lock_for(install_id);
+        let _flight = lock.lock().await;
+        match self
+            .refresh_in_flight(install_id, seen_version, ticket)
+            .await?
+        {
+            Ok(cached) => Ok(Refreshed::Cached(cached)),
+            Err(row) => Ok(Refreshed::Row(prepare(row).await?)),
+        }
+    }
+
+    /// [`TokenKeeper::refresh`] under the in-process flight: the cached install (Ok) or the
+    /// current row (Err).
+    async fn refresh_in_flight(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        ticket: u64,
+    ) -> Result<Result<Arc<Prepared>, Install>, ServiceError> {
         // Someone in this process may have refreshed while we queued.
-        let cached = self.inner.installs.get_any(install_id);
+        let cached = self.cache.get_any(install_id);
         if let Some(p) = &cached {
             if p.token_version > seen_version {
-                return Ok(p.clone());
+                return Ok(Ok(p.clone()));
             }
         }
         // Or tried and failed while we queued, or so recently that its backoff still runs: share
         // that outcome (the still valid token, or the error) instead of asking the token
         // endpoint again.
-        if let Some(f) = self
-            .inner
-            .tokens
-            .failure_since(install_id, seen_version, queued_at)
-        {
+        if let Some(f) = self.failure_since(install_id, seen_version, ticket) {
+            let now = self.now_ms();
             if let Some(p) = cached.filter(|p| {
                 p.token_version == f.version
                     && p.bearer.is_some()
-                    && p.expires_at.is_some_and(|e| e > now_ms() + 1000)
+                    && p.expires_at.is_some_and(|e| e > now + 1000)
             }) {
-                return Ok(p);
+                return Ok(Ok(p));
             }
-            return Err(f.error());
+            return Err(f.error(now));
         }
-        let deadline = Instant::now() + self.inner.tokens.wait_timeout;
-        let owner = self.inner.tokens.owner.clone();
-        let ttl = self.inner.tokens.lease_ttl_ms;
+        let deadline = tokio::time::Instant::now() + self.wait_timeout;
         loop {
-            let id = install_id.to_owned();
-            let o = owner.clone();
             let (row, won) = self
-                .inner
-                .db
-                .run(move |conn| {
-                    let row = installs::find_by_id(conn, &id)?;
-                    let Some(row) = row else {
-                        return Ok((None, false));
-                    };
-                    if row.token_version > seen_version {
-                        return Ok((Some(row), false));
-                    }
-                    let won = lease::try_acquire_lease(conn, &id, &o, now_ms(), ttl)?;
-                    Ok((Some(row), won))
-                })
+                .store
+                .read_and_lease(
+                    install_id,
+                    seen_version,
+                    &self.owner,
+                    self.now_ms(),
+                    self.lease_ttl_ms,
+                )
                 .await?;
             let Some(row) = row else {
                 return Err(ServiceError::NotFound("install not found".into()));
             };
             if row.token_version > seen_version {
-                self.inner.installs.remove(install_id);
-                return self.prepare_row(row).await;
+                self.cache.remove(install_id);
+                return Ok(Err(row));
             }
-            if row.status != InstallStatus::Authorized.as_str() {
-                self.inner.installs.remove(install_id);
+            if row.status != InstallStatus::Authorized {
+                self.cache.remove(install_id);
                 return Err(not_authorized(&row));
             }
             if won {
                 break;
             }
-            if Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(ServiceError::Unavailable(
                     "a token refresh for this install is in progress in another process; retry shortly".into(),
                 ));
@@ -358,27 +324,19 @@ impl Services {
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         let outcome = self.refresh_with_lease(install_id, seen_version).await;
-        let (id, o) = (install_id.to_owned(), owner);
-        if let Err(e) = self
-            .inner
-            .db
-            .run(move |conn| lease::release_lease(conn, &id, &o))
-            .await
-        {
+        if let Err(e) = self.store.release_lease(install_id, &self.owner).await {
             tracing::warn!(install = %install_id, error = %e, "could not release the refresh lease; it expires by itself");
         }
-        self.inner.installs.remove(install_id);
+        self.cache.remove(install_id);
         match outcome? {
-            Outcome::Fresh(row) => self.prepare_row(*row).await,
+            Outcome::Fresh(row) => Ok(Err(*row)),
             Outcome::Failed(e) => Err(e),
         }
     }
 
     async fn reread(&self, install_id: &str) -> Result<Install, ServiceError> {
-        let id = install_id.to_owned();
-        self.inner
-            .db
-            .run(move |conn| installs::find_by_id(conn, &id))
+        self.store
+            .find(install_id)
             .await?
             .ok_or_else(|| ServiceError::NotFound("install not found".into()))
     }
@@ -394,35 +352,20 @@ impl Services {
         if row.token_version > seen_version {
             return Ok(Outcome::Fresh(Box::new(row)));
         }
-        let resolved = self.resolve_row(&row).await?;
-        let client = resolved
-            .token_client(&self.inner.redirect_uri)?
-            .ok_or_else(|| {
-                ServiceError::internal("refresh requested for a static bearer install")
-            })?;
-        let http = self.inner.outbound.client();
-        let stored = open_tokens(&self.inner.crypto, &row)?;
-        let result = match &resolved.auth {
-            AuthDef::Oauth2AuthorizationCode(_) => match &stored.refresh {
-                Some(rt) => client.refresh(http, rt).await,
-                None => {
-                    return self
-                        .demote(&row, "the access token expired and the provider issued no refresh token; re-authorize with POST .../authorize")
-                        .await
-                }
-            },
-            AuthDef::Oauth2ClientCredentials(c) => {
-                let scopes = resolved.render(&c.scopes, None)?;
-                client.client_credentials(http, &scopes).await
+        let result = match self.endpoint.request(&row).await {
+            Ok(sealed) => Ok(sealed),
+            Err(RequestError::NoRefreshToken) => {
+                return self
+                    .demote(&row, "the access token expired and the provider issued no refresh token; re-authorize with POST .../authorize")
+                    .await
             }
-            AuthDef::StaticBearer(_) => {
-                return Err(ServiceError::internal("static bearer tokens are not refreshed"))
-            }
+            Err(RequestError::Install(e)) => return Err(e),
+            Err(RequestError::Auth(e)) => Err(e),
         };
-        let now = now_ms();
+        let now = self.now_ms();
         match result {
-            Ok(tokens) => {
-                let sealed = seal_tokens(&self.inner.crypto, &row.id, &tokens);
+            Ok(sealed) => {
+                let rotated = sealed.refresh.is_some();
                 let write = TokenWrite {
                     access_token: sealed.access,
                     // None keeps the stored refresh token (providers that do not rotate).
@@ -436,18 +379,16 @@ impl Services {
                     last_refresh_error: None,
                     now,
                 };
-                let (id, version) = (row.id.clone(), row.token_version);
                 let committed = self
-                    .inner
-                    .db
-                    .run(move |conn| installs::store_tokens(conn, &id, version, &write))
+                    .store
+                    .store_tokens(&row.id, row.token_version, write)
                     .await?;
                 if !committed {
                     // Fenced out: a newer version exists (our lease must have lapsed).
                     tracing::warn!(install = %row.id, "refresh result fenced out by a newer token version");
                 }
-                self.inner.tokens.clear_failure(&row.id);
-                tracing::info!(install = %row.id, rotated = tokens.refresh_token.is_some(), "install tokens refreshed");
+                self.clear_failure(&row.id);
+                tracing::info!(install = %row.id, rotated, "install tokens refreshed");
                 Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)))
             }
             Err(e) if e.is_invalid_grant() => {
@@ -470,41 +411,28 @@ impl Services {
                     other => format!("token refresh failed: {other}"),
                 };
                 tracing::warn!(install = %row.id, error = %message, "token refresh failed");
-                let (id, m) = (row.id.clone(), message.clone());
-                self.inner
-                    .db
-                    .run(move |conn| installs::set_refresh_error(conn, &id, &m, now))
-                    .await?;
-                let failure = self.inner.tokens.record_failure(
-                    &row.id,
-                    row.token_version,
-                    e.is_transient(),
-                    message,
-                );
+                self.store.set_refresh_error(&row.id, &message, now).await?;
+                let failure =
+                    self.record_failure(&row.id, row.token_version, e.is_transient(), message);
                 // The current access token may still be valid (we refresh ahead of expiry).
                 if row.access_token.is_some()
                     && row.token_expires_at.is_some_and(|x| x > now + 1000)
                 {
                     return Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)));
                 }
-                Ok(Outcome::Failed(failure.error()))
+                Ok(Outcome::Failed(failure.error(self.now_ms())))
             }
         }
     }
 
     async fn demote(&self, row: &Install, why: &str) -> Result<Outcome, ServiceError> {
-        let (id, msg, now) = (row.id.clone(), why.to_owned(), now_ms());
-        self.inner
-            .db
-            .run(move |conn| {
-                installs::set_status(
-                    conn,
-                    &id,
-                    InstallStatus::NeedsReauthorization,
-                    Some(&msg),
-                    now,
-                )
-            })
+        self.store
+            .set_status(
+                &row.id,
+                InstallStatus::NeedsReauthorization,
+                Some(why),
+                self.now_ms(),
+            )
             .await?;
         tracing::warn!(install = %row.id, "install needs re-authorization");
         Ok(Outcome::Failed(ServiceError::InstallNotAuthorized {
@@ -516,16 +444,16 @@ impl Services {
     /// One pass of the background refresher: refreshes authorized installs whose token expires
     /// within the horizon, so idle installs keep a live refresh token. Returns how many it tried.
     pub async fn refresh_due_installs(&self) -> Result<usize, ServiceError> {
-        let horizon = (self.inner.settings.tokens.background_refresh_horizon_secs * 1000) as i64;
-        let now = now_ms();
         let due = self
-            .inner
-            .db
-            .run(move |conn| installs::list_refresh_candidates(conn, now, horizon))
+            .store
+            .refresh_candidates(self.now_ms(), self.horizon_ms)
             .await?;
         let n = due.len();
         for row in due {
-            if let Err(e) = self.refresh_install(&row.id, row.token_version).await {
+            let refreshed = self
+                .refresh(&row.id, row.token_version, |_| async { Ok(()) })
+                .await;
+            if let Err(e) = refreshed {
                 tracing::warn!(install = %row.id, code = %e.code(), "background refresh failed");
             }
         }
@@ -535,7 +463,7 @@ impl Services {
 
 pub(crate) fn not_authorized(row: &Install) -> ServiceError {
     not_authorized_parts(
-        InstallStatus::parse(&row.status).unwrap_or(InstallStatus::Error),
+        row.status,
         row.last_error.as_deref(),
         &row.account_id,
         &row.id,
@@ -561,23 +489,5 @@ pub(crate) fn not_authorized_parts(
     ServiceError::InstallNotAuthorized {
         status: status.as_str(),
         detail: hint,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::needs_refresh;
-
-    #[test]
-    fn margin_is_min_of_cap_and_ten_percent() {
-        let cap = 60_000;
-        // 1 h token obtained at 0: margin 60 s.
-        assert!(!needs_refresh(Some(3_600_000), Some(0), cap, 3_539_000));
-        assert!(needs_refresh(Some(3_600_000), Some(0), cap, 3_540_000));
-        // 5 min token: margin 30 s (10%).
-        assert!(!needs_refresh(Some(300_000), Some(0), cap, 269_000));
-        assert!(needs_refresh(Some(300_000), Some(0), cap, 270_000));
-        // No expiry: never refreshed ahead.
-        assert!(!needs_refresh(None, Some(0), cap, i64::MAX));
     }
 }

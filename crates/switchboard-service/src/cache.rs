@@ -1,0 +1,93 @@
+//! The prepared-install cache of the hot path. An install is prepared once (merged settings
+//! rendered, FHIR base parsed, headers built, access token decrypted) and kept for
+//! `tokens.install_cache_ttl_ms`; every change this process makes to an install drops its
+//! entry, other replicas' changes are seen within the TTL. Depends on nothing else in the crate.
+
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use switchboard_connector::{AuthKind, Connector};
+use switchboard_core::InstallStatus;
+use url::Url;
+
+/// An install ready for calls.
+pub struct Prepared {
+    pub id: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub connector: Arc<Connector>,
+    pub auth_kind: AuthKind,
+    pub status: InstallStatus,
+    pub status_error: Option<String>,
+    pub fhir_base: Url,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub bearer: Option<SecretString>,
+    pub expires_at: Option<i64>,
+    pub obtained_at: Option<i64>,
+    pub token_version: i64,
+    pub has_refresh_token: bool,
+    pub(crate) loaded_at: Instant,
+}
+
+impl Prepared {
+    pub fn can_refresh(&self) -> bool {
+        match self.auth_kind {
+            AuthKind::Oauth2ClientCredentials => true,
+            AuthKind::Oauth2AuthorizationCode => self.has_refresh_token,
+            AuthKind::StaticBearer => false,
+        }
+    }
+}
+
+pub struct InstallCache {
+    ttl: Duration,
+    map: RwLock<HashMap<String, Arc<Prepared>>>,
+}
+
+impl InstallCache {
+    pub fn new(ttl_ms: u64) -> Self {
+        Self {
+            ttl: Duration::from_millis(ttl_ms),
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Prepared>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .filter(|p| p.loaded_at.elapsed() < self.ttl)
+            .cloned()
+    }
+
+    /// Any cached entry, however old (used after waiting for a refresh in this process).
+    pub fn get_any(&self, id: &str) -> Option<Arc<Prepared>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub(crate) fn put(&self, p: Arc<Prepared>) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 50_000 {
+            map.retain(|_, v| v.loaded_at.elapsed() < self.ttl);
+        }
+        map.insert(p.id.clone(), p);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    pub fn clear(&self) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}

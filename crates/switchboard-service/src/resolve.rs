@@ -1,0 +1,228 @@
+//! Resolution of an install's effective configuration: the connector from the catalogue, the
+//! tenant's setup and the install's overrides merged, required settings checked, the FHIR base
+//! rendered and checked against the outbound IP policy. Shared by installs, the callback,
+//! setups, method calls and the token endpoint; depends only on leaf modules (settings, error).
+
+use crate::error::ServiceError;
+use crate::settings;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchboard_auth::TokenClient;
+use switchboard_connector::{AuthDef, AuthKind, Catalog, Connector, TemplateContext};
+use switchboard_crypto::KeyRing;
+use switchboard_db::repo::setups;
+use switchboard_db::Db;
+use switchboard_outbound::Outbound;
+use url::Url;
+
+/// Everything derived from a connector and the merged settings of one install.
+pub struct Resolved {
+    pub connector: Arc<Connector>,
+    pub auth: AuthDef,
+    pub fhir_base: Url,
+    /// Settings plus the rendered FHIR base, for templates.
+    pub ctx: TemplateContext,
+}
+
+impl Resolved {
+    pub fn render(
+        &self,
+        template: &str,
+        redirect_uri: Option<&str>,
+    ) -> Result<String, ServiceError> {
+        let ctx = match redirect_uri {
+            Some(r) => self.ctx.clone().with_redirect_uri(r),
+            None => self.ctx.clone(),
+        };
+        switchboard_connector::render_str(template, &ctx).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "settings",
+                e.to_string(),
+            )])
+        })
+    }
+
+    /// The token endpoint client of this install's auth type (None for static bearer).
+    pub fn token_client(&self, redirect_uri: &str) -> Result<Option<TokenClient>, ServiceError> {
+        let (token_url, client_id, secret, client_auth, params) = match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => (
+                &a.token_url,
+                &a.client_id,
+                a.client_secret.as_ref(),
+                a.client_auth,
+                &a.token_params,
+            ),
+            AuthDef::Oauth2ClientCredentials(c) => (
+                &c.token_url,
+                &c.client_id,
+                Some(&c.client_secret),
+                c.client_auth,
+                &c.token_params,
+            ),
+            AuthDef::StaticBearer(_) => return Ok(None),
+        };
+        let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "settings",
+                "the token URL is not a valid URL",
+            )])
+        })?;
+        let client_secret = match secret {
+            Some(t) => Some(SecretString::from(self.render(t, Some(redirect_uri))?)),
+            None => None,
+        };
+        let mut extra_params = Vec::new();
+        for (k, v) in params {
+            extra_params.push((k.clone(), self.render(v, Some(redirect_uri))?));
+        }
+        Ok(Some(TokenClient {
+            token_url,
+            client_id: self.render(client_id, Some(redirect_uri))?,
+            client_secret,
+            client_auth,
+            extra_params,
+        }))
+    }
+
+    /// The scopes this install's auth type requests, rendered.
+    pub fn requested_scopes(&self) -> Result<String, ServiceError> {
+        match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => self.render(&a.scopes, None),
+            AuthDef::Oauth2ClientCredentials(c) => self.render(&c.scopes, None),
+            AuthDef::StaticBearer(_) => Ok(String::new()),
+        }
+    }
+
+    pub fn revocation_url(&self) -> Result<Option<Url>, ServiceError> {
+        let t = match &self.auth {
+            AuthDef::Oauth2AuthorizationCode(a) => a.revocation_url.as_ref(),
+            AuthDef::Oauth2ClientCredentials(c) => c.revocation_url.as_ref(),
+            AuthDef::StaticBearer(_) => None,
+        };
+        match t {
+            Some(t) => Ok(Url::parse(&self.render(t, None)?).ok()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Turns connector ids and install rows into [`Resolved`] configurations.
+pub struct Resolver {
+    pub(crate) db: Db,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) catalog: Catalog,
+    pub(crate) outbound: Outbound,
+}
+
+impl Resolver {
+    /// Merges defaults, the tenant setup and the install overrides, checks that every setting
+    /// the auth type and the FHIR base need is present, and renders the FHIR base.
+    pub(crate) async fn resolve(
+        &self,
+        tenant_id: &str,
+        connector: Arc<Connector>,
+        auth: AuthDef,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Resolved, ServiceError> {
+        let setup = self.setup_values(tenant_id, &connector.def.id).await?;
+        let merged = switchboard_connector::merge_settings(&connector.def, &setup, overrides);
+        let missing = switchboard_connector::missing_for_auth(&connector.def, auth.kind(), &merged);
+        if !missing.is_empty() {
+            return Err(ServiceError::InvalidSettings(
+                missing
+                    .into_iter()
+                    .map(|k| {
+                        crate::error::FieldError::new(
+                            k,
+                            "required: set it in the connector setup or the install settings",
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        let base = connector.render_fhir_base(&merged).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "fhir_base",
+                e.to_string(),
+            )])
+        })?;
+        let fhir_base = Url::parse(&base).map_err(|_| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "fhir_base",
+                "the settings do not form a valid FHIR base URL",
+            )])
+        })?;
+        self.check_upstream_url("fhir_base", &fhir_base)?;
+        let ctx = TemplateContext::new(merged).with_fhir_base(fhir_base.as_str());
+        Ok(Resolved {
+            connector,
+            auth,
+            fhir_base,
+            ctx,
+        })
+    }
+
+    /// An upstream URL the settings produced must pass the outbound IP policy; a violation is
+    /// the caller's settings problem (422), reported under `field`.
+    pub(crate) fn check_upstream_url(&self, field: &str, url: &Url) -> Result<(), ServiceError> {
+        self.outbound.check_url(url).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(field, e.to_string())])
+        })
+    }
+
+    /// Resolves a stored install row (decrypting its overrides).
+    pub(crate) async fn resolve_row(
+        &self,
+        row: &switchboard_db::Install,
+    ) -> Result<Resolved, ServiceError> {
+        let connector = self.connector(&row.connector_id)?;
+        let kind = AuthKind::parse(&row.auth_type)
+            .ok_or_else(|| ServiceError::internal("stored auth type is unknown"))?;
+        let auth = connector
+            .def
+            .auth
+            .iter()
+            .find(|a| a.kind() == kind)
+            .cloned()
+            .ok_or_else(|| {
+                ServiceError::UnsupportedAuthType(
+                    "the connector no longer supports this install's auth type".into(),
+                )
+            })?;
+        let overrides =
+            settings::open(&self.crypto, &row.settings, &settings::install_aad(&row.id))?;
+        self.resolve(&row.tenant_id, connector, auth, &overrides)
+            .await
+    }
+
+    /// The decrypted setup values of a tenant's connector (empty when there is no setup).
+    pub(crate) async fn setup_values(
+        &self,
+        tenant_id: &str,
+        connector_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ServiceError> {
+        let (tenant, cid) = (tenant_id.to_owned(), connector_id.to_owned());
+        let row = self
+            .db
+            .run(move |conn| setups::find(conn, &tenant, &cid))
+            .await?;
+        match row {
+            Some(r) => settings::open(
+                &self.crypto,
+                &r.settings,
+                &settings::setup_aad(tenant_id, connector_id),
+            ),
+            None => Ok(Default::default()),
+        }
+    }
+
+    pub(crate) fn connector(
+        &self,
+        id: &str,
+    ) -> Result<std::sync::Arc<switchboard_connector::Connector>, ServiceError> {
+        self.catalog
+            .get(id)
+            .ok_or_else(|| ServiceError::UnknownConnector(id.to_owned()))
+    }
+}

@@ -1,0 +1,82 @@
+//! Where the [`TokenKeeper`](super::TokenKeeper) gets new tokens: [`OAuthTokenEndpoint`] resolves
+//! the install's token client (connector + setup + overrides), sends the refresh grant or the
+//! client-credentials request through the one outbound client, and seals the answer. Tests use
+//! a fake.
+
+use crate::clock::Clock;
+use crate::error::ServiceError;
+use crate::resolve::Resolver;
+use crate::sealing::{open_tokens, seal_tokens, SealedTokens};
+use std::future::Future;
+use std::sync::Arc;
+use switchboard_auth::AuthError;
+use switchboard_connector::AuthDef;
+use switchboard_crypto::KeyRing;
+use switchboard_db::Install;
+use switchboard_outbound::Outbound;
+
+/// Why no new tokens came back.
+#[derive(Debug)]
+pub enum RequestError {
+    /// An authorization-code install without a refresh token: only re-authorization helps.
+    NoRefreshToken,
+    /// The token endpoint's answer (transient, `invalid_grant`, protocol...).
+    Auth(AuthError),
+    /// The install itself is unusable (settings, stored ciphertext): passed to the caller.
+    Install(ServiceError),
+}
+
+impl From<ServiceError> for RequestError {
+    fn from(e: ServiceError) -> Self {
+        Self::Install(e)
+    }
+}
+
+/// A token endpoint for installs.
+pub trait TokenEndpoint: Send + Sync + 'static {
+    /// New tokens for `row` (refresh grant or client credentials), sealed for storage.
+    fn request(
+        &self,
+        row: &Install,
+    ) -> impl Future<Output = Result<SealedTokens, RequestError>> + Send;
+}
+
+/// The installs' real token endpoints.
+pub struct OAuthTokenEndpoint {
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) outbound: Outbound,
+    pub(crate) redirect_uri: String,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl TokenEndpoint for OAuthTokenEndpoint {
+    async fn request(&self, row: &Install) -> Result<SealedTokens, RequestError> {
+        let resolved = self.resolver.resolve_row(row).await?;
+        let client = resolved.token_client(&self.redirect_uri)?.ok_or_else(|| {
+            ServiceError::internal("refresh requested for a static bearer install")
+        })?;
+        let http = self.outbound.client();
+        let stored = open_tokens(&self.crypto, row)?;
+        let result = match &resolved.auth {
+            AuthDef::Oauth2AuthorizationCode(_) => match &stored.refresh {
+                Some(rt) => client.refresh(http, rt).await,
+                None => return Err(RequestError::NoRefreshToken),
+            },
+            AuthDef::Oauth2ClientCredentials(c) => {
+                let scopes = resolved.render(&c.scopes, None)?;
+                client.client_credentials(http, &scopes).await
+            }
+            AuthDef::StaticBearer(_) => {
+                return Err(ServiceError::internal("static bearer tokens are not refreshed").into())
+            }
+        };
+        let tokens = result.map_err(RequestError::Auth)?;
+        Ok(seal_tokens(
+            &self.crypto,
+            &row.id,
+            &tokens,
+            self.clock.now_ms(),
+        ))
+    }
+}

@@ -1,0 +1,171 @@
+//! What the [`TokenKeeper`](super::TokenKeeper) reads and writes: the install row, its lease
+//! and its fenced token write. [`DbTokenStore`] is the database; tests use a fake.
+
+use crate::error::ServiceError;
+use std::future::Future;
+use switchboard_core::InstallStatus;
+use switchboard_db::repo::{installs, lease};
+use switchboard_db::{Db, Install, TokenWrite};
+
+/// The install rows of the token lifecycle.
+pub trait TokenStore: Send + Sync + 'static {
+    fn find(
+        &self,
+        install_id: &str,
+    ) -> impl Future<Output = Result<Option<Install>, ServiceError>> + Send;
+
+    /// Reads the row and, unless its tokens are newer than `seen_version`, tries to take the
+    /// refresh lease for `owner` until `now + ttl_ms`. Returns the row (None if it is gone) and
+    /// whether `owner` holds the lease.
+    fn read_and_lease(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<(Option<Install>, bool), ServiceError>> + Send;
+
+    /// Releases the lease if `owner` still holds it.
+    fn release_lease(
+        &self,
+        install_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, ServiceError>> + Send;
+
+    /// Writes new tokens if the row is still at `version` (and bumps it). False: fenced out.
+    fn store_tokens(
+        &self,
+        install_id: &str,
+        version: i64,
+        write: TokenWrite,
+    ) -> impl Future<Output = Result<bool, ServiceError>> + Send;
+
+    fn set_refresh_error(
+        &self,
+        install_id: &str,
+        message: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    fn set_status(
+        &self,
+        install_id: &str,
+        status: InstallStatus,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    /// Authorized installs whose token expires before `now + horizon_ms`.
+    fn refresh_candidates(
+        &self,
+        now: i64,
+        horizon_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Install>, ServiceError>> + Send;
+}
+
+/// The token store on the database (one `Db::run` per operation).
+#[derive(Clone)]
+pub struct DbTokenStore {
+    db: Db,
+}
+
+impl DbTokenStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+impl TokenStore for DbTokenStore {
+    async fn find(&self, install_id: &str) -> Result<Option<Install>, ServiceError> {
+        let id = install_id.to_owned();
+        Ok(self
+            .db
+            .run(move |conn| installs::find_by_id(conn, &id))
+            .await?)
+    }
+
+    async fn read_and_lease(
+        &self,
+        install_id: &str,
+        seen_version: i64,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<(Option<Install>, bool), ServiceError> {
+        let (id, o) = (install_id.to_owned(), owner.to_owned());
+        Ok(self
+            .db
+            .run(move |conn| {
+                let row = installs::find_by_id(conn, &id)?;
+                let Some(row) = row else {
+                    return Ok((None, false));
+                };
+                if row.token_version > seen_version {
+                    return Ok((Some(row), false));
+                }
+                let won = lease::try_acquire_lease(conn, &id, &o, now, ttl_ms)?;
+                Ok((Some(row), won))
+            })
+            .await?)
+    }
+
+    async fn release_lease(&self, install_id: &str, owner: &str) -> Result<bool, ServiceError> {
+        let (id, o) = (install_id.to_owned(), owner.to_owned());
+        Ok(self
+            .db
+            .run(move |conn| lease::release_lease(conn, &id, &o))
+            .await?)
+    }
+
+    async fn store_tokens(
+        &self,
+        install_id: &str,
+        version: i64,
+        write: TokenWrite,
+    ) -> Result<bool, ServiceError> {
+        let id = install_id.to_owned();
+        Ok(self
+            .db
+            .run(move |conn| installs::store_tokens(conn, &id, version, &write))
+            .await?)
+    }
+
+    async fn set_refresh_error(
+        &self,
+        install_id: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<(), ServiceError> {
+        let (id, m) = (install_id.to_owned(), message.to_owned());
+        self.db
+            .run(move |conn| installs::set_refresh_error(conn, &id, &m, now))
+            .await?;
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        install_id: &str,
+        status: InstallStatus,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> Result<(), ServiceError> {
+        let (id, msg) = (install_id.to_owned(), last_error.map(str::to_owned));
+        self.db
+            .run(move |conn| installs::set_status(conn, &id, status, msg.as_deref(), now))
+            .await?;
+        Ok(())
+    }
+
+    async fn refresh_candidates(
+        &self,
+        now: i64,
+        horizon_ms: i64,
+    ) -> Result<Vec<Install>, ServiceError> {
+        Ok(self
+            .db
+            .run(move |conn| installs::list_refresh_candidates(conn, now, horizon_ms))
+            .await?)
+    }
+}
