@@ -145,6 +145,19 @@ async fn database_outage_is_503_with_retry_after_and_recovers() {
     let res = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().contains_key("retry-after"));
+    // A person landing on the shared callback gets the HTML page, 503 with Retry-After too.
+    let res = app
+        .http
+        .get(app.url("/connector/callback?state=abcdefghijklmnopqrstuvwxyz012345&code=c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
 
     relay.restore().await;
 

@@ -148,6 +148,42 @@ mod tests {
         assert_eq!(documented, ours);
     }
 
+    /// A code nothing produces is dead weight in the contract: every variant is named somewhere
+    /// in the workspace's production sources besides this table.
+    #[test]
+    fn every_code_is_used() {
+        fn sources(dir: &std::path::Path, out: &mut String) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("switchboard-core/src/error.rs")
+                {
+                    out.push_str(&std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut text = String::new();
+        for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+            let src = krate.unwrap().path().join("src");
+            if src.is_dir() && !src.starts_with(root.join("crates/switchboard-testkit")) {
+                sources(&src, &mut text);
+            }
+        }
+        sources(&root.join("src"), &mut text);
+        let unused: Vec<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .filter(|v| !text.contains(&format!("ErrorCode::{v}")))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "error codes nothing produces: {unused:?}"
+        );
+    }
+
     #[test]
     fn problem_renders_rfc9457_members() {
         let p = Problem::new(ErrorCode::InvalidParams, "bad").with("errors", vec!["x"]);

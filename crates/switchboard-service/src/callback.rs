@@ -7,7 +7,7 @@ use crate::resolve::Resolver;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::sync::Arc;
-use switchboard_core::{now_ms, InstallStatus};
+use switchboard_core::{now_ms, ErrorCode, InstallStatus};
 use switchboard_crypto::KeyRing;
 use switchboard_db::repo::{installs, oauth_states};
 use switchboard_db::Db;
@@ -28,11 +28,35 @@ pub struct CallbackIn {
 /// What the person who just signed in to their EHR is shown when there is no return_url.
 #[derive(Debug, Clone)]
 pub struct ResultPage {
-    pub http_status: u16,
+    /// Why the connection was not made (`None`: it was). The page's HTTP status is this code's,
+    /// from the one error table.
+    pub code: Option<ErrorCode>,
     pub title: String,
     pub message: String,
     pub install_id: Option<String>,
     pub status: Option<String>,
+}
+
+impl ResultPage {
+    pub fn http_status(&self) -> u16 {
+        self.code.map_or(200, ErrorCode::status)
+    }
+}
+
+/// Why a callback did not authorize its install: the code of the error table, and the `error`
+/// a return URL receives (the provider's own OAuth error code when it refused, else ours).
+struct Failure<'a> {
+    code: ErrorCode,
+    redirect_error: &'a str,
+}
+
+impl Failure<'static> {
+    fn ours(code: ErrorCode) -> Self {
+        Failure {
+            code,
+            redirect_error: code.code(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +73,7 @@ fn safe_code(s: &str) -> String {
         .take(64)
         .collect();
     if t.is_empty() {
-        "authorization_failed".into()
+        ErrorCode::AuthorizationDenied.code().into()
     } else {
         t.to_ascii_lowercase()
     }
@@ -57,7 +81,7 @@ fn safe_code(s: &str) -> String {
 
 fn invalid_state_page() -> CallbackOutcome {
     CallbackOutcome::Page(ResultPage {
-        http_status: 400,
+        code: Some(ErrorCode::InvalidState),
         title: "This sign-in link is no longer valid".into(),
         message: "The authorization request is unknown, has expired or was already used. Nothing was changed. Go back to the application that sent you here and start the connection again.".into(),
         install_id: None,
@@ -101,7 +125,7 @@ impl CallbackService {
             Err(e) => {
                 tracing::error!(error = %e, "callback: database error");
                 return CallbackOutcome::Page(ResultPage {
-                    http_status: 503,
+                    code: Some(ErrorCode::ServiceUnavailable),
                     title: "Switchboard could not complete the connection".into(),
                     message:
                         "A temporary error occurred. Please start the connection again in a minute."
@@ -111,7 +135,7 @@ impl CallbackService {
                 });
             }
         };
-        let finish = |status: &str, error: Option<&str>, message: &str| {
+        let finish = |status: &str, error: Option<Failure>, message: &str| {
             self.finish(
                 &install.id,
                 st.return_url.as_deref(),
@@ -126,21 +150,25 @@ impl CallbackService {
             let code = safe_code(err);
             let msg = format!("authorization was not granted by the EHR ({code})");
             self.record_error(&install.id, &msg).await;
-            return finish(&current, Some(&code), "The EHR did not grant access, so the connection was not made. You can close this page and try again.");
+            let denied = Failure {
+                code: ErrorCode::AuthorizationDenied,
+                redirect_error: &code,
+            };
+            return finish(&current, Some(denied), "The EHR did not grant access, so the connection was not made. You can close this page and try again.");
         }
         if let Err(e) =
             switchboard_auth::check_issuer(st.expected_issuer.as_deref(), q.iss.as_deref())
         {
             tracing::warn!(install = %install.id, error = %e, "callback: issuer mismatch; code not redeemed");
             self.record_error(&install.id, "authorization response came from an unexpected issuer (RFC 9207 iss mismatch); code not redeemed").await;
-            return finish(&current, Some("issuer_mismatch"), "The sign-in response came from an unexpected server, so it was rejected. Start the connection again.");
+            return finish(&current, Some(Failure::ours(ErrorCode::IssuerMismatch)), "The sign-in response came from an unexpected server, so it was rejected. Start the connection again.");
         }
         let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 8192) else {
             self.record_error(&install.id, "callback carried neither a code nor an error")
                 .await;
             return finish(
                 &current,
-                Some("invalid_request"),
+                Some(Failure::ours(ErrorCode::InvalidRequest)),
                 "The EHR's answer was incomplete. Start the connection again.",
             );
         };
@@ -155,7 +183,7 @@ impl CallbackService {
                 // `msg` is built from scrubbed AuthError text: no code, verifier or token.
                 tracing::warn!(install = %install.id, error = %msg, "callback: token exchange failed");
                 self.record_error(&install.id, &msg).await;
-                finish(&current, Some("token_exchange_failed"), "The EHR accepted the sign-in but the token exchange failed. Start the connection again; if it keeps failing, contact the application's support.")
+                finish(&current, Some(Failure::ours(ErrorCode::TokenExchangeFailed)), "The EHR accepted the sign-in but the token exchange failed. Start the connection again; if it keeps failing, contact the application's support.")
             }
         }
     }
@@ -260,7 +288,7 @@ impl CallbackService {
         install_id: &str,
         return_url: Option<&str>,
         status: &str,
-        error: Option<&str>,
+        failure: Option<Failure>,
         message: &str,
     ) -> CallbackOutcome {
         if let Some(Ok(mut url)) = return_url.map(Url::parse) {
@@ -268,15 +296,15 @@ impl CallbackService {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("install", install_id);
                 q.append_pair("status", status);
-                if let Some(e) = error {
-                    q.append_pair("error", e);
+                if let Some(f) = &failure {
+                    q.append_pair("error", f.redirect_error);
                 }
             }
             return CallbackOutcome::Redirect(url.to_string());
         }
         CallbackOutcome::Page(ResultPage {
-            http_status: if error.is_some() { 400 } else { 200 },
-            title: if error.is_some() {
+            code: failure.as_ref().map(|f| f.code),
+            title: if failure.is_some() {
                 "The connection was not completed".into()
             } else {
                 "Connected".into()

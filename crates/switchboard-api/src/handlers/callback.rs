@@ -65,18 +65,22 @@ h1{{font-size:1.4rem}}.meta{{color:#666;font-size:.9rem}}</style></head>\
         title = escape(&p.title),
         message = escape(&p.message),
     );
-    HttpResponse::build(
-        actix_web::http::StatusCode::from_u16(p.http_status)
-            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
-    )
-    .content_type("text/html; charset=utf-8")
-    .insert_header((header::CACHE_CONTROL, "no-store"))
-    .insert_header(("Referrer-Policy", "no-referrer"))
-    .insert_header((
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'unsafe-inline'",
-    ))
-    .body(body)
+    let mut res = HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(p.http_status())
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    if p.http_status() == 503 {
+        // Every 503 says when to retry, the person's page included.
+        res.insert_header((header::RETRY_AFTER, "60"));
+    }
+    res.content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        ))
+        .body(body)
 }
 
 #[cfg(test)]
