@@ -88,7 +88,7 @@ async fn insert_accounts(app: &TestApp, tenant: &str, rows: Vec<(String, i64)>) 
 
 async fn account_count(app: &TestApp) -> usize {
     let tenant = app.tenant.clone();
-    app.db(move |conn| repo::accounts::list(conn, &tenant))
+    app.db(move |conn| repo::accounts::list_page(conn, &tenant, None, 10_000).map(|p| p.rows))
         .await
         .len()
 }

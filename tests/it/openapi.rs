@@ -66,9 +66,13 @@ async fn counts(app: &TestApp) -> (usize, usize, usize) {
     let tenant = app.tenant.clone();
     app.db(move |conn| {
         Ok((
-            switchboard_db::repo::accounts::list(conn, &tenant)?.len(),
+            switchboard_db::repo::accounts::list_page(conn, &tenant, None, 10_000)
+                .map(|p| p.rows)?
+                .len(),
             switchboard_db::repo::installs::list(conn, &tenant, "acc")?.len(),
-            switchboard_db::repo::api_keys::list(conn, &tenant)?.len(),
+            switchboard_db::repo::api_keys::list_page(conn, &tenant, None, 10_000)
+                .map(|p| p.rows)?
+                .len(),
         ))
     })
     .await

@@ -2,7 +2,6 @@
 //! fields, secret values sealed with AES-256-GCM (AAD = owner + field), masked in responses.
 
 use crate::error::{FieldError, ServiceError};
-use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use switchboard_connector::ConnectorDef;
@@ -63,8 +62,7 @@ pub fn seal(
         let secret = def.settings.iter().any(|s| &s.key == key && s.secret);
         let stored = if secret {
             let aad = format!("{aad_prefix}:{key}");
-            let blob = crypto.encrypt(value.as_bytes(), aad.as_bytes());
-            json!({ "enc": base64::engine::general_purpose::STANDARD.encode(blob) })
+            json!({ "enc": crypto.encrypt_to_base64(value, aad.as_bytes()) })
         } else {
             Value::String(value.clone())
         };
@@ -90,13 +88,8 @@ pub fn open(
                     .get("enc")
                     .and_then(Value::as_str)
                     .ok_or_else(|| ServiceError::internal("stored secret has no ciphertext"))?;
-                let blob = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|_| ServiceError::internal("stored secret is not base64"))?;
                 let aad = format!("{aad_prefix}:{key}");
-                let bytes = crypto.decrypt(&blob, aad.as_bytes())?;
-                String::from_utf8(bytes)
-                    .map_err(|_| ServiceError::internal("stored secret is not UTF-8"))?
+                crypto.decrypt_from_base64(b64, aad.as_bytes())?
             }
             _ => {
                 return Err(ServiceError::internal(
@@ -107,37 +100,6 @@ pub fn open(
         out.insert(key, plain);
     }
     Ok(out)
-}
-
-/// Re-encrypts every sealed value under the primary key (used by `keys rotate`).
-/// Returns `None` when nothing needed re-encryption.
-pub fn reseal(
-    crypto: &KeyRing,
-    stored: &str,
-    aad_prefix: &str,
-) -> Result<Option<String>, ServiceError> {
-    let mut map: Map<String, Value> = serde_json::from_str(stored)
-        .map_err(|_| ServiceError::internal("stored settings are not a JSON object"))?;
-    let mut changed = false;
-    for (key, value) in map.iter_mut() {
-        if let Value::Object(o) = value {
-            let Some(b64) = o.get("enc").and_then(Value::as_str) else {
-                continue;
-            };
-            let blob = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|_| ServiceError::internal("stored secret is not base64"))?;
-            if !crypto.needs_reencrypt(&blob) {
-                continue;
-            }
-            let aad = format!("{aad_prefix}:{key}");
-            let plain = crypto.decrypt(&blob, aad.as_bytes())?;
-            let fresh = crypto.encrypt(&plain, aad.as_bytes());
-            *value = json!({ "enc": base64::engine::general_purpose::STANDARD.encode(fresh) });
-            changed = true;
-        }
-    }
-    Ok(changed.then(|| Value::Object(map).to_string()))
 }
 
 /// The API view of settings: secret values replaced by `{"set":true}`.

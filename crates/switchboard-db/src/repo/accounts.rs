@@ -13,14 +13,6 @@ pub fn insert(conn: &mut AnyConnection, new: &NewAccount) -> Result<Account, DbE
         .get_result(conn)?)
 }
 
-pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<Account>, DbError> {
-    Ok(a::accounts
-        .filter(a::tenant_id.eq(tenant_id))
-        .order((a::created_at.asc(), a::id.asc()))
-        .select(Account::as_select())
-        .load(conn)?)
-}
-
 /// One page of the tenant's accounts in `(created_at, id)` order, starting after `after`.
 pub fn list_page(
     conn: &mut AnyConnection,

@@ -25,16 +25,6 @@ pub fn find_active_by_hash(
         .optional()?)
 }
 
-/// The tenant's keys that are not revoked, oldest first.
-pub fn list(conn: &mut AnyConnection, tenant_id: &str) -> Result<Vec<ApiKey>, DbError> {
-    Ok(k::api_keys
-        .filter(k::tenant_id.eq(tenant_id))
-        .filter(k::revoked_at.is_null())
-        .order((k::created_at.asc(), k::id.asc()))
-        .select(ApiKey::as_select())
-        .load(conn)?)
-}
-
 /// One page of the tenant's keys that are not revoked, in `(created_at, id)` order, starting
 /// after `after`.
 pub fn list_page(

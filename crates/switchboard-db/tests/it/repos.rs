@@ -77,11 +77,15 @@ fn api_keys_lifecycle(db: &Db) {
     );
     let ids = |v: Vec<switchboard_db::ApiKey>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(repo::api_keys::list(&mut c, "ten_a").unwrap()),
+        ids(repo::api_keys::list_page(&mut c, "ten_a", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["key_1", "key_2"]
     );
     assert_eq!(
-        ids(repo::api_keys::list(&mut c, "ten_b").unwrap()),
+        ids(repo::api_keys::list_page(&mut c, "ten_b", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["key_3"]
     );
     assert_eq!(
@@ -98,7 +102,9 @@ fn api_keys_lifecycle(db: &Db) {
         None
     );
     assert_eq!(
-        ids(repo::api_keys::list(&mut c, "ten_a").unwrap()),
+        ids(repo::api_keys::list_page(&mut c, "ten_a", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["key_2"]
     );
     assert_eq!(
@@ -202,17 +208,23 @@ fn accounts_scope_and_conflict(db: &Db) {
     assert_eq!(repo::accounts::find(&mut c, "ten_b", "beta").unwrap(), None);
     let ids = |v: Vec<switchboard_db::Account>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(repo::accounts::list(&mut c, "ten_a").unwrap()),
+        ids(repo::accounts::list_page(&mut c, "ten_a", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["acme", "beta"]
     );
     assert_eq!(
-        ids(repo::accounts::list(&mut c, "ten_b").unwrap()),
+        ids(repo::accounts::list_page(&mut c, "ten_b", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["acme"]
     );
     assert!(!repo::accounts::delete(&mut c, "ten_b", "beta").unwrap());
     assert!(repo::accounts::delete(&mut c, "ten_b", "acme").unwrap());
     assert_eq!(
-        ids(repo::accounts::list(&mut c, "ten_a").unwrap()),
+        ids(repo::accounts::list_page(&mut c, "ten_a", None, 10_000)
+            .map(|p| p.rows)
+            .unwrap()),
         ["acme", "beta"]
     );
     // An account of an unknown tenant violates the foreign key (and is not a "conflict").
