@@ -998,6 +998,14 @@ async fn client_credentials_token_fetched_once(backend: Backend) {
 /// The background refresher keeps an idle install alive: with no method call at all, a token
 /// expiring within the horizon is refreshed once (rotating the refresh token), and a token far
 /// from expiry is left alone.
+/// Waits for the background refresher's next completed pass.
+async fn next_pass(passes: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::time::timeout(Duration::from_secs(15), passes.changed())
+        .await
+        .expect("a background refresh pass within 15 s")
+        .expect("the refresher is alive");
+}
+
 async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.tokens.background_refresh_interval_secs = 1;
@@ -1015,16 +1023,11 @@ async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
     w.set_times(&later, now_ms() + 3_600_000, None).await;
     let base_refreshes = w.oauth.refresh_request_count();
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        if w.row(&due).await.token_version > due_before.token_version {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the background refresher did not refresh the idle install within 15 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The refresher runs every second on its own timer; the test waits for its passes (an event
+    // per completed pass), never for a guessed amount of time.
+    let mut passes = w.app.services.tokens.background_passes();
+    while w.row(&due).await.token_version == due_before.token_version {
+        next_pass(&mut passes).await;
     }
     let due_after = w.row(&due).await;
     assert_eq!(due_after.status, "authorized");
@@ -1037,8 +1040,11 @@ async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
         .oauth
         .is_refresh_token_valid(&w.stored_refresh_token(&due_after)));
     assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
-    // Give the refresher two more passes: nothing else is due, so nothing else is refreshed.
-    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    // Two more complete passes: nothing else is due, so nothing else is refreshed.
+    let seen = *passes.borrow_and_update();
+    while *passes.borrow_and_update() < seen + 2 {
+        next_pass(&mut passes).await;
+    }
     assert_eq!(w.oauth.refresh_request_count(), base_refreshes + 1);
     assert_eq!(
         w.row(&later).await.token_version,

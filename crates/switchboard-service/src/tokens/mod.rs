@@ -102,6 +102,8 @@ pub struct TokenKeeper<S, E> {
     failure_seq: AtomicU64,
     backoff_initial_ms: i64,
     backoff_max_ms: i64,
+    /// Counts completed background passes, so a test can wait for passes instead of time.
+    passes: tokio::sync::watch::Sender<u64>,
 }
 
 /// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
@@ -160,6 +162,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
             failure_seq: AtomicU64::new(0),
             backoff_initial_ms: cfg.refresh_backoff_initial_ms as i64,
             backoff_max_ms: cfg.refresh_backoff_max_ms as i64,
+            passes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -457,7 +460,13 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 tracing::warn!(install = %row.id, code = %e.code(), "background refresh failed");
             }
         }
+        self.passes.send_modify(|passes| *passes += 1);
         Ok(n)
+    }
+
+    /// The number of completed [`TokenKeeper::refresh_due_installs`] passes, changing after each.
+    pub fn background_passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes.subscribe()
     }
 }
 
