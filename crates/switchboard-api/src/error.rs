@@ -1,5 +1,5 @@
 use actix_web::http::{header, StatusCode};
-use actix_web::{error, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{error, HttpResponse, ResponseError};
 use serde_json::json;
 use switchboard_core::{ErrorCode, Problem};
 use switchboard_service::ServiceError;
@@ -196,32 +196,6 @@ const VALUE_KINDS: &[&str] = &[
     "character ",
     "variant ",
 ];
-
-/// Requests no route takes. A known path with an unsupported verb is 405 with `Allow`
-/// (RFC 9110 §15.5.6), anything else 404. Routes carry method guards, so actix itself never
-/// answers 405; the verbs come from the operation table the OpenAPI document is built from.
-pub(crate) async fn not_found_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    if let Some(pattern) = req.match_pattern() {
-        let allow: Vec<String> = crate::openapi::OPERATIONS
-            .iter()
-            .filter(|op| op.1 == pattern)
-            .map(|op| op.0.to_ascii_uppercase())
-            .collect();
-        if !allow.is_empty() {
-            let allow = allow.join(", ");
-            let mut res = ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("this route accepts {allow}"),
-            )
-            .error_response();
-            if let Ok(v) = header::HeaderValue::from_str(&allow) {
-                res.headers_mut().insert(header::ALLOW, v);
-            }
-            return Ok(res);
-        }
-    }
-    Err(ApiError::new(ErrorCode::NotFound, "no such route"))
-}
 
 #[cfg(test)]
 mod tests {

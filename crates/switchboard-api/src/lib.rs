@@ -2,6 +2,7 @@
 //! handler file per resource, the single mapping of service errors to problem+json, the
 //! callback's HTML page, health, metrics and the OpenAPI document.
 
+mod bodies;
 mod error;
 mod extract;
 mod handlers;
@@ -23,5 +24,5 @@ pub fn configure(cfg: &mut web::ServiceConfig, services: Services, metrics: Metr
         .app_data(error::query_config())
         .app_data(error::path_config())
         .service(handlers::routes())
-        .default_service(web::to(error::not_found_route));
+        .default_service(web::to(handlers::not_found_route));
 }

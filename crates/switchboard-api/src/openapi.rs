@@ -22,9 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::handlers::api_keys::ApiKeyIn;
-use crate::handlers::setups::SetupIn;
-use crate::handlers::tenant::TenantPatch;
+use crate::bodies::{ApiKeyIn, SetupIn, TenantPatch};
 
 // Bodies the handlers build as JSON values. These types describe them; schemathesis checks
 // every response against them, so they cannot silently drift.

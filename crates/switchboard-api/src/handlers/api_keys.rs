@@ -1,22 +1,10 @@
 use super::Result;
+use crate::bodies::ApiKeyIn;
 use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
 use switchboard_core::ApiKeyId;
 use switchboard_service::pagination::PageIn;
 use switchboard_service::Services;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyIn {
-    /// 1 to 200 printable characters, not only spaces.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
-    )]
-    name: String,
-}
 
 pub async fn create_api_key(
     t: Tenant,

@@ -2,16 +2,19 @@
 //! function and maps the result.
 
 mod accounts;
-pub(crate) mod api_keys;
+mod api_keys;
 mod callback;
 mod connectors;
 mod health;
 mod installs;
 mod methods;
-pub(crate) mod setups;
-pub(crate) mod tenant;
+mod setups;
+mod tenant;
 
-use actix_web::{web, Scope};
+use crate::ApiError;
+use actix_web::http::header;
+use actix_web::{web, ResponseError, Scope};
+use switchboard_core::ErrorCode;
 
 pub(crate) type Result<T> = std::result::Result<T, crate::ApiError>;
 
@@ -79,4 +82,32 @@ pub fn routes() -> Scope {
                     web::post().to(methods::call_method),
                 ),
         )
+}
+
+/// Requests no route takes. A known path with an unsupported verb is 405 with `Allow`
+/// (RFC 9110 §15.5.6), anything else 404. Routes carry method guards, so actix itself never
+/// answers 405; the verbs come from the operation table the OpenAPI document is built from.
+pub(crate) async fn not_found_route(
+    req: actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponse> {
+    if let Some(pattern) = req.match_pattern() {
+        let allow: Vec<String> = crate::openapi::OPERATIONS
+            .iter()
+            .filter(|op| op.1 == pattern)
+            .map(|op| op.0.to_ascii_uppercase())
+            .collect();
+        if !allow.is_empty() {
+            let allow = allow.join(", ");
+            let mut res = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("this route accepts {allow}"),
+            )
+            .error_response();
+            if let Ok(v) = header::HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            return Ok(res);
+        }
+    }
+    Err(ApiError::new(ErrorCode::NotFound, "no such route"))
 }

@@ -1,18 +1,9 @@
 use super::Result;
+use crate::bodies::SetupIn;
 use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::{Map, Value};
 use switchboard_core::ConnectorId;
 use switchboard_service::Services;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"settings": {"api_token": "example-token", "fhir_base_url": "https://fhir.example.com/"}}))]
-pub struct SetupIn {
-    #[schema(value_type = Object)]
-    settings: Map<String, Value>,
-}
 
 pub async fn put_setup(
     t: Tenant,

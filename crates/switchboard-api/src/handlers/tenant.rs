@@ -1,14 +1,8 @@
 use super::Result;
+use crate::bodies::TenantPatch;
 use crate::extract::Tenant;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
 use switchboard_service::Services;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TenantPatch {
-    allowed_return_urls: Vec<String>,
-}
 
 pub async fn get_tenant(t: Tenant, s: web::Data<Services>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(s.keys.get_tenant(&t.0).await?))
