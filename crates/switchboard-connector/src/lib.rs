@@ -27,6 +27,7 @@
 //! - **Schema**: [`json_schema`], committed as `connectors/connector.schema.json`.
 
 pub mod catalog;
+mod include;
 pub mod load;
 pub mod model;
 pub mod normalize;
@@ -35,6 +36,8 @@ pub mod schema;
 pub mod settings;
 mod shape;
 pub mod template;
+#[cfg(test)]
+mod tests_include;
 #[cfg(test)]
 mod tests_load;
 mod validate;
