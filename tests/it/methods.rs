@@ -708,7 +708,7 @@ fn connectors_without_canvas_id_pattern(dir: &Path) -> std::path::PathBuf {
     let shipped = crate::support::repo_root().join("connectors");
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+        crate::support::copy_entry(&entry.path(), &out.join(entry.file_name())).unwrap();
     }
     let canvas = std::fs::read_to_string(shipped.join("canvas.toml")).unwrap();
     let id_param =
@@ -1749,7 +1749,7 @@ fn connectors_with_canvas_headers(dir: &Path) -> std::path::PathBuf {
     let shipped = crate::support::repo_root().join("connectors");
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+        crate::support::copy_entry(&entry.path(), &out.join(entry.file_name())).unwrap();
     }
     let canvas = std::fs::read_to_string(shipped.join("canvas.toml")).unwrap();
     let base = "fhir_base = \"{{settings.fhir_base_url}}\"\n";
