@@ -1242,7 +1242,7 @@ fn date_of<'a>(r: &'a Value, param: &str) -> Option<&'a str> {
     v.as_str()
 }
 
-fn codings<'a>(v: &'a Value) -> Vec<&'a Value> {
+fn codings(v: &Value) -> Vec<&Value> {
     // A CodeableConcept or an array of them.
     let concepts: Vec<&Value> = match v {
         Value::Array(a) => a.iter().collect(),
