@@ -6,7 +6,7 @@
 //! with its parameter schema, SMART scope and whether it writes.
 
 use crate::methods::{install, Env, Via};
-use crate::support::{assert_problem, Backend, TestApp};
+use crate::support::{assert_problem, install_row, snapshot, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -221,6 +221,7 @@ async fn every_offered_us_core_method_end_to_end(backend: Backend) {
     let cases = cases();
     for via in [Via::Epic, Via::Canvas, Via::Medplum] {
         let env = charted(&app, via).await;
+        let before = install_row(&app, &env.install).await.expect("install row");
         let offered = offered(&app, via.connector()).await;
         // Every offered method but the Patient ones (tests/it/methods.rs) has a case here.
         for m in &offered {
@@ -270,6 +271,14 @@ async fn every_offered_us_core_method_end_to_end(backend: Backend) {
             ran += 1;
         }
         assert_eq!(ran, offered.len() - 2, "{via:?}: every offered method ran");
+        // Reads leave the install as it was: authorized, no error, the same token version.
+        let row = install_row(&app, &env.install).await.expect("install row");
+        assert_eq!(row.status, "authorized", "{via:?}");
+        assert_eq!(row.last_error, None, "{via:?}");
+        assert_eq!(
+            row.token_version, before.token_version,
+            "{via:?}: no refresh"
+        );
     }
 }
 
@@ -342,6 +351,7 @@ async fn required_combinations_and_bounds_refused_without_upstream_calls(backend
     let epic = charted(&app, Via::Epic).await;
     let canvas = charted(&app, Via::Canvas).await;
     let medplum = charted(&app, Via::Medplum).await;
+    let db_before = snapshot(&app).await;
     // Epic: Observation search needs patient with category or code (open.epic.com).
     refused(
         &app,
@@ -404,6 +414,11 @@ async fn required_combinations_and_bounds_refused_without_upstream_calls(backend
         "id",
     )
     .await;
+    assert_eq!(
+        snapshot(&app).await,
+        db_before,
+        "refusals change nothing stored"
+    );
 }
 
 async fn searches_and_everything_follow_pages(backend: Backend) {

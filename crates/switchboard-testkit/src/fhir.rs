@@ -1,6 +1,9 @@
 //! `FakeFhir`: a local FHIR R4 server on 127.0.0.1 that enforces what real EHR FHIR servers
 //! enforce (bearer tokens, `Accept`, search semantics, paging links, Epic's 100-match cap) and
-//! injects faults on demand. Also the generator of the static benchmark fixtures.
+//! injects faults on demand. Besides Patient it serves any resource type it is given (read,
+//! search by reference, token and FHIR date ranges, Bundle paging, `Patient/{id}/$everything`),
+//! e.g. the fictional charts of [`generate_chart`]. Also the generator of the static benchmark
+//! fixtures.
 //!
 //! ```no_run
 //! # async fn demo() {
