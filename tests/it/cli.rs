@@ -34,7 +34,7 @@ fn copy_connectors(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(crate::support::repo_root().join("connectors")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        crate::support::copy_entry(&entry.path(), &to.join(entry.file_name())).unwrap();
     }
 }
 

@@ -15,6 +15,7 @@ mod cli;
 mod connectors;
 mod db_outage;
 mod error_codes;
+mod fhir_reads;
 mod installs;
 mod lists;
 mod methods;

@@ -125,7 +125,7 @@ async fn forward(req: HttpRequest, body: web::Bytes, t: web::Data<FrontTargets>)
 
 /// How an install is authorized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
+pub(crate) enum Via {
     /// Epic, authorization code (Basic client auth, reusable refresh token) through a [`Front`].
     Epic,
     /// Canvas, static bearer (the sandbox token): FakeFhir accepts [`CANVAS_TOKEN`].
@@ -139,7 +139,7 @@ enum Via {
 }
 
 impl Via {
-    fn connector(self) -> &'static str {
+    pub(crate) fn connector(self) -> &'static str {
         match self {
             Via::Epic => "epic",
             Via::Canvas | Via::CanvasOAuth => "canvas",
@@ -149,7 +149,7 @@ impl Via {
 
     /// The FHIR base path where the connector expects it (Epic `api/FHIR/R4/` under the
     /// endpoint, Canvas at the FHIR host's root, Medplum `fhir/R4/`).
-    fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Via::Epic => "/api/FHIR/R4/",
             Via::Canvas | Via::CanvasOAuth => "/",
@@ -157,7 +157,7 @@ impl Via {
         }
     }
 
-    fn fhir(self) -> FakeFhirBuilder {
+    pub(crate) fn fhir(self) -> FakeFhirBuilder {
         FakeFhir::builder().prefix(self.prefix())
     }
 
@@ -171,12 +171,12 @@ impl Via {
 }
 
 /// One install and the upstream servers it talks to.
-struct Env {
-    fhir: FakeFhir,
+pub(crate) struct Env {
+    pub(crate) fhir: FakeFhir,
     oauth: Option<FakeOAuth>,
     _front: Option<Front>,
-    account: String,
-    install: String,
+    pub(crate) account: String,
+    pub(crate) install: String,
 }
 
 impl Env {
@@ -187,7 +187,12 @@ impl Env {
         )
     }
 
-    async fn call(&self, app: &TestApp, method: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        app: &TestApp,
+        method: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
         app.post(&self.method_path(method), body).await
     }
 
@@ -210,7 +215,7 @@ static NEXT_ACCOUNT: AtomicUsize = AtomicUsize::new(1);
 
 /// Creates an account and an install of `via`'s connector pointed at a FakeFhir started from
 /// `fhir` (and a FakeOAuth where the auth type needs one), and completes its authorization.
-async fn install(app: &TestApp, via: Via, fhir: FakeFhirBuilder) -> Env {
+pub(crate) async fn install(app: &TestApp, via: Via, fhir: FakeFhirBuilder) -> Env {
     let (env, created) = create_install(app, via, fhir).await;
     if via.auth_type() == "oauth2_authorization_code" {
         assert_eq!(created["status"], "pending_authorization", "{created}");
@@ -703,7 +708,7 @@ fn connectors_without_canvas_id_pattern(dir: &Path) -> std::path::PathBuf {
     let shipped = crate::support::repo_root().join("connectors");
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+        crate::support::copy_entry(&entry.path(), &out.join(entry.file_name())).unwrap();
     }
     let canvas = std::fs::read_to_string(shipped.join("canvas.toml")).unwrap();
     let id_param =
@@ -1744,7 +1749,7 @@ fn connectors_with_canvas_headers(dir: &Path) -> std::path::PathBuf {
     let shipped = crate::support::repo_root().join("connectors");
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), out.join(entry.file_name())).unwrap();
+        crate::support::copy_entry(&entry.path(), &out.join(entry.file_name())).unwrap();
     }
     let canvas = std::fs::read_to_string(shipped.join("canvas.toml")).unwrap();
     let base = "fhir_base = \"{{settings.fhir_base_url}}\"\n";

@@ -171,8 +171,9 @@ fn use_test_connectors(s: &mut Settings) {
     std::fs::create_dir_all(&dir).expect("connectors dir");
     for entry in std::fs::read_dir(repo_root().join("connectors")).expect("shipped connectors") {
         let path = entry.expect("dir entry").path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).expect("copy connector");
+        if path.extension().is_some_and(|e| e == "toml") || path.is_dir() {
+            crate::support::copy_entry(&path, &dir.join(path.file_name().unwrap()))
+                .expect("copy connector");
         }
     }
     for (id, auth, more) in [

@@ -29,6 +29,21 @@ pub fn repo_root() -> PathBuf {
 
 /// Settings for a test server: fresh database and key file, the shipped connectors, loopback
 /// upstreams allowed, `public_url` = the server's own address.
+/// Copy one entry of a connector directory: a file, or a library directory (`_fhir/`) with
+/// everything under it, so a copied directory still resolves its `[[include]]`s.
+pub fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_entry(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
 pub fn test_settings(db_url: &str, dir: &Path, port: u16) -> Settings {
     let env = vec![
         ("SWITCHBOARD__DATABASE__URL".to_string(), db_url.to_string()),

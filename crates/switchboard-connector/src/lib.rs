@@ -7,6 +7,11 @@
 //! - **Loading**: [`load_dir`] returns a [`Catalog`] or every problem as a [`Diagnostic`]
 //!   (`file:line: message`); `switchboard connectors validate` prints them. [`load_file`] /
 //!   [`load_str`] do one file.
+//! - **Includes**: a file's `[[include]]` takes methods from a library file
+//!   (`connectors/_fhir/us_core.toml`, [`LibraryDef`]) and narrows them ([`NarrowDef`],
+//!   [`ParamOverride`]); the loader resolves them, relative to the including file, before
+//!   validation and appends them after the file's own methods. [`Connector::new`] does not
+//!   resolve includes (it has no file to resolve them against).
 //! - **The catalog**: [`Catalog::get`] gives an `Arc<`[`Connector`]`>`: the validated
 //!   [`ConnectorDef`] (`connector.def`, also reachable through `Deref`) with its templates parsed
 //!   and param regexes compiled once. [`Connector::method`] -> [`CompiledMethod`] is the single
@@ -27,6 +32,7 @@
 //! - **Schema**: [`json_schema`], committed as `connectors/connector.schema.json`.
 
 pub mod catalog;
+mod include;
 pub mod load;
 pub mod model;
 pub mod normalize;
@@ -35,6 +41,8 @@ pub mod schema;
 pub mod settings;
 mod shape;
 pub mod template;
+#[cfg(test)]
+mod tests_include;
 #[cfg(test)]
 mod tests_load;
 mod validate;

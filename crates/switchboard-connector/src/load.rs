@@ -12,6 +12,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::catalog::{Catalog, Connector};
+use crate::include;
 use crate::model::ConnectorDef;
 use crate::schema::schema_ref;
 use crate::shape;
@@ -122,17 +123,48 @@ fn load_file_inner(path: &Path) -> Result<(ConnectorDef, usize), Vec<Diagnostic>
     load_source(path, &source)
 }
 
-/// Returns the definition and the line of its `id` (for cross-file duplicate reports).
-fn load_source(file: &Path, source: &str) -> Result<(ConnectorDef, usize), Vec<Diagnostic>> {
-    let lines = LineIndex::new(source);
-    // One line per diagnostic, whatever a message source does (`file:line: message` is parsed
-    // by editors and CI problem matchers).
-    let diag = |span: Range<usize>, message: String| Diagnostic {
-        file: file.to_path_buf(),
-        line: lines.line(span.start),
-        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
-    };
+/// A file parsed into a spanned TOML tree, for deserializing and for locating field paths.
+pub(crate) struct Parsed<'a> {
+    file: PathBuf,
+    lines: LineIndex,
+    root: Spanned<DeValue<'a>>,
+}
 
+impl<'a> Parsed<'a> {
+    /// One line per diagnostic, whatever a message source does (`file:line: message` is parsed
+    /// by editors and CI problem matchers).
+    pub(crate) fn diagnostic(&self, span: Range<usize>, message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line: self.lines.line(span.start),
+            message: message.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    /// A diagnostic at the value of `path` (or its nearest existing ancestor).
+    pub(crate) fn at(&self, path: &FieldPath, message: String) -> Diagnostic {
+        self.diagnostic(locate(&self.root, path), with_path(path, &message))
+    }
+
+    pub(crate) fn deserializer(&self) -> toml::de::Deserializer<'a> {
+        let table = match self.root.get_ref() {
+            DeValue::Table(t) => t.clone(),
+            _ => DeTable::new(),
+        };
+        toml::de::Deserializer::from(Spanned::new(self.root.span(), table))
+    }
+}
+
+/// TOML syntax only: every syntax error as a diagnostic, or the spanned tree.
+pub(crate) fn parse_spanned<'a>(
+    file: &Path,
+    source: &'a str,
+) -> Result<Parsed<'a>, Vec<Diagnostic>> {
+    let mut parsed = Parsed {
+        file: file.to_path_buf(),
+        lines: LineIndex::new(source),
+        root: Spanned::new(0..0, DeValue::Table(DeTable::new())),
+    };
     let (doc, syntax) = DeTable::parse_recoverable(source);
     if !syntax.is_empty() {
         // The recovered tree is a guess; checking its structure would mostly report echoes of
@@ -140,7 +172,7 @@ fn load_source(file: &Path, source: &str) -> Result<(ConnectorDef, usize), Vec<D
         let mut out: Vec<Diagnostic> = syntax
             .iter()
             .map(|e| {
-                diag(
+                parsed.diagnostic(
                     e.span().unwrap_or(0..0),
                     format!("TOML syntax: {}", e.message()),
                 )
@@ -149,44 +181,78 @@ fn load_source(file: &Path, source: &str) -> Result<(ConnectorDef, usize), Vec<D
         sort(&mut out);
         return Err(out);
     }
-
     let doc_span = doc.span();
-    let mut root = Spanned::new(doc_span.clone(), DeValue::Table(doc.into_inner()));
-    let report = shape::check(schema_ref(), &mut root);
+    parsed.root = Spanned::new(doc_span, DeValue::Table(doc.into_inner()));
+    Ok(parsed)
+}
+
+/// Returns the definition and the line of its `id` (for cross-file duplicate reports).
+fn load_source(file: &Path, source: &str) -> Result<(ConnectorDef, usize), Vec<Diagnostic>> {
+    let mut parsed = parse_spanned(file, source)?;
+    let report = shape::check(schema_ref(), &mut parsed.root);
     let mut out: Vec<Diagnostic> = report
         .errors
         .iter()
-        .map(|e| diag(e.span.clone(), with_path(&e.path, &e.message)))
+        .map(|e| parsed.diagnostic(e.span.clone(), with_path(&e.path, &e.message)))
         .collect();
     if report.fatal {
         sort(&mut out);
         return Err(out);
     }
 
-    let table = match root.get_ref() {
-        DeValue::Table(t) => t.clone(),
-        _ => DeTable::new(),
-    };
-    let de = toml::de::Deserializer::from(Spanned::new(doc_span, table));
-    let def = match ConnectorDef::deserialize(de) {
+    let mut def = match ConnectorDef::deserialize(parsed.deserializer()) {
         Ok(def) => def,
         Err(e) => {
             // The structural pass should have caught this; report serde's view rather than
             // accept a file the service cannot use.
-            out.push(diag(e.span().unwrap_or(0..0), e.message().to_owned()));
+            out.push(parsed.diagnostic(e.span().unwrap_or(0..0), e.message().to_owned()));
             sort(&mut out);
             return Err(out);
         }
     };
 
+    // Included methods follow the file's own, so field paths of the own methods stay theirs.
+    let own = def.methods.len();
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut stack = vec![fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf())];
+    let resolved = include::resolve(dir, &def.include, &mut stack);
+    out.extend(resolved.elsewhere);
+    for (path, message) in resolved.here {
+        out.push(parsed.at(&path, message));
+    }
+    def.methods.extend(resolved.methods);
+
     for issue in validate(&def) {
         if report.poisoned.iter().any(|p| issue.path.starts_with(p)) {
             continue;
         }
-        out.push(diag(locate(&root, &issue.path), issue.to_string()));
+        let included = match issue.path.segments() {
+            [Segment::Key(k), Segment::Index(i), ..] if k == "methods" && *i >= own => {
+                resolved.origins.get(i - own)
+            }
+            _ => None,
+        };
+        match included {
+            // A problem in an included method is reported on the `[[include]]` that took it.
+            Some(o) => out.push(parsed.diagnostic(
+                locate(
+                    &parsed.root,
+                    &FieldPath::root().key("include").index(o.include),
+                ),
+                format!(
+                    "include[{}]: method `{}` from `{}`: {issue}",
+                    o.include, o.method, o.library
+                ),
+            )),
+            None => {
+                out.push(parsed.diagnostic(locate(&parsed.root, &issue.path), issue.to_string()))
+            }
+        }
     }
     if out.is_empty() {
-        let id_line = lines.line(locate(&root, &FieldPath::root().key("id")).start);
+        let id_line = parsed
+            .lines
+            .line(locate(&parsed.root, &FieldPath::root().key("id")).start);
         Ok((def, id_line))
     } else {
         sort(&mut out);

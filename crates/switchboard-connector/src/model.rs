@@ -29,7 +29,81 @@ pub struct ConnectorDef {
     /// Static headers sent on every method call (values are templates).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Methods taken from shared library files (e.g. `_fhir/us_core.toml`) and narrowed for
+    /// this vendor. The loader appends them, in include order, after the file's own `methods`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<IncludeDef>,
+    /// The file's own methods (included ones follow them once loaded).
+    #[serde(default)]
     pub methods: Vec<MethodDef>,
+}
+
+/// A method library: `connectors/_<name>/*.toml`, never a connector by itself (the directory
+/// loader reads only the top-level `*.toml` files). Holds methods, and may include other
+/// libraries.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LibraryDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<IncludeDef>,
+    #[serde(default)]
+    pub methods: Vec<MethodDef>,
+}
+
+/// `[[include]]`: take named methods from a library file and narrow them.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncludeDef {
+    /// Library file, relative to the including file's directory, e.g. `_fhir/us_core.toml`.
+    pub library: String,
+    /// Ids of the library methods to take, in this order (a vendor offers only what it supports).
+    pub methods: Vec<String>,
+    /// Per taken method (by id): what this vendor changes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub narrow: BTreeMap<String, NarrowDef>,
+}
+
+/// How an including connector narrows one library method.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NarrowDef {
+    /// Replaces the description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Replaces the scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Replaces the minimum combinations (`[]` removes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_one_of: Option<Vec<Vec<String>>>,
+    /// Params the vendor does not support (by caller name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_params: Vec<String>,
+    /// Per param (by caller name): fields replaced for this vendor.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamOverride>,
+}
+
+/// Fields of a library param an including connector may replace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// A settings field.
@@ -270,6 +344,11 @@ impl HttpVerb {
     /// Safe to retry on 429/503 (RFC 9110 §9.2.2).
     pub fn idempotent(self) -> bool {
         matches!(self, Self::Get | Self::Put | Self::Delete)
+    }
+
+    /// Whether a call may change data upstream (everything but GET), as the catalogue shows it.
+    pub fn writes(self) -> bool {
+        !matches!(self, Self::Get)
     }
 }
 

@@ -328,6 +328,7 @@ mod tests {
             ],
             fhir_base: "{{settings.endpoint}}fhir/".into(),
             headers: BTreeMap::new(),
+            include: vec![],
             methods: vec![],
         }
     }

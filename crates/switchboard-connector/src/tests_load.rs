@@ -177,7 +177,8 @@ fn broken_epic_copy_reports_each_problem_on_its_line() {
         .replacen("path = \"Patient/{id}\"", "path = \"Patient/{pid}\"", 1)
         // Duplicate method id.
         .replacen("id = \"search_patients\"", "id = \"get_patient\"", 1);
-    let d = load_str(Path::new("epic.toml"), &broken).unwrap_err();
+    // Named at its real place, so that its `[[include]]` of `_fhir/us_core.toml` resolves.
+    let d = load_str(&repo_connectors().join("epic.toml"), &broken).unwrap_err();
     let expect = [
         (line_of(&broken, "flavour ="), "unknown key `flavour`"),
         (

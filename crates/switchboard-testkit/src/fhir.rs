@@ -1,6 +1,9 @@
 //! `FakeFhir`: a local FHIR R4 server on 127.0.0.1 that enforces what real EHR FHIR servers
 //! enforce (bearer tokens, `Accept`, search semantics, paging links, Epic's 100-match cap) and
-//! injects faults on demand. Also the generator of the static benchmark fixtures.
+//! injects faults on demand. Besides Patient it serves any resource type it is given (read,
+//! search by reference, token and FHIR date ranges, Bundle paging, `Patient/{id}/$everything`),
+//! e.g. the fictional charts of [`generate_chart`]. Also the generator of the static benchmark
+//! fixtures.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -14,7 +17,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
@@ -254,6 +257,8 @@ struct State {
     accept_any: bool,
     token_hooks: Vec<TokenCheck>,
     patients: Vec<Value>,
+    /// Every other resource type, by type, in insertion order.
+    resources: BTreeMap<String, Vec<Value>>,
     faults: VecDeque<Fault>,
     requests: Vec<RecordedRequest>,
     next_links: NextLinks,
@@ -298,6 +303,16 @@ impl FakeFhirBuilder {
     /// Seeds `n` deterministic patients `pat-0001`..
     pub fn seed_patients(mut self, n: usize) -> Self {
         self.state.patients = (1..=n).map(generate_patient).collect();
+        self
+    }
+
+    /// Seeds the chart of each given patient (see [`generate_chart`]).
+    pub fn seed_charts(mut self, patients: &[&str]) -> Self {
+        for (i, p) in patients.iter().enumerate() {
+            for r in generate_chart(p, i + 1) {
+                put_resource(&mut self.state, r);
+            }
+        }
         self
     }
 
@@ -412,6 +427,7 @@ impl FakeFhir {
                 accept_any: false,
                 token_hooks: Vec::new(),
                 patients: Vec::new(),
+                resources: BTreeMap::new(),
                 faults: VecDeque::new(),
                 requests: Vec::new(),
                 next_links: NextLinks::Absolute,
@@ -503,6 +519,22 @@ impl FakeFhir {
             .iter()
             .map(resource_id)
             .collect()
+    }
+
+    /// Adds (or replaces, by type and id) a resource of any type but Patient (served by read,
+    /// search and `Patient/{id}/$everything`).
+    pub fn add_resource(&self, resource: Value) {
+        put_resource(&mut self.shared.state(), resource);
+    }
+
+    /// Seeds the chart of one patient (see [`generate_chart`]) and returns what was added.
+    pub fn seed_chart(&self, patient: &str, seed: usize) -> Vec<Value> {
+        let chart = generate_chart(patient, seed);
+        let mut s = self.shared.state();
+        for r in &chart {
+            put_resource(&mut s, r.clone());
+        }
+        chart
     }
 
     /// Id of the `i`-th seeded patient (1-based): `pat-0001`.
@@ -788,6 +820,24 @@ fn route(req: &HttpRequest, recorded: &RecordedRequest, shared: &Shared) -> Http
                 ),
             }
         }
+        ("GET", ["Patient", raw_id, "$everything"]) => {
+            let id = percent_encoding::percent_decode_str(raw_id).decode_utf8_lossy();
+            everything(&state, shared, &id, &recorded.query_pairs())
+        }
+        ("GET", [kind]) if state.resources.contains_key(*kind) => {
+            search_resources(&state, shared, kind, &recorded.query_pairs())
+        }
+        ("GET", [kind, raw_id]) if state.resources.contains_key(*kind) => {
+            let id = percent_encoding::percent_decode_str(raw_id).decode_utf8_lossy();
+            match state.resources[*kind].iter().find(|r| resource_id(r) == id) {
+                Some(r) => fhir_response(StatusCode::OK).body(r.to_string()),
+                None => outcome(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "Resource with that id was not found",
+                ),
+            }
+        }
         ("GET", [_, ..]) => outcome(
             StatusCode::NOT_FOUND,
             "not-supported",
@@ -1065,6 +1115,7 @@ fn matches(p: &Value, c: &Criterion) -> bool {
 
 fn link_url(
     shared: &Shared,
+    resource_path: &str,
     links: &NextLinks,
     params: &[(String, String)],
     count: usize,
@@ -1079,7 +1130,7 @@ fn link_url(
     }
     ser.append_pair("_count", &count.to_string());
     ser.append_pair("_offset", &offset.to_string());
-    let path = format!("{}Patient?{}", shared.config.prefix, ser.finish());
+    let path = format!("{}{resource_path}?{}", shared.config.prefix, ser.finish());
     let own_origin = lock(&shared.origin).clone();
     match links {
         NextLinks::Absolute => format!("{own_origin}{path}"),
@@ -1147,12 +1198,12 @@ fn search_patients(state: &State, shared: &Shared, params: &[(String, String)]) 
     }
     let mut links = vec![json!({
         "relation": "self",
-        "url": link_url(shared, &state.next_links, params, count, offset, false)
+        "url": link_url(shared, "Patient", &state.next_links, params, count, offset, false)
     })];
     if count > 0 && offset + count < total {
         links.push(json!({
             "relation": "next",
-            "url": link_url(shared, &state.next_links, params, count, offset + count, true)
+            "url": link_url(shared, "Patient", &state.next_links, params, count, offset + count, true)
         }));
     }
     let bundle = json!({
@@ -1165,6 +1216,394 @@ fn search_patients(state: &State, shared: &Shared, params: &[(String, String)]) 
         "entry": entries,
     });
     fhir_response(StatusCode::OK).body(bundle.to_string())
+}
+
+fn put_resource(state: &mut State, resource: Value) {
+    let kind = resource["resourceType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let id = resource_id(&resource);
+    let list = state.resources.entry(kind).or_default();
+    list.retain(|r| resource_id(r) != id);
+    list.push(resource);
+}
+
+/// The date a `date`-like search parameter of this resource type compares against.
+fn date_of<'a>(r: &'a Value, param: &str) -> Option<&'a str> {
+    let v = match (r["resourceType"].as_str()?, param) {
+        ("Observation" | "DiagnosticReport", "date") => &r["effectiveDateTime"],
+        ("Encounter", "date") => &r["period"]["start"],
+        ("DocumentReference", "date") => &r["date"],
+        ("Procedure", "date") => &r["performedDateTime"],
+        ("Immunization", "date") => &r["occurrenceDateTime"],
+        ("Appointment", "date") => &r["start"],
+        ("Condition", "onset-date") => &r["onsetDateTime"],
+        ("MedicationRequest", "authoredon") => &r["authoredOn"],
+        _ => return None,
+    };
+    v.as_str()
+}
+
+fn codings(v: &Value) -> Vec<&Value> {
+    // A CodeableConcept or an array of them.
+    let concepts: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    concepts
+        .into_iter()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .collect()
+}
+
+fn token_matches(concept: &Value, wanted: &str) -> bool {
+    let (system, code) = match wanted.split_once('|') {
+        Some((s, c)) => ((!s.is_empty()).then_some(s), (!c.is_empty()).then_some(c)),
+        None => (None, Some(wanted)),
+    };
+    codings(concept).iter().any(|c| {
+        system.is_none_or(|s| c["system"].as_str() == Some(s))
+            && code.is_none_or(|w| c["code"].as_str() == Some(w))
+    })
+}
+
+fn references(v: &Value, kind: &str, id: &str) -> bool {
+    let want = format!("{kind}/{id}");
+    v["reference"]
+        .as_str()
+        .is_some_and(|r| r == want || r.ends_with(&format!("/{want}")))
+}
+
+fn patient_of(r: &Value, id: &str) -> bool {
+    references(&r["subject"], "Patient", id)
+        || references(&r["patient"], "Patient", id)
+        || r["participant"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| references(&p["actor"], "Patient", id))
+}
+
+fn date_cmp(have: &str, value: &str) -> Result<bool, String> {
+    let (cmp, date) = match value.get(..2) {
+        Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le")) => (p, &value[2..]),
+        _ => ("eq", value),
+    };
+    if !is_date(date) {
+        return Err("Invalid date: expected YYYY, YYYY-MM or YYYY-MM-DD".to_owned());
+    }
+    let have = &have[..date.len().min(have.len())];
+    Ok(match cmp {
+        "eq" => have == date,
+        "ne" => have != date,
+        "gt" => have > date,
+        "lt" => have < date,
+        "ge" => have >= date,
+        _ => have <= date,
+    })
+}
+
+/// Whether `r` passes one search parameter (unknown parameters match, as FHIR servers ignore
+/// them by default).
+fn resource_matches(r: &Value, name: &str, value: &str) -> Result<bool, String> {
+    let any = |f: &dyn Fn(&str) -> bool| value.split(',').any(f);
+    Ok(match name {
+        "_id" => any(&|v| resource_id(r) == v),
+        "patient" => any(&|v| patient_of(r, v.trim_start_matches("Patient/"))),
+        "practitioner" => r["participant"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| any(&|v| references(&p["actor"], "Practitioner", v))),
+        "encounter" => any(&|v| references(&r["encounter"], "Encounter", v)),
+        "category" => any(&|v| token_matches(&r["category"], v)),
+        "code" => any(&|v| token_matches(&r["code"], v) || token_matches(&r["vaccineCode"], v)),
+        "type" => any(&|v| token_matches(&r["type"], v)),
+        "clinical-status" => any(&|v| token_matches(&r["clinicalStatus"], v)),
+        "status" => any(&|v| r["status"].as_str() == Some(v)),
+        "intent" => any(&|v| r["intent"].as_str() == Some(v)),
+        "class" => any(&|v| r["class"]["code"].as_str() == Some(v)),
+        "identifier" => any(&|v| {
+            let (system, val) = v.split_once('|').unwrap_or(("", v));
+            r["identifier"].as_array().into_iter().flatten().any(|i| {
+                (system.is_empty() || i["system"].as_str() == Some(system))
+                    && i["value"].as_str() == Some(val)
+            })
+        }),
+        "name" | "family" | "given" => {
+            let field = match name {
+                "family" => StrField::Family,
+                "given" => StrField::Given,
+                _ => StrField::Name,
+            };
+            let values = str_values(r, field);
+            any(&|v| {
+                values
+                    .iter()
+                    .any(|h| h.to_lowercase().starts_with(&v.to_lowercase()))
+            })
+        }
+        "date" | "onset-date" | "authoredon" => match date_of(r, name) {
+            Some(have) => date_cmp(have, value)?,
+            None => false,
+        },
+        _ => true,
+    })
+}
+
+/// A searchset page of `found` with `self`/`next` links on `resource_path`.
+fn bundle_page(
+    state: &State,
+    shared: &Shared,
+    resource_path: &str,
+    params: &[(String, String)],
+    found: &[&Value],
+) -> HttpResponse {
+    let mut count = None;
+    let mut offset = 0;
+    for (k, v) in params {
+        match k.as_str() {
+            "_count" => match v.parse::<usize>() {
+                Ok(n) => count = Some(n),
+                Err(_) => return bad_request("Invalid _count", false),
+            },
+            "_offset" => match v.parse::<usize>() {
+                Ok(n) => offset = n,
+                Err(_) => return bad_request("Invalid _offset", false),
+            },
+            _ => {}
+        }
+    }
+    let total = found.len();
+    let count = count.unwrap_or(state.page_size).min(state.max_page_size);
+    let base = format!("{}{}", lock(&shared.origin), shared.config.prefix);
+    let entries: Vec<Value> = found
+        .iter()
+        .skip(offset)
+        .take(count)
+        .map(|r| {
+            json!({
+                "fullUrl": format!("{base}{}/{}", r["resourceType"].as_str().unwrap_or_default(), resource_id(r)),
+                "resource": r,
+                "search": { "mode": "match" }
+            })
+        })
+        .collect();
+    let mut links = vec![json!({
+        "relation": "self",
+        "url": link_url(shared, resource_path, &state.next_links, params, count, offset, false)
+    })];
+    if count > 0 && offset + count < total {
+        links.push(json!({
+            "relation": "next",
+            "url": link_url(shared, resource_path, &state.next_links, params, count, offset + count, true)
+        }));
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": format!("search-{total}-{offset}"),
+        "meta": { "lastUpdated": "2024-01-01T00:00:00Z" },
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    });
+    fhir_response(StatusCode::OK).body(bundle.to_string())
+}
+
+/// Search any seeded type but Patient: every given parameter must match (a repeated one, such
+/// as `date=ge..&date=lt..`, each time); comma-separated values are alternatives.
+fn search_resources(
+    state: &State,
+    shared: &Shared,
+    kind: &str,
+    params: &[(String, String)],
+) -> HttpResponse {
+    let mut found = Vec::new();
+    for r in &state.resources[kind] {
+        let mut ok = true;
+        for (k, v) in params {
+            if k == "_count" || k == "_offset" {
+                continue;
+            }
+            match resource_matches(r, k, v) {
+                Ok(m) => ok &= m,
+                Err(text) => return bad_request(&text, false),
+            }
+        }
+        if ok {
+            found.push(r);
+        }
+    }
+    bundle_page(state, shared, kind, params, &found)
+}
+
+/// `Patient/{id}/$everything`: the patient, then every seeded resource of its compartment (by
+/// `subject`, `patient` or a participant), paged like a search.
+fn everything(
+    state: &State,
+    shared: &Shared,
+    id: &str,
+    params: &[(String, String)],
+) -> HttpResponse {
+    let Some(patient) = state.patients.iter().find(|p| resource_id(p) == id) else {
+        return outcome(StatusCode::NOT_FOUND, "not-found", "Patient not found");
+    };
+    let mut found = vec![patient];
+    for list in state.resources.values() {
+        found.extend(list.iter().filter(|r| patient_of(r, id)));
+    }
+    bundle_page(
+        state,
+        shared,
+        &format!("Patient/{id}/$everything"),
+        params,
+        &found,
+    )
+}
+
+/// A fictional chart for `patient` (`seed` varies codes and dates): a practitioner, two vital
+/// signs and one laboratory Observation (2023-03-01, 2024-02-01, 2024-06-15), a Condition, a
+/// MedicationRequest, an AllergyIntolerance, an Encounter, a DocumentReference with its Binary,
+/// an Appointment, a Procedure, a DiagnosticReport and an Immunization. Ids are
+/// `{kind-prefix}-{patient}-{n}`.
+pub fn generate_chart(patient: &str, seed: usize) -> Vec<Value> {
+    let subject = json!({ "reference": format!("Patient/{patient}") });
+    let prac = format!("prac-{seed:04}");
+    let cat = |code: &str| json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": code }] }]);
+    let loinc = |code: &str, text: &str| json!({ "coding": [{ "system": "http://loinc.org", "code": code, "display": text }], "text": text });
+    let obs = |n: usize, category: &str, code: Value, date: &str, value: f64, unit: &str| {
+        json!({
+            "resourceType": "Observation",
+            "id": format!("obs-{patient}-{n}"),
+            "status": "final",
+            "category": cat(category),
+            "code": code,
+            "subject": subject,
+            "effectiveDateTime": date,
+            "valueQuantity": { "value": value, "unit": unit }
+        })
+    };
+    vec![
+        json!({
+            "resourceType": "Practitioner",
+            "id": prac,
+            "identifier": [{ "system": "http://hl7.org/fhir/sid/us-npi", "value": format!("{}", 1_000_000_000 + seed) }],
+            "name": [{ "family": "Careful", "given": ["Casey"], "text": "Casey Careful, MD" }]
+        }),
+        obs(
+            1,
+            "vital-signs",
+            loinc("8867-4", "Heart rate"),
+            "2023-03-01T09:00:00Z",
+            60.0 + seed as f64,
+            "/min",
+        ),
+        obs(
+            2,
+            "vital-signs",
+            loinc("8310-5", "Body temperature"),
+            "2024-02-01T09:00:00Z",
+            36.6,
+            "Cel",
+        ),
+        obs(
+            3,
+            "laboratory",
+            loinc("2339-0", "Glucose"),
+            "2024-06-15T09:00:00Z",
+            95.0,
+            "mg/dL",
+        ),
+        json!({
+            "resourceType": "Condition",
+            "id": format!("cond-{patient}-1"),
+            "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active" }] },
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item" }] }],
+            "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension" }] },
+            "subject": subject,
+            "onsetDateTime": "2020-05-01"
+        }),
+        json!({
+            "resourceType": "MedicationRequest",
+            "id": format!("medrx-{patient}-1"),
+            "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": { "coding": [{ "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197361", "display": "Amlodipine 5 MG" }] },
+            "subject": subject,
+            "authoredOn": "2024-01-10"
+        }),
+        json!({
+            "resourceType": "AllergyIntolerance",
+            "id": format!("allergy-{patient}-1"),
+            "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active" }] },
+            "code": { "text": "Penicillin" },
+            "patient": subject
+        }),
+        json!({
+            "resourceType": "Encounter",
+            "id": format!("enc-{patient}-1"),
+            "status": "finished",
+            "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB" },
+            "subject": subject,
+            "period": { "start": "2024-02-01T09:00:00Z", "end": "2024-02-01T09:30:00Z" }
+        }),
+        json!({
+            "resourceType": "DocumentReference",
+            "id": format!("doc-{patient}-1"),
+            "status": "current",
+            "type": loinc("11506-3", "Progress note"),
+            "category": [{ "coding": [{ "system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category", "code": "clinical-note" }] }],
+            "subject": subject,
+            "date": "2024-02-01T10:00:00Z",
+            "content": [{ "attachment": { "contentType": "text/plain", "url": format!("Binary/bin-{patient}-1") } }]
+        }),
+        json!({
+            "resourceType": "Binary",
+            "id": format!("bin-{patient}-1"),
+            "contentType": "text/plain",
+            // "Fictional progress note."
+            "data": "RmljdGlvbmFsIHByb2dyZXNzIG5vdGUu"
+        }),
+        json!({
+            "resourceType": "Appointment",
+            "id": format!("appt-{patient}-1"),
+            "status": "booked",
+            "start": "2024-09-01T15:00:00Z",
+            "end": "2024-09-01T15:20:00Z",
+            "participant": [
+                { "actor": subject, "status": "accepted" },
+                { "actor": { "reference": format!("Practitioner/{prac}") }, "status": "accepted" }
+            ]
+        }),
+        json!({
+            "resourceType": "Procedure",
+            "id": format!("proc-{patient}-1"),
+            "status": "completed",
+            "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "80146002", "display": "Appendectomy" }] },
+            "subject": subject,
+            "performedDateTime": "2015-07-04"
+        }),
+        json!({
+            "resourceType": "DiagnosticReport",
+            "id": format!("dr-{patient}-1"),
+            "status": "final",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB" }] }],
+            "code": loinc("24323-8", "Comprehensive metabolic panel"),
+            "subject": subject,
+            "effectiveDateTime": "2024-06-15T09:00:00Z",
+            "result": [{ "reference": format!("Observation/obs-{patient}-3") }]
+        }),
+        json!({
+            "resourceType": "Immunization",
+            "id": format!("imm-{patient}-1"),
+            "status": "completed",
+            "vaccineCode": { "coding": [{ "system": "http://hl7.org/fhir/sid/cvx", "code": "140", "display": "Influenza" }] },
+            "patient": subject,
+            "occurrenceDateTime": "2023-10-01"
+        }),
+    ]
 }
 
 fn resource_id(v: &Value) -> String {
