@@ -18,6 +18,7 @@ mod error_codes;
 mod installs;
 mod lists;
 mod methods;
+mod metrics;
 mod oauth_flows;
 mod openapi;
 mod operational;

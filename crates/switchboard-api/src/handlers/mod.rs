@@ -13,6 +13,8 @@ pub(crate) mod tenant;
 
 use actix_web::{web, Scope};
 
+pub(crate) use health::metrics_on_dedicated_listener;
+
 pub(crate) type Result<T> = std::result::Result<T, crate::ApiError>;
 
 pub fn routes() -> Scope {
