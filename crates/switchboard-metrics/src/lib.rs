@@ -5,9 +5,13 @@
 //! scrape. Recording goes through the `metrics` facade; which registry receives it is the
 //! caller's business (the API runs each request under its application's recorder).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label,
+    SharedString,
+};
 
 /// HTTP requests served, by route template, method and status.
 pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
@@ -76,13 +80,16 @@ pub fn describe() {
 /// One HTTP request served. `route` is the matched route template (or `unmatched`), never the
 /// request's path.
 pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method.to_owned()),
-        ("status", status_label(status)),
+    // Shared strings: the two series' label sets are one allocation each, not two.
+    let route: SharedString = Arc::<str>::from(route).into();
+    let status: SharedString = Arc::<str>::from(status_label(status)).into();
+    let labels = vec![
+        Label::new("route", route),
+        Label::from_static_parts("method", method),
+        Label::new("status", status),
     ];
-    counter!(HTTP_REQUESTS, &labels).increment(1);
-    histogram!(HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+    counter!(HTTP_REQUESTS, labels.clone()).increment(1);
+    histogram!(HTTP_REQUEST_DURATION, labels).record(elapsed.as_secs_f64());
 }
 
 /// What an upstream request ended with: the HTTP status it answered, or why there was none.
