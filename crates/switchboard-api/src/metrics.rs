@@ -95,3 +95,55 @@ impl<F: Future> Future for InScope<F> {
         metrics::with_local_recorder(&this.metrics.inner.recorder, move || fut.poll(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+    use std::time::Duration;
+    use switchboard_metrics::{Cache, LeaseWaitOutcome, RefreshOutcome};
+
+    #[test]
+    fn the_service_side_metrics_render_under_their_names() {
+        let m = Metrics::new(None, false);
+        m.with(|| {
+            switchboard_metrics::token_refresh(RefreshOutcome::InvalidGrant);
+            switchboard_metrics::lease_wait(LeaseWaitOutcome::Timeout, Duration::from_millis(20));
+            switchboard_metrics::cache_lookup(Cache::Install, true);
+            switchboard_metrics::cache_lookup(Cache::Install, false);
+            switchboard_metrics::cache_lookup(Cache::ApiKey, true);
+        });
+        let text = m.render();
+        for line in [
+            "switchboard_token_refreshes_total{outcome=\"invalid_grant\"} 1",
+            "switchboard_token_lease_wait_seconds_bucket{outcome=\"timeout\",le=\"0.01\"} 0",
+            "switchboard_token_lease_wait_seconds_bucket{outcome=\"timeout\",le=\"0.025\"} 1",
+            "switchboard_token_lease_wait_seconds_count{outcome=\"timeout\"} 1",
+            "switchboard_cache_lookups_total{cache=\"install\",result=\"hit\"} 1",
+            "switchboard_cache_lookups_total{cache=\"install\",result=\"miss\"} 1",
+            "switchboard_cache_lookups_total{cache=\"api_key\",result=\"hit\"} 1",
+            "# HELP switchboard_token_refreshes_total OAuth token refreshes by outcome",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn futures_record_into_the_registry_they_run_in() {
+        let (a, b) = (Metrics::new(None, false), Metrics::new(None, false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(a.in_scope(async {
+            switchboard_metrics::token_refresh(RefreshOutcome::Refreshed);
+        }));
+        // Outside any scope nothing lands in either.
+        switchboard_metrics::token_refresh(RefreshOutcome::Refreshed);
+        let line = "switchboard_token_refreshes_total{outcome=\"refreshed\"} 1";
+        assert!(a.render().contains(line), "{}", a.render());
+        assert!(
+            !b.render().contains("outcome=\"refreshed\""),
+            "{}",
+            b.render()
+        );
+    }
+}
