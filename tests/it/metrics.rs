@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use switchboard_testkit::fhir::FakeFhir;
+use switchboard_testkit::fhir::{FakeFhir, Fault, RetryAfter};
 
 const TOKEN: &str = "canvas-metrics-token-8b3e";
 const METHOD_ROUTE: &str = "/v1/accounts/{account}/installs/{install}/methods/{method}";
@@ -178,7 +178,13 @@ async fn scrape_parses_into_histograms_and_gauges_without_ids(backend: Backend) 
     }
     let (s, v) = app.post(&path, json!({"params": {"id": "pat-9999"}})).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    assert_eq!(fhir.request_count(), 4);
+    // Throttled once (Retry-After: 0), then answered: one retry inside one more 200 call.
+    fhir.fail_next(Fault::TooManyRequests {
+        retry_after: Some(RetryAfter::Seconds(0)),
+    });
+    let (s, v) = app.post(&path, json!({"params": {"id": "pat-0002"}})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(fhir.request_count(), 6);
 
     let text = scrape_text(&app).await;
     let samples = parse(&python, &text);
@@ -193,11 +199,11 @@ async fn scrape_parses_into_histograms_and_gauges_without_ids(backend: Backend) 
         &samples,
         "switchboard_http_request_duration_seconds",
         &route,
-        3.0,
+        4.0,
     );
     assert_eq!(
         value(&samples, "switchboard_http_requests_total", &route),
-        3.0
+        4.0
     );
     let missed = [
         ("route", METHOD_ROUTE),
@@ -219,7 +225,15 @@ async fn scrape_parses_into_histograms_and_gauges_without_ids(backend: Backend) 
             ("method", "get_patient"),
             ("status", "200"),
         ],
-        3.0,
+        4.0,
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_upstream_retries_total",
+            &[("status", "429")]
+        ),
+        1.0
     );
     assert_histogram(
         &samples,

@@ -19,6 +19,8 @@ pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "switchboard_http_request_duration_seconds";
 /// Latency of upstream (EHR) requests, by connector, method and upstream status.
 pub const UPSTREAM_REQUEST_DURATION: &str = "switchboard_upstream_request_duration_seconds";
+/// Upstream requests retried after a 429 or 503, by that status.
+pub const UPSTREAM_RETRIES: &str = "switchboard_upstream_retries_total";
 /// Pooled database connections open (busy + idle).
 pub const DB_POOL_CONNECTIONS: &str = "switchboard_db_pool_connections";
 /// Pooled database connections idle.
@@ -52,6 +54,10 @@ pub fn describe() {
         UPSTREAM_REQUEST_DURATION,
         metrics::Unit::Seconds,
         "Upstream (EHR) request latency including throttling retries, by connector, method and upstream status (or transport error class)."
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Upstream requests retried after a 429 or 503 (honouring Retry-After), by that status."
     );
     describe_gauge!(
         DB_POOL_CONNECTIONS,
@@ -131,6 +137,11 @@ pub fn upstream_request(
         "status" => outcome.label()
     )
     .record(elapsed.as_secs_f64());
+}
+
+/// One retry of an upstream request the upstream throttled (`status`: 429 or 503).
+pub fn upstream_retry(status: u16) {
+    counter!(UPSTREAM_RETRIES, "status" => status_label(status)).increment(1);
 }
 
 /// The database pool's state at one moment.
@@ -234,6 +245,7 @@ mod tests {
             HTTP_REQUESTS,
             HTTP_REQUEST_DURATION,
             UPSTREAM_REQUEST_DURATION,
+            UPSTREAM_RETRIES,
             DB_POOL_CONNECTIONS,
             DB_POOL_IDLE,
             DB_POOL_MAX,
