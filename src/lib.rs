@@ -4,10 +4,10 @@
 pub mod cli;
 pub mod telemetry;
 
-use actix_web::{dev::Service as _, App, HttpServer};
+use actix_web::{App, HttpServer};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_api::Metrics;
 use switchboard_config::Settings;
 use switchboard_db::Db;
@@ -18,6 +18,9 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     services: Services,
+    metrics: Metrics,
+    /// The listener of `metrics.bind` (its port and server), when configured.
+    metrics_server: Option<(u16, actix_web::dev::Server)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,32 +77,26 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let metrics = Metrics::default();
+        let metrics_settings = &services.settings().metrics;
+        let metrics = Metrics::new(
+            metrics_settings.required_token(),
+            metrics_settings.separate_bind().is_some(),
+        );
+        let metrics_server = match metrics_settings.separate_bind() {
+            Some(bind) => Some(Self::metrics_server(
+                bind,
+                services.clone(),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let svc = services.clone();
+        let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
-            let metrics = metrics.clone();
-            let recorder = metrics.clone();
+            let metrics = app_metrics.clone();
+            let recorder = app_metrics.clone();
             App::new()
-                .wrap_fn(move |req, srv| {
-                    let started = Instant::now();
-                    let method = static_method(req.method());
-                    let metrics = recorder.clone();
-                    let fut = srv.call(req);
-                    async move {
-                        let res = fut.await?;
-                        // Read after routing: actix then looks the pattern up by the matched
-                        // resource's index instead of matching the path against every route's
-                        // regex a second time (that cost ~25% of a get_patient call's CPU).
-                        let route = res
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".into());
-                        let status = res.status().as_u16();
-                        metrics.record(method, &route, status, started.elapsed());
-                        tracing::debug!(method, route = %route, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
-                        Ok(res)
-                    }
-                })
+                .wrap_fn(move |req, srv| switchboard_api::observe(&recorder, req, srv))
                 .configure(|cfg| switchboard_api::configure(cfg, svc.clone(), metrics.clone()))
         })
         .workers(workers)
@@ -111,7 +108,39 @@ impl Application {
             port,
             server,
             services,
+            metrics,
+            metrics_server,
         })
+    }
+
+    /// The listener of `metrics.bind`: `/metrics` only, one worker, same registry.
+    fn metrics_server(
+        bind: &str,
+        services: Services,
+        metrics: Metrics,
+    ) -> Result<(u16, actix_web::dev::Server), AppError> {
+        let bind_err = |source| AppError::Bind {
+            addr: bind.to_owned(),
+            source,
+        };
+        let listener = TcpListener::bind(bind).map_err(bind_err)?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let recorder = metrics.clone();
+        let server = HttpServer::new(move || {
+            let (services, metrics, recorder) =
+                (services.clone(), metrics.clone(), recorder.clone());
+            App::new()
+                .wrap_fn(move |req, srv| switchboard_api::observe(&recorder, req, srv))
+                .configure(|cfg| {
+                    switchboard_api::configure_metrics_listener(cfg, services, metrics)
+                })
+        })
+        .workers(1)
+        .shutdown_timeout(1)
+        .listen(listener)
+        .map_err(bind_err)?
+        .run();
+        Ok((port, server))
     }
 
     pub fn port(&self) -> u16 {
@@ -122,35 +151,52 @@ impl Application {
         &self.services
     }
 
+    /// The port of the `metrics.bind` listener, when one is configured.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _)| *port)
+    }
+
     /// Runs until the server stops (SIGINT/SIGTERM trigger a graceful shutdown).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let refresher = spawn_refresher(self.services.clone());
+        let refresher = spawn_refresher(self.services.clone(), &self.metrics);
+        let upkeep = spawn_metrics_upkeep(self.metrics.clone());
+        let metrics_server = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            (handle, actix_web::rt::spawn(server))
+        });
         let result = self.server.await;
         if let Some(h) = refresher {
             h.abort();
+        }
+        upkeep.abort();
+        if let Some((handle, task)) = metrics_server {
+            handle.stop(true).await;
+            let _ = task.await;
         }
         result
     }
 }
 
-fn static_method(m: &actix_web::http::Method) -> &'static str {
-    match *m {
-        actix_web::http::Method::GET => "GET",
-        actix_web::http::Method::POST => "POST",
-        actix_web::http::Method::PUT => "PUT",
-        actix_web::http::Method::PATCH => "PATCH",
-        actix_web::http::Method::DELETE => "DELETE",
-        _ => "OTHER",
-    }
+/// Folds histogram samples into buckets between scrapes, so memory stays flat when nobody
+/// scrapes.
+fn spawn_metrics_upkeep(metrics: Metrics) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.upkeep();
+        }
+    })
 }
 
-/// Keeps idle installs' tokens alive (see `tokens.background_refresh_*`).
-fn spawn_refresher(services: Services) -> Option<tokio::task::JoinHandle<()>> {
+/// Keeps idle installs' tokens alive (see `tokens.background_refresh_*`); what it records
+/// goes to the application's metrics.
+fn spawn_refresher(services: Services, metrics: &Metrics) -> Option<tokio::task::JoinHandle<()>> {
     let every = services.settings().tokens.background_refresh_interval_secs;
     if every == 0 {
         return None;
     }
-    Some(actix_web::rt::spawn(async move {
+    Some(actix_web::rt::spawn(metrics.in_scope(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(every));
         tick.tick().await;
         loop {
@@ -161,5 +207,5 @@ fn spawn_refresher(services: Services) -> Option<tokio::task::JoinHandle<()>> {
                 Err(e) => tracing::warn!(code = %e.code(), "background refresh pass failed"),
             }
         }
-    }))
+    })))
 }

@@ -1,6 +1,8 @@
 //! Logging: tracing-subscriber, text or JSON, filter from `log.level` or `RUST_LOG`. Nothing
 //! logged anywhere in Switchboard carries a secret, token, code, verifier, state or patient
-//! data: log call sites name installs and codes, never values.
+//! data: log call sites name installs and codes, never values. Every line logged while a
+//! request is served carries its `request_id` (the `request` span `switchboard_api::observe`
+//! opens; in JSON as the `span`/`spans` fields).
 
 use switchboard_config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;

@@ -19,6 +19,7 @@ mod fhir_reads;
 mod installs;
 mod lists;
 mod methods;
+mod metrics;
 mod oauth_flows;
 mod openapi;
 mod operational;

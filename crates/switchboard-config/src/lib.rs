@@ -31,6 +31,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub api_keys: ApiKeySettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +118,37 @@ pub struct ApiKeySettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `HOST:PORT` of a listener of its own; empty serves `/metrics` on `server.bind`.
+    pub bind: String,
+    /// A bearer token `/metrics` requires; empty leaves it open.
+    pub token: String,
+}
+
+impl MetricsSettings {
+    /// The separate listener's address, if one is configured.
+    pub fn separate_bind(&self) -> Option<&str> {
+        Some(self.bind.trim()).filter(|b| !b.is_empty())
+    }
+
+    /// The token scrapes must present, if one is configured.
+    pub fn required_token(&self) -> Option<&str> {
+        Some(self.token.as_str()).filter(|t| !t.is_empty())
+    }
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSettings")
+            .field("bind", &self.bind)
+            .field("token", &self.required_token().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -212,6 +244,24 @@ impl Settings {
             return invalid(
                 "tokens.lease_ttl_ms",
                 "must exceed upstream.request_timeout_ms (a refresh must end before its lease can be taken over)".into(),
+            );
+        }
+        if let Some(bind) = self.metrics.separate_bind() {
+            if bind.parse::<std::net::SocketAddr>().is_err() {
+                return invalid(
+                    "metrics.bind",
+                    "must be empty or HOST:PORT with an IP address".into(),
+                );
+            }
+        }
+        if self
+            .metrics
+            .required_token()
+            .is_some_and(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return invalid(
+                "metrics.token",
+                "must be empty or at least 16 characters without whitespace".into(),
             );
         }
         if self.log.level.trim().is_empty() {
@@ -335,6 +385,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("tokens.lease_ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn metrics_keys_default_to_the_main_listener_open_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_from(dir.path(), env(&[])).unwrap();
+        assert_eq!(s.metrics.separate_bind(), None);
+        assert_eq!(s.metrics.required_token(), None);
+        let s = Settings::load_from(
+            dir.path(),
+            env(&[
+                ("SWITCHBOARD__METRICS__BIND", "127.0.0.1:9100"),
+                ("SWITCHBOARD__METRICS__TOKEN", "scrape-token-0123456789"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.metrics.separate_bind(), Some("127.0.0.1:9100"));
+        assert_eq!(s.metrics.required_token(), Some("scrape-token-0123456789"));
+        assert!(!format!("{s:?}").contains("scrape-token-0123456789"));
+        for (key, value, name) in [
+            ("SWITCHBOARD__METRICS__BIND", "localhost", "metrics.bind"),
+            ("SWITCHBOARD__METRICS__TOKEN", "short", "metrics.token"),
+        ] {
+            let err = Settings::load_from(dir.path(), env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct CompiledMethod {
     pub def: MethodDef,
     pub path: PathTemplate,
     params: Vec<CompiledParam>,
+    /// The id of the connector declaring it (a metric label of its upstream calls).
+    connector: String,
 }
 
 /// A param with its `pattern` compiled (anchored: it must match the whole value): what the
@@ -101,6 +103,7 @@ impl Connector {
                 def: m.clone(),
                 path,
                 params,
+                connector: def.id.clone(),
             });
         }
         Ok(Self {
@@ -177,6 +180,11 @@ impl Deref for Connector {
 impl CompiledMethod {
     pub fn id(&self) -> &str {
         &self.def.id
+    }
+
+    /// The id of the connector this method belongs to.
+    pub fn connector(&self) -> &str {
+        &self.connector
     }
 
     pub fn verb(&self) -> HttpVerb {

@@ -149,6 +149,14 @@ pub type Pool = r2d2::Pool<AnyConnectionManager>;
 /// A connection checked out of the pool; derefs to [`AnyConnection`].
 pub type PooledConn = r2d2::PooledConnection<AnyConnectionManager>;
 
+/// How many pooled connections are open, how many of them idle, and the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub connections: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The database handle: a pool of [`AnyConnection`]s. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -209,6 +217,16 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The pool's usage right now (for the metrics gauges; no lock is held beyond the read).
+    pub fn pool_usage(&self) -> PoolUsage {
+        let state = self.pool.state();
+        PoolUsage {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max: self.pool.max_size(),
+        }
     }
 
     /// A connection for synchronous callers (CLI commands, tests). Async code uses [`Db::run`].

@@ -21,7 +21,7 @@ pub mod models;
 pub mod repo;
 pub mod schema;
 
-pub use conn::{AnyConnection, AnyConnectionManager, Backend, Db, PooledConn};
+pub use conn::{AnyConnection, AnyConnectionManager, Backend, Db, PoolUsage, PooledConn};
 pub use error::DbError;
 pub use migrate::{run_migrations, MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 pub use models::*;

@@ -6,14 +6,16 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use switchboard_connector::Paging;
-use switchboard_outbound::{Outbound, OutboundResponse, RetryPolicy};
+use switchboard_connector::{CompiledMethod, Paging};
+use switchboard_metrics::UpstreamOutcome;
+use switchboard_outbound::{Outbound, OutboundError, OutboundResponse, RetryPolicy};
 use url::Url;
 
 use crate::error::status_error;
@@ -93,7 +95,7 @@ pub async fn execute(
     } else {
         RetryPolicy::Never
     };
-    let resp = outbound.send(req, retry).await?;
+    let resp = send_timed(outbound, method, req, retry).await?;
     let (status, body) = success_body(resp)?;
     let out = match page_headers {
         Some(headers) => follow_pages(outbound, &call, status, body, headers).await?,
@@ -107,6 +109,33 @@ pub async fn execute(
         "method executed"
     );
     Ok(out)
+}
+
+/// Sends one upstream request and records its latency and status under the method's
+/// connector and id (catalogue ids only: the URL, which may hold a patient id, is no label).
+async fn send_timed(
+    outbound: &Outbound,
+    method: &CompiledMethod,
+    req: reqwest::Request,
+    retry: RetryPolicy,
+) -> Result<OutboundResponse, OutboundError> {
+    let started = Instant::now();
+    let result = outbound.send(req, retry).await;
+    let outcome = match &result {
+        Ok(resp) => UpstreamOutcome::Status(resp.status),
+        Err(OutboundError::RetriesExhausted { status, .. }) => UpstreamOutcome::Status(*status),
+        Err(OutboundError::NotAllowed { .. }) => UpstreamOutcome::Blocked,
+        Err(OutboundError::Timeout { .. }) => UpstreamOutcome::Timeout,
+        Err(OutboundError::Connect { .. }) => UpstreamOutcome::ConnectError,
+        Err(_) => UpstreamOutcome::Error,
+    };
+    switchboard_metrics::upstream_request(
+        method.connector(),
+        method.id(),
+        outcome,
+        started.elapsed(),
+    );
+    result
 }
 
 fn single_page(status: u16, body: Bytes) -> Result<MethodOutput, EngineError> {
@@ -288,7 +317,7 @@ async fn follow_pages(
         }
         let mut req = reqwest::Request::new(reqwest::Method::GET, url.clone());
         *req.headers_mut() = headers.clone();
-        let resp = outbound.send(req, RetryPolicy::OnThrottle).await?;
+        let resp = send_timed(outbound, call.params.method(), req, RetryPolicy::OnThrottle).await?;
         let (page_status, body) = success_body(resp)?;
         let page: PageView =
             serde_json::from_slice(&body).map_err(|_| EngineError::UpstreamNotJson {

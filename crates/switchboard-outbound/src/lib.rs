@@ -252,6 +252,7 @@ impl Outbound {
                     match retry::wait_before_retry(attempt, asked, cfg.max_retry_wait) {
                         Some(wait) => {
                             tracing::debug!(%url, status, attempt, ?wait, "upstream throttled; retrying");
+                            switchboard_metrics::upstream_retry(status);
                             tokio::time::sleep(wait).await;
                             attempt += 1;
                             pending = Some(next);

@@ -16,6 +16,8 @@ use actix_web::http::header;
 use actix_web::{web, ResponseError, Scope};
 use switchboard_core::ErrorCode;
 
+pub(crate) use health::metrics_on_dedicated_listener;
+
 pub(crate) type Result<T> = std::result::Result<T, crate::ApiError>;
 
 pub fn routes() -> Scope {
