@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::load::{parse_spanned, Diagnostic};
 use crate::model::{IncludeDef, LibraryDef, MethodDef, NarrowDef};
+use crate::spanned::{parse_spanned, Diagnostic};
 use crate::validate::FieldPath;
 
 /// Where an appended method came from: the index of the `[[include]]` entry that took it.

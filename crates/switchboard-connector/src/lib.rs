@@ -40,6 +40,7 @@ pub mod path;
 pub mod schema;
 pub mod settings;
 mod shape;
+mod spanned;
 pub mod template;
 #[cfg(test)]
 mod tests_include;
