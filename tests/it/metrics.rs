@@ -245,6 +245,26 @@ async fn scrape_parses_into_histograms_and_gauges_without_ids(backend: Backend) 
         ],
         1.0,
     );
+    // Hot-path caches: one install lookup per method call, one key lookup per /v1 request.
+    let lookups = |cache: &str, result: &str| {
+        find(
+            &samples,
+            "switchboard_cache_lookups_total",
+            &[("cache", cache), ("result", result)],
+        )
+        .map_or(0.0, |s| s.value)
+    };
+    assert_eq!(
+        lookups("install", "hit") + lookups("install", "miss"),
+        5.0,
+        "{text}"
+    );
+    assert!(lookups("install", "hit") >= 1.0, "{text}");
+    assert!(
+        lookups("api_key", "hit") + lookups("api_key", "miss") >= 5.0,
+        "{text}"
+    );
+    assert!(lookups("api_key", "hit") >= 1.0, "{text}");
     // Pool gauges (test settings: pool_size 8).
     let gauge = |name: &str| {
         let s = find(&samples, name, &[]).unwrap_or_else(|| panic!("no {name}:\n{text}"));

@@ -348,6 +348,23 @@ async fn thousand_concurrent_calls_refresh_once(backend: Backend) {
         "one refresh"
     );
     assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0.clone()]);
+    // The refresh outcome is counted once, under its outcome (no id as a label).
+    let metrics = w
+        .app
+        .http
+        .get(w.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"switchboard_token_refreshes_total{outcome="refreshed"} 1"#),
+        "{metrics}"
+    );
     // Each call reached FakeFhir exactly once, all with the one new token (a call that used the
     // expired one would have been answered 401 and retried).
     assert_eq!(w.fhir.request_count() - fhir_from, 1000);

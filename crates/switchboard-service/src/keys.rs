@@ -16,6 +16,7 @@ use switchboard_crypto::KeyRing;
 use switchboard_db::repo::{api_keys, tenants};
 use switchboard_db::Db;
 use switchboard_db::{NewApiKey, NewTenant};
+use switchboard_metrics::Cache;
 
 const KEY_PREFIX: &str = "sbk_";
 
@@ -174,7 +175,9 @@ impl KeyService {
             return Ok(None);
         }
         let hash = hash_key(presented);
-        if let Some(ctx) = self.keys.get(&hash) {
+        let cached = self.keys.get(&hash);
+        switchboard_metrics::cache_lookup(Cache::ApiKey, cached.is_some());
+        if let Some(ctx) = cached {
             return Ok(Some(ctx));
         }
         let h = hash.clone();

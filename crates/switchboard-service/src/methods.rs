@@ -19,6 +19,7 @@ use switchboard_crypto::KeyRing;
 use switchboard_db::repo::installs;
 use switchboard_db::Db;
 use switchboard_engine::{EngineError, MethodCall};
+use switchboard_metrics::Cache;
 use switchboard_outbound::Outbound;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -206,7 +207,9 @@ impl MethodService {
         install_id: &str,
     ) -> Result<Arc<Prepared>, ServiceError> {
         let not_found = || ServiceError::NotFound("install not found".into());
-        let p = match self.cache.get(install_id) {
+        let cached = self.cache.get(install_id);
+        switchboard_metrics::cache_lookup(Cache::Install, cached.is_some());
+        let p = match cached {
             Some(p) => p,
             None => {
                 let id = install_id.to_owned();

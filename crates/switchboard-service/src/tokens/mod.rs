@@ -30,6 +30,7 @@ use std::time::Duration;
 use switchboard_auth::AuthError;
 use switchboard_core::{ErrorCode, InstallStatus};
 use switchboard_db::{Install, TokenWrite};
+use switchboard_metrics::{self as metrics, LeaseWaitOutcome, RefreshOutcome};
 
 /// Maps a failure to obtain an install's first token (client credentials at creation).
 pub(crate) fn first_token_error(e: AuthError) -> ServiceError {
@@ -291,7 +292,9 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
             }
             return Err(f.error(now));
         }
-        let deadline = tokio::time::Instant::now() + self.wait_timeout;
+        let wait_started = tokio::time::Instant::now();
+        let deadline = wait_started + self.wait_timeout;
+        let mut waited = false;
         loop {
             let (row, won) = self
                 .store
@@ -307,6 +310,13 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 return Err(ServiceError::NotFound("install not found".into()));
             };
             if row.token_version > seen_version {
+                if waited {
+                    metrics::lease_wait(
+                        LeaseWaitOutcome::RefreshedElsewhere,
+                        wait_started.elapsed(),
+                    );
+                }
+                metrics::token_refresh(RefreshOutcome::RefreshedElsewhere);
                 self.cache.remove(install_id);
                 return Ok(Err(row));
             }
@@ -318,11 +328,13 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
+                metrics::lease_wait(LeaseWaitOutcome::Timeout, wait_started.elapsed());
                 return Err(ServiceError::Unavailable(
                     "a token refresh for this install is in progress in another process; retry shortly".into(),
                 ));
             }
             // One cheap row read per waiting process; short so other replicas see a refresh quickly.
+            waited = true;
             let pause = rand::rng().random_range(10..40);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -353,6 +365,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
         // winning the lease.
         let row = self.reread(install_id).await?;
         if row.token_version > seen_version {
+            metrics::token_refresh(RefreshOutcome::RefreshedElsewhere);
             return Ok(Outcome::Fresh(Box::new(row)));
         }
         let result = match self.endpoint.request(&row).await {
@@ -391,12 +404,18 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                     tracing::warn!(install = %row.id, "refresh result fenced out by a newer token version");
                 }
                 self.clear_failure(&row.id);
+                metrics::token_refresh(if committed {
+                    RefreshOutcome::Refreshed
+                } else {
+                    RefreshOutcome::RefreshedElsewhere
+                });
                 tracing::info!(install = %row.id, rotated, "install tokens refreshed");
                 Ok(Outcome::Fresh(Box::new(self.reread(&row.id).await?)))
             }
             Err(e) if e.is_invalid_grant() => {
                 let latest = self.reread(&row.id).await?;
                 if latest.token_version > row.token_version {
+                    metrics::token_refresh(RefreshOutcome::RefreshedElsewhere);
                     return Ok(Outcome::Fresh(Box::new(latest)));
                 }
                 self.demote(&row, "the provider rejected the refresh token (invalid_grant: revoked, expired or already used); re-authorize with POST .../authorize").await
@@ -414,6 +433,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                     other => format!("token refresh failed: {other}"),
                 };
                 tracing::warn!(install = %row.id, error = %message, "token refresh failed");
+                metrics::token_refresh(RefreshOutcome::TransientError);
                 self.store.set_refresh_error(&row.id, &message, now).await?;
                 let failure =
                     self.record_failure(&row.id, row.token_version, e.is_transient(), message);
@@ -437,6 +457,7 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 self.now_ms(),
             )
             .await?;
+        metrics::token_refresh(RefreshOutcome::InvalidGrant);
         tracing::warn!(install = %row.id, "install needs re-authorization");
         Ok(Outcome::Failed(ServiceError::InstallNotAuthorized {
             status: InstallStatus::NeedsReauthorization.as_str(),
