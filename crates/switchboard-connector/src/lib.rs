@@ -24,8 +24,8 @@
 //! - **Reserved headers**: [`RESERVED_HEADERS`] / [`is_reserved_header`], refused by the
 //!   validator at load and again by the engine when it builds a request.
 //! - **Settings**: [`SettingDef::validate_value`] (normalise, then type-check a submitted value),
-//!   [`merge_settings`] (defaults < setup < install overrides), [`missing_required`], and, since
-//!   required-ness is really per auth type, [`settings_used_by_auth`] / [`missing_for_auth`].
+//!   [`merge_settings`] (defaults < setup < install overrides), and, since required-ness is
+//!   per auth type, [`settings_used_by_auth`] / [`missing_for_auth`].
 //! - **Templates**: [`Template`] (`{{settings.KEY}}`, `{{fhir_base}}`, `{{redirect_uri}}`),
 //!   [`render_str`] for one-off rendering; errors name setting keys, never values.
 //! - **API views**: [`summary`] and [`public_view`] for `GET /v1/connectors[/{id}]`.
@@ -55,8 +55,7 @@ pub use model::*;
 pub use path::{PathError, PathSegment, PathTemplate};
 pub use schema::{json_schema, json_schema_pretty};
 pub use settings::{
-    check_url, merge_settings, missing_for_auth, missing_required, settings_used_by_auth,
-    MAX_SETTING_LEN,
+    check_url, merge_settings, missing_for_auth, settings_used_by_auth, MAX_SETTING_LEN,
 };
 pub use template::{render_str, Template, TemplateContext, TemplateError, Variable};
 pub use view::{public_view, summary};

@@ -113,15 +113,6 @@ pub fn merge_settings(
     merged
 }
 
-/// Keys of `required` settings that are absent or blank in `merged`, in declaration order.
-pub fn missing_required(def: &ConnectorDef, merged: &BTreeMap<String, String>) -> Vec<String> {
-    def.settings
-        .iter()
-        .filter(|s| s.required && is_blank(merged.get(&s.key)))
-        .map(|s| s.key.clone())
-        .collect()
-}
-
 /// Setting keys an install with this auth type needs: those used by the auth entry's templates,
 /// the FHIR base and the static headers. Required-ness is per auth type (a Canvas install using
 /// the dashboard token needs no client id), which is why this exists next to `required`.
@@ -160,10 +151,6 @@ pub fn missing_for_auth(
         })
         .map(|s| s.key.clone())
         .collect()
-}
-
-fn is_blank(v: Option<&String>) -> bool {
-    v.is_none_or(|v| v.trim().is_empty())
 }
 
 /// A plausible value for a setting, used at load time to render URL templates and catch those
@@ -377,17 +364,6 @@ mod tests {
         );
         let merged = merge_settings(&d, &setup, &BTreeMap::new());
         assert_eq!(merged["endpoint"], "https://setup/");
-    }
-
-    #[test]
-    fn missing_required_settings() {
-        let d = def();
-        assert_eq!(missing_required(&d, &BTreeMap::new()), ["client_id"]);
-        assert_eq!(
-            missing_required(&d, &map(&[("client_id", "  ")])),
-            ["client_id"]
-        );
-        assert!(missing_required(&d, &map(&[("client_id", "c")])).is_empty());
     }
 
     #[test]

@@ -168,14 +168,6 @@ impl Template {
             .any(|p| matches!(p, Part::Literal(s) if !s.trim().is_empty()))
     }
 
-    /// The literal text before the first variable (all of it when there is none).
-    pub fn static_prefix(&self) -> &str {
-        match self.parts.first() {
-            Some(Part::Literal(s)) => s,
-            _ => "",
-        }
-    }
-
     pub fn render(&self, ctx: &TemplateContext) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.source.len() + 64);
         for part in &self.parts {
@@ -266,7 +258,6 @@ mod tests {
         let t = Template::parse("openid fhirUser").unwrap();
         assert_eq!(t.variables().count(), 0);
         assert_eq!(t.render(&ctx()).unwrap(), "openid fhirUser");
-        assert_eq!(t.static_prefix(), "openid fhirUser");
         // Single braces are literal text (JSON-ish values, path-like strings).
         let t = Template::parse("{a}/{b}").unwrap();
         assert_eq!(t.render(&ctx()).unwrap(), "{a}/{b}");
@@ -284,7 +275,6 @@ mod tests {
         );
         let keys: Vec<&str> = t.setting_keys().collect();
         assert_eq!(keys, ["a", "b", "a"]);
-        assert_eq!(t.static_prefix(), "");
         assert!(t.has_literal_text());
         assert!(!Template::parse("{{settings.a}}")
             .unwrap()
