@@ -162,6 +162,20 @@ async fn operational_endpoints(backend: Backend) {
                 "status" => assert!(v.parse::<u16>().is_ok()),
                 // A histogram bucket's bound.
                 "le" => assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}"),
+                // The hot-path caches and the token lifecycle: fixed words only.
+                "cache" => assert!(["install", "api_key"].contains(&v), "{line}"),
+                "result" => assert!(["hit", "miss"].contains(&v), "{line}"),
+                "outcome" => assert!(
+                    [
+                        "refreshed",
+                        "refreshed_elsewhere",
+                        "invalid_grant",
+                        "transient_error",
+                        "timeout"
+                    ]
+                    .contains(&v),
+                    "{line}"
+                ),
                 other => panic!("unexpected label {other} in {line}"),
             }
         }
