@@ -160,6 +160,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let refresher = spawn_refresher(self.services.clone(), &self.metrics);
         let upkeep = spawn_metrics_upkeep(self.metrics.clone());
+        let audit = self
+            .services
+            .audit
+            .writer()
+            .map(|w| actix_web::rt::spawn(self.metrics.in_scope(w)));
         let metrics_server = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
             (handle, actix_web::rt::spawn(server))
@@ -169,6 +174,11 @@ impl Application {
             h.abort();
         }
         upkeep.abort();
+        if let Some(task) = audit {
+            // Graceful shutdown: what the last requests queued is written before exiting.
+            self.services.audit.shutdown().await;
+            let _ = task.await;
+        }
         if let Some((handle, task)) = metrics_server {
             handle.stop(true).await;
             let _ = task.await;

@@ -196,6 +196,7 @@ impl KeyService {
             let ctx = TenantCtx {
                 tenant_id: k.tenant_id,
                 key_id: k.id,
+                request_id: None,
             };
             self.keys.put(hash, ctx.clone());
             ctx

@@ -3,12 +3,13 @@
 //! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
-//! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
+//! Modules depend one way: leaves (`error`, `tenant`, `audit`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, then `resolve` on `settings`) <- `tokens` <- the services (`keys`, `setups`,
 //! `installs` + `accounts`, `callback`, `methods`, `connectors`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
+pub mod audit;
 pub mod cache;
 pub mod callback;
 pub mod clock;
@@ -61,6 +62,8 @@ pub struct Services {
     pub methods: Arc<methods::MethodService>,
     pub connectors: Arc<connectors::ConnectorService>,
     pub tokens: Arc<Keeper>,
+    /// The audit trail writer (the server spawns its task).
+    pub audit: Arc<audit::AuditLog>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -135,6 +138,11 @@ impl Services {
             clock,
             cache.clone(),
         ));
+        let audit = Arc::new(audit::AuditLog::new(
+            db.clone(),
+            crypto.clone(),
+            &settings.audit,
+        ));
         Ok(Self {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
@@ -171,11 +179,13 @@ impl Services {
                 resolver,
                 cache,
                 tokens: tokens.clone(),
+                audit: audit.clone(),
             }),
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
             }),
             tokens,
+            audit,
             settings,
             db,
             catalog,

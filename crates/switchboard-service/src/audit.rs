@@ -1,0 +1,264 @@
+//! The audit writer: records are queued on a bounded channel and a background task writes
+//! them in batches (up to [`BATCH_MAX`] rows, or what arrived within [`BATCH_WINDOW`]) in one
+//! transaction each. Queuing never waits: when the buffer is full the record is dropped and
+//! counted (`switchboard_audit_dropped_total`), or, with `audit.fail_closed`, the caller gets
+//! 503 with Retry-After. A leaf: it knows the database and the metrics, no other service.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use switchboard_crypto::KeyRing;
+
+use switchboard_config::AuditSettings;
+use switchboard_db::{repo, AuditEvent, Db};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ServiceError;
+
+/// Most rows written in one transaction.
+pub const BATCH_MAX: usize = 500;
+/// How long the writer gathers rows after the first one of a batch.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+enum Msg {
+    Record(Box<AuditEvent>),
+    /// Write everything queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+    /// Write everything queued before this, answer, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The process's audit trail writer. The server spawns [`AuditLog::writer`] (inside its
+/// metrics scope); until then records wait in the buffer.
+pub struct AuditLog {
+    enabled: bool,
+    fail_closed: bool,
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    db: Db,
+    crypto: Arc<KeyRing>,
+    /// Tenants' patient-hash keys, opened once per process.
+    keys: Mutex<HashMap<String, [u8; 32]>>,
+    retention_ms: i64,
+}
+
+impl AuditLog {
+    pub fn new(db: Db, crypto: Arc<KeyRing>, settings: &AuditSettings) -> Self {
+        let (tx, rx) = mpsc::channel(settings.buffer.max(1));
+        Self {
+            enabled: settings.enabled,
+            fail_closed: settings.fail_closed,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            db,
+            crypto,
+            keys: Mutex::new(HashMap::new()),
+            retention_ms: settings.retention_ms(),
+        }
+    }
+
+    /// Hex HMAC-SHA256 of `patient` under the tenant's audit key (created on first use).
+    pub async fn patient_hash(
+        &self,
+        tenant_id: &str,
+        patient: &str,
+    ) -> Result<String, ServiceError> {
+        let key = self.tenant_key(tenant_id).await?;
+        Ok(hex::encode(hmac_sha256(&key, patient.as_bytes())))
+    }
+
+    async fn tenant_key(&self, tenant_id: &str) -> Result<[u8; 32], ServiceError> {
+        if let Some(k) = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tenant_id).copied())
+        {
+            return Ok(k);
+        }
+        let aad = format!("audit_key:{tenant_id}");
+        let fresh: [u8; 32] = rand::random();
+        let new = switchboard_db::AuditKey {
+            tenant_id: tenant_id.to_owned(),
+            sealed_key: self.crypto.encrypt(&fresh, &aad),
+            created_at: switchboard_core::now_ms(),
+        };
+        let stored = self
+            .db
+            .run(move |c| repo::audit::key_or_insert(c, &new))
+            .await?;
+        let opened = self.crypto.decrypt(&stored.sealed_key, &aad)?;
+        let key: [u8; 32] = opened
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServiceError::internal("the tenant's audit key has the wrong size"))?;
+        if let Ok(mut m) = self.keys.lock() {
+            m.insert(tenant_id.to_owned(), key);
+        }
+        Ok(key)
+    }
+
+    /// Deletes the records older than the retention (`audit.retention_days`) as of `now_ms`.
+    pub async fn purge(&self, now_ms: i64) -> Result<usize, ServiceError> {
+        let before = now_ms.saturating_sub(self.retention_ms);
+        Ok(self
+            .db
+            .run(move |c| repo::audit::purge_before(c, before))
+            .await?)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The writer task, to spawn once (later calls return `None`). It ends after
+    /// [`AuditLog::shutdown`].
+    pub fn writer(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let rx = self.rx.lock().ok()?.take()?;
+        Some(write_loop(self.db.clone(), rx))
+    }
+
+    /// A fresh record id (unique; the trail is ordered by `(at, id)`).
+    pub fn new_id() -> String {
+        format!("aud_{}", switchboard_core::random_token(16))
+    }
+
+    /// Queues one record without waiting. A full buffer drops it (counted), or with
+    /// `audit.fail_closed` refuses it with a retryable 503.
+    pub fn record(&self, event: AuditEvent) -> Result<(), ServiceError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let result = self.tx.try_send(Msg::Record(Box::new(event)));
+        switchboard_metrics::audit_queue_depth(self.tx.max_capacity() - self.tx.capacity());
+        match result {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) if self.fail_closed => Err(
+                ServiceError::Unavailable("the audit trail is busy; retry shortly".into()),
+            ),
+            Err(_) => {
+                switchboard_metrics::audit_dropped();
+                tracing::warn!("audit buffer full: a record was dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// A record that could not be built (its patient key was unavailable): an error with
+    /// `audit.fail_closed`, else counted as dropped.
+    pub fn unrecordable(&self, e: ServiceError) -> Result<(), ServiceError> {
+        if self.fail_closed {
+            return Err(e);
+        }
+        switchboard_metrics::audit_dropped();
+        tracing::warn!(code = %e.code().code(), "an audit record was dropped");
+        Ok(())
+    }
+
+    /// Waits until every record queued before this call is written (or failed to write).
+    /// Returns at once when the writer is not running.
+    pub async fn flush(&self) {
+        self.ask(Msg::Flush).await;
+    }
+
+    /// Writes what is queued and stops the writer (graceful shutdown).
+    pub async fn shutdown(&self) {
+        self.ask(Msg::Stop).await;
+    }
+
+    async fn ask(&self, msg: fn(oneshot::Sender<()>) -> Msg) {
+        if self.rx.lock().map(|rx| rx.is_some()).unwrap_or(true) {
+            return; // not started: nobody would answer
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(msg(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        let mut answer = None;
+        let mut stop = false;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(e) => batch.push(*e),
+                Msg::Flush(done) => {
+                    answer = Some(done);
+                    break;
+                }
+                Msg::Stop(done) => {
+                    answer = Some(done);
+                    stop = true;
+                    break;
+                }
+            }
+            if batch.len() >= BATCH_MAX {
+                break;
+            }
+            next = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten();
+        }
+        write(&db, &mut batch).await;
+        if let Some(done) = answer {
+            let _ = done.send(());
+        }
+        if stop {
+            return;
+        }
+    }
+    write(&db, &mut batch).await;
+}
+
+async fn write(db: &Db, batch: &mut Vec<AuditEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    let rows = std::mem::take(batch);
+    let n = rows.len();
+    if let Err(e) = db.run(move |c| repo::audit::insert_batch(c, &rows)).await {
+        // Counted as dropped: the rows are lost. The error names no row content.
+        for _ in 0..n {
+            switchboard_metrics::audit_dropped();
+        }
+        tracing::error!(error = %e, records = n, "writing audit records failed");
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) with a 32-byte key (shorter than the block: zero-padded to 64).
+fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_test_case_2() {
+        // Key "Jefe": HMAC zero-pads keys to the block size, so 28 zero bytes change nothing.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The PHI audit trail end to end: one record per method call (whatever its outcome) written by
+//! the background writer, the patient only as a per-tenant keyed hash, no parameter value in
+//! the database, tenant scope, and retention.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+use switchboard_db::repo::audit::AuditFilter;
+use switchboard_db::{repo, AuditEvent};
+use switchboard_testkit::fhir::FakeFhir;
+
+use crate::methods::{install, Via};
+use crate::support::{Backend, TestApp};
+
+crate::both_backends! {
+    thousand_concurrent_calls => a_thousand_concurrent_calls_leave_a_thousand_records;
+    no_parameter_values => audit_rows_hold_no_parameter_values;
+    purge_by_age => purge_removes_only_rows_past_retention;
+}
+
+/// Every record of the tenant, oldest first.
+async fn trail(app: &TestApp, tenant: &str) -> Vec<AuditEvent> {
+    app.services.audit.flush().await;
+    let tenant = tenant.to_owned();
+    app.db(move |c| {
+        let mut rows = Vec::new();
+        let mut after = None;
+        loop {
+            let page =
+                repo::audit::list_page(c, &tenant, &AuditFilter::default(), after.as_ref(), 500)?;
+            rows.extend(page.rows);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(rows),
+            }
+        }
+    })
+    .await
+}
+
+async fn a_thousand_concurrent_calls_leave_a_thousand_records(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(3)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(100)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let url = app.url(&format!(
+        "/v1/accounts/{}/installs/{}/methods/get_patient",
+        env.account, env.install
+    ));
+    // Every tenth call asks for a patient the EHR does not have (an upstream error).
+    let answers = join_all((0..1_000).map(|i| {
+        let id = if i % 10 == 0 {
+            "pat-missing".to_owned()
+        } else {
+            FakeFhir::patient_id(1 + i % 3)
+        };
+        let req = client
+            .post(&url)
+            .bearer_auth(&app.api_key)
+            .header("X-Request-Id", format!("burst-{i}"))
+            .json(&json!({"params": {"id": id}}));
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    }))
+    .await;
+    let mut by_status: BTreeMap<i64, usize> = BTreeMap::new();
+    for s in &answers {
+        *by_status.entry(i64::from(*s)).or_default() += 1;
+    }
+    assert_eq!(by_status.get(&200), Some(&900), "{by_status:?}");
+
+    let rows = trail(&app, &app.tenant).await;
+    assert_eq!(rows.len(), 1_000);
+    let mut recorded: BTreeMap<i64, usize> = BTreeMap::new();
+    for r in &rows {
+        *recorded.entry(r.status).or_default() += 1;
+        assert_eq!(r.kind, "method_call");
+        assert_eq!(r.action, "get_patient");
+        assert_eq!(r.install_id.as_deref(), Some(env.install.as_str()));
+        assert_eq!(r.account_id.as_deref(), Some(env.account.as_str()));
+        assert_eq!(r.connector_id.as_deref(), Some("canvas"));
+        assert!(r.api_key_id.is_some());
+        assert!(r.request_id.as_deref().unwrap().starts_with("burst-"));
+        assert_eq!(r.patient_hash.as_deref().map(str::len), Some(64));
+        if r.status == 200 {
+            assert_eq!(r.upstream_status, Some(200));
+            assert!(r.code.is_none());
+        } else {
+            assert!(r.code.is_some(), "{r:?}");
+        }
+    }
+    assert_eq!(
+        recorded, by_status,
+        "one record per call, with the caller's status"
+    );
+    let request_ids: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(request_ids.len(), 1_000);
+    // The same patient hashes the same way; different patients differently.
+    let hashes: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| r.patient_hash.clone()).collect();
+    assert_eq!(hashes.len(), 4);
+}
+
+async fn audit_rows_hold_no_parameter_values(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(3)).await;
+    let patient = "pat-Zq7xAuditSecret";
+    let family = "Vanterpoolaudit";
+    let (s, _) = env
+        .call(&app, "get_patient", json!({"params": {"id": patient}}))
+        .await;
+    assert!(s.is_client_error() || s.is_server_error(), "{s}");
+    let (s, v) = env
+        .call(
+            &app,
+            "search_patients",
+            json!({"params": {"family": family}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let rows = trail(&app, &app.tenant).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1].action, "search_patients");
+    assert_eq!(rows[1].patient_hash, None, "no patient parameter");
+    let hash = rows[0].patient_hash.clone().expect("the patient, hashed");
+    assert_eq!(
+        app.services
+            .audit
+            .patient_hash(&app.tenant, patient)
+            .await
+            .unwrap(),
+        hash
+    );
+    let (other, _) = app.new_tenant("Other").await;
+    assert_ne!(
+        app.services
+            .audit
+            .patient_hash(&other, patient)
+            .await
+            .unwrap(),
+        hash,
+        "the key is per tenant"
+    );
+    assert!(trail(&app, &other).await.is_empty(), "tenant scope");
+
+    let dump = app.dump_database();
+    assert!(dump.contains(&hash), "the dump holds the audit rows");
+    assert!(!dump.contains(patient), "the patient id is stored nowhere");
+    assert!(!dump.contains(family), "no search value is stored");
+}
+
+async fn purge_removes_only_rows_past_retention(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.audit.retention_days = 1).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(1)).await;
+    let (s, _) = env
+        .call(
+            &app,
+            "get_patient",
+            json!({"params": {"id": FakeFhir::patient_id(1)}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let rows = trail(&app, &app.tenant).await;
+    assert_eq!(rows.len(), 1);
+    let at = rows[0].at;
+    let day = 86_400_000;
+    // One millisecond short of the retention: kept; at the retention: purged.
+    assert_eq!(app.services.audit.purge(at + day).await.unwrap(), 0);
+    assert_eq!(trail(&app, &app.tenant).await.len(), 1);
+    assert_eq!(app.services.audit.purge(at + day + 1).await.unwrap(), 1);
+    assert!(trail(&app, &app.tenant).await.is_empty());
+}
