@@ -12,12 +12,14 @@ use switchboard_db::{repo, AuditEvent};
 use switchboard_testkit::fhir::FakeFhir;
 
 use crate::methods::{install, Via};
-use crate::support::{Backend, TestApp};
+use crate::support::{req_as, Backend, TestApp};
+use reqwest::Method;
 
 crate::both_backends! {
     thousand_concurrent_calls => a_thousand_concurrent_calls_leave_a_thousand_records;
     no_parameter_values => audit_rows_hold_no_parameter_values;
     purge_by_age => purge_removes_only_rows_past_retention;
+    audit_api => get_audit_filters_pages_and_stays_in_the_tenant;
 }
 
 /// Every record of the tenant, oldest first.
@@ -175,4 +177,112 @@ async fn purge_removes_only_rows_past_retention(backend: Backend) {
     assert_eq!(trail(&app, &app.tenant).await.len(), 1);
     assert_eq!(app.services.audit.purge(at + day + 1).await.unwrap(), 1);
     assert!(trail(&app, &app.tenant).await.is_empty());
+}
+
+async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(3)).await;
+    let (p1, p2) = (FakeFhir::patient_id(1), FakeFhir::patient_id(2));
+    for id in [&p1, &p2, &p1, &"pat-Missing9q".to_owned()] {
+        env.call(&app, "get_patient", json!({"params": {"id": id}}))
+            .await;
+    }
+    env.call(
+        &app,
+        "search_patients",
+        json!({"params": {"family": "Qwertyfam"}}),
+    )
+    .await;
+    app.services.audit.flush().await;
+    let get = |key: String, query: String| {
+        let app = &app;
+        async move {
+            let r = req_as(app, &key, Method::GET, &format!("/v1/audit{query}"), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{query}: {}", r.text);
+            r
+        }
+    };
+    let key = app.api_key.clone();
+    let all = get(key.clone(), String::new()).await;
+    let events = all.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5, "{}", all.text);
+    assert_eq!(events[0]["action"], "get_patient");
+    assert_eq!(events[0]["install_id"], env.install.as_str());
+    assert!(all.json["next_cursor"].is_null());
+    for secret in [p1.as_str(), p2.as_str(), "pat-Missing9q", "Qwertyfam"] {
+        assert!(!all.text.contains(secret), "{secret} in {}", all.text);
+    }
+
+    // The patient filter: hashed server-side, finds exactly the calls about that patient.
+    let about_p1 = get(key.clone(), format!("?patient={p1}")).await;
+    assert_eq!(about_p1.json["events"].as_array().unwrap().len(), 2);
+    let ok = get(key.clone(), "?outcome=ok&method=get_patient".into()).await;
+    assert_eq!(ok.json["events"].as_array().unwrap().len(), 3);
+    let errors = get(key.clone(), "?outcome=error".into()).await;
+    assert_eq!(errors.json["events"].as_array().unwrap().len(), 1);
+    let first_at = events[0]["at"].as_str().unwrap().to_owned();
+    let after_first = get(
+        key.clone(),
+        format!("?from=2000-01-01T00:00:00Z&install={}", env.install),
+    )
+    .await;
+    assert_eq!(after_first.json["events"].as_array().unwrap().len(), 5);
+    let before_all = get(
+        key.clone(),
+        format!(
+            "?to={}",
+            switchboard_core::rfc3339_to_ms(&first_at).unwrap()
+        ),
+    )
+    .await;
+    assert!(before_all.json["events"].as_array().unwrap().is_empty());
+
+    // Keyset paging with a bound cursor.
+    let page1 = get(key.clone(), "?limit=2".into()).await;
+    let cursor = page1.json["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = get(key.clone(), format!("?limit=2&cursor={cursor}")).await;
+    let ids = |r: &crate::support::Resp| -> Vec<String> {
+        r.json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all_ids = ids(&all);
+    assert_eq!([ids(&page1), ids(&page2)].concat(), all_ids[..4]);
+    let r = req_as(
+        &app,
+        &key,
+        Method::GET,
+        &format!("/v1/audit?limit=2&outcome=ok&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "a cursor of other filters"
+    );
+    let r = req_as(&app, &key, Method::GET, "/v1/audit?from=yesterday", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Another tenant sees none of it, even with the same filters; writes are not routes.
+    let (_, key_b) = app.new_tenant("Other").await;
+    let b = get(key_b.clone(), String::new()).await;
+    assert!(
+        b.json["events"].as_array().unwrap().is_empty(),
+        "{}",
+        b.text
+    );
+    let b = get(
+        key_b.clone(),
+        format!("?patient={p1}&install={}", env.install),
+    )
+    .await;
+    assert!(b.json["events"].as_array().unwrap().is_empty());
+    let r = req_as(&app, &key, Method::POST, "/v1/audit", Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = req_as(&app, &key, Method::DELETE, "/v1/audit", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }

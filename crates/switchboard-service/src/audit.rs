@@ -17,6 +17,73 @@ use switchboard_db::{repo, AuditEvent, Db};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ServiceError;
+use crate::pagination::{self, AuditQuery};
+use crate::tenant::TenantCtx;
+use switchboard_db::repo::audit::{AuditFilter, Outcome};
+
+/// One audit record as `GET /v1/audit` shows it (no patient: filter with `patient=` instead).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEventOut {
+    pub id: String,
+    /// RFC 3339.
+    pub at: String,
+    /// `method_call` or `admin`.
+    pub kind: String,
+    /// The method id, or the administrative action.
+    pub action: String,
+    pub api_key_id: Option<String>,
+    pub account_id: Option<String>,
+    pub install_id: Option<String>,
+    pub connector_id: Option<String>,
+    /// The HTTP status the caller got.
+    pub status: i64,
+    /// The problem code of an error.
+    pub code: Option<String>,
+    /// The EHR's HTTP status, when the call got an answer.
+    pub upstream_status: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// A page of the audit trail.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEventOut>,
+    /// Null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<AuditEvent> for AuditEventOut {
+    fn from(r: AuditEvent) -> Self {
+        Self {
+            id: r.id,
+            at: switchboard_core::ms_to_rfc3339(r.at),
+            kind: r.kind,
+            action: r.action,
+            api_key_id: r.api_key_id,
+            account_id: r.account_id,
+            install_id: r.install_id,
+            connector_id: r.connector_id,
+            status: r.status,
+            code: r.code,
+            upstream_status: r.upstream_status,
+            duration_ms: r.duration_ms,
+            request_id: r.request_id,
+        }
+    }
+}
+
+/// A time filter: RFC 3339 or epoch milliseconds.
+pub fn parse_time(name: &str, v: &str) -> Result<i64, ServiceError> {
+    v.parse::<i64>()
+        .ok()
+        .or_else(|| switchboard_core::rfc3339_to_ms(v))
+        .ok_or_else(|| {
+            ServiceError::InvalidRequest(format!(
+                "{name} must be an RFC 3339 time or epoch milliseconds"
+            ))
+        })
+}
 
 /// Most rows written in one transaction.
 pub const BATCH_MAX: usize = 500;
@@ -99,6 +166,68 @@ impl AuditLog {
             m.insert(tenant_id.to_owned(), key);
         }
         Ok(key)
+    }
+
+    /// `GET /v1/audit`: one page of the tenant's trail, oldest first, filtered.
+    pub async fn list(&self, t: &TenantCtx, q: AuditQuery) -> Result<AuditList, ServiceError> {
+        pagination::id_filter("account", q.account.as_ref())?;
+        let outcome = match q.outcome.as_deref() {
+            None => None,
+            Some("ok") => Some(Outcome::Ok),
+            Some("error") => Some(Outcome::Error),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (100..=599).contains(&n) => Some(Outcome::Status(n)),
+                _ => {
+                    return Err(ServiceError::InvalidRequest(
+                        "outcome must be ok, error or an HTTP status".into(),
+                    ))
+                }
+            },
+        };
+        let from = q
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?;
+        let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+        let patient_hash = match q.patient.as_deref() {
+            Some(p) => Some(self.patient_hash(t.tenant_id(), p).await?),
+            None => None,
+        };
+        let filter = AuditFilter {
+            install_id: q.install.clone(),
+            account_id: q.account.clone(),
+            action: q.method.clone(),
+            outcome,
+            from,
+            to,
+            patient_hash,
+        };
+        let scope = format!(
+            "audit:{}:{}:{}:{}:{}:{}:{}",
+            filter.install_id.as_deref().unwrap_or(""),
+            filter.account_id.as_deref().unwrap_or(""),
+            filter.action.as_deref().unwrap_or(""),
+            q.outcome.as_deref().unwrap_or(""),
+            from.map(|v| v.to_string()).unwrap_or_default(),
+            to.map(|v| v.to_string()).unwrap_or_default(),
+            filter.patient_hash.as_deref().unwrap_or(""),
+        );
+        let ring = &self.crypto;
+        let start = pagination::start(ring, t.tenant_id(), &scope, &q.page())?;
+        let tenant = t.tenant_id().to_owned();
+        let page = self
+            .db
+            .run(move |c| {
+                repo::audit::list_page(c, &tenant, &filter, start.after.as_ref(), start.limit)
+            })
+            .await?;
+        Ok(AuditList {
+            next_cursor: page
+                .next
+                .map(|after| pagination::seal(ring, t.tenant_id(), &scope, &after)),
+            events: page.rows.into_iter().map(AuditEventOut::from).collect(),
+        })
     }
 
     /// Deletes the records older than the retention (`audit.retention_days`) as of `now_ms`.

@@ -3,9 +3,10 @@
 //! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
-//! Modules depend one way: leaves (`error`, `tenant`, `audit`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, then `resolve` on `settings`) <- `tokens` <- the services (`keys`, `setups`,
-//! `installs` + `accounts`, `callback`, `methods`, `connectors`) <- `Services` (this file).
+//! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
+//! `return_url`, `pagination`, then `resolve` on `settings` and `audit` on `pagination` and
+//! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
+//! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
