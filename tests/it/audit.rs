@@ -20,6 +20,7 @@ crate::both_backends! {
     no_parameter_values => audit_rows_hold_no_parameter_values;
     purge_by_age => purge_removes_only_rows_past_retention;
     audit_api => get_audit_filters_pages_and_stays_in_the_tenant;
+    admin_changes => administrative_changes_are_recorded;
 }
 
 /// Every record of the tenant, oldest first.
@@ -40,6 +41,13 @@ async fn trail(app: &TestApp, tenant: &str) -> Vec<AuditEvent> {
         }
     })
     .await
+}
+
+/// The tenant's method-call records (setting up an install leaves admin records too).
+async fn calls(app: &TestApp, tenant: &str) -> Vec<AuditEvent> {
+    let mut rows = trail(app, tenant).await;
+    rows.retain(|r| r.kind == "method_call");
+    rows
 }
 
 async fn a_thousand_concurrent_calls_leave_a_thousand_records(backend: Backend) {
@@ -75,7 +83,7 @@ async fn a_thousand_concurrent_calls_leave_a_thousand_records(backend: Backend) 
     }
     assert_eq!(by_status.get(&200), Some(&900), "{by_status:?}");
 
-    let rows = trail(&app, &app.tenant).await;
+    let rows = calls(&app, &app.tenant).await;
     assert_eq!(rows.len(), 1_000);
     let mut recorded: BTreeMap<i64, usize> = BTreeMap::new();
     for r in &rows {
@@ -126,11 +134,15 @@ async fn audit_rows_hold_no_parameter_values(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
-    let rows = trail(&app, &app.tenant).await;
+    let rows = calls(&app, &app.tenant).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert_eq!(rows[1].action, "search_patients");
-    assert_eq!(rows[1].patient_hash, None, "no patient parameter");
-    let hash = rows[0].patient_hash.clone().expect("the patient, hashed");
+    let by = |action: &str| rows.iter().find(|r| r.action == action).unwrap().clone();
+    assert_eq!(
+        by("search_patients").patient_hash,
+        None,
+        "no patient parameter"
+    );
+    let hash = by("get_patient").patient_hash.expect("the patient, hashed");
     assert_eq!(
         app.services
             .audit
@@ -169,13 +181,19 @@ async fn purge_removes_only_rows_past_retention(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK);
     let rows = trail(&app, &app.tenant).await;
-    assert_eq!(rows.len(), 1);
-    let at = rows[0].at;
+    assert_eq!(rows.len(), 3, "setup, install, call: {rows:?}");
+    let last = rows.iter().map(|r| r.at).max().unwrap();
+    let first = rows.iter().map(|r| r.at).min().unwrap();
     let day = 86_400_000;
-    // One millisecond short of the retention: kept; at the retention: purged.
-    assert_eq!(app.services.audit.purge(at + day).await.unwrap(), 0);
-    assert_eq!(trail(&app, &app.tenant).await.len(), 1);
-    assert_eq!(app.services.audit.purge(at + day + 1).await.unwrap(), 1);
+    // Exactly at the retention: kept; one millisecond past it: purged.
+    assert_eq!(app.services.audit.purge(first + day).await.unwrap(), 0);
+    assert_eq!(trail(&app, &app.tenant).await.len(), 3);
+    let older = rows.iter().filter(|r| r.at < last).count();
+    assert_eq!(app.services.audit.purge(last + day).await.unwrap(), older);
+    assert_eq!(
+        app.services.audit.purge(last + day + 1).await.unwrap(),
+        3 - older
+    );
     assert!(trail(&app, &app.tenant).await.is_empty());
 }
 
@@ -204,10 +222,26 @@ async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
     };
     let key = app.api_key.clone();
     let all = get(key.clone(), String::new()).await;
-    let events = all.json["events"].as_array().unwrap();
+    let everything = all.json["events"].as_array().unwrap();
+    assert_eq!(
+        everything.len(),
+        7,
+        "setup, install and 5 calls: {}",
+        all.text
+    );
+    let events: Vec<_> = everything
+        .iter()
+        .filter(|e| e["kind"] == "method_call")
+        .collect();
     assert_eq!(events.len(), 5, "{}", all.text);
-    assert_eq!(events[0]["action"], "get_patient");
-    assert_eq!(events[0]["install_id"], env.install.as_str());
+    let actions = events
+        .iter()
+        .filter(|e| e["action"] == "get_patient")
+        .count();
+    assert_eq!(actions, 4);
+    assert!(events
+        .iter()
+        .all(|e| e["install_id"] == env.install.as_str()));
     assert!(all.json["next_cursor"].is_null());
     for secret in [p1.as_str(), p2.as_str(), "pat-Missing9q", "Qwertyfam"] {
         assert!(!all.text.contains(secret), "{secret} in {}", all.text);
@@ -220,13 +254,17 @@ async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
     assert_eq!(ok.json["events"].as_array().unwrap().len(), 3);
     let errors = get(key.clone(), "?outcome=error".into()).await;
     assert_eq!(errors.json["events"].as_array().unwrap().len(), 1);
-    let first_at = events[0]["at"].as_str().unwrap().to_owned();
+    let first_at = everything[0]["at"].as_str().unwrap().to_owned();
     let after_first = get(
         key.clone(),
         format!("?from=2000-01-01T00:00:00Z&install={}", env.install),
     )
     .await;
-    assert_eq!(after_first.json["events"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        after_first.json["events"].as_array().unwrap().len(),
+        6,
+        "the install's records"
+    );
     let before_all = get(
         key.clone(),
         format!(
@@ -285,4 +323,57 @@ async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let r = req_as(&app, &key, Method::DELETE, "/v1/audit", None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+async fn administrative_changes_are_recorded(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // A setup, an install (a static bearer one: created authorized), its deletion, the setup's
+    // deletion, and an API key created and revoked.
+    crate::support::canvas_bearer_setup(&app, "tok-audit-admin-1234").await;
+    app.create_account("acme").await;
+    let created = crate::support::create_bearer_install(&app, &app.api_key, "acme").await;
+    let install = created["id"].as_str().unwrap().to_owned();
+    let (s, _) = app
+        .delete(&format!("/v1/accounts/acme/installs/{install}"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.delete("/v1/connectors/canvas/setup").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, key) = app.post("/v1/api-keys", json!({"name": "second"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    let (s, _) = app.delete(&format!("/v1/api-keys/{key_id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let rows = trail(&app, &app.tenant).await;
+    // Records of one millisecond are ordered by id: compare as sets.
+    let mut got: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.kind.clone(), r.action.clone(), r.status))
+        .collect();
+    let want = [
+        ("admin", "setup.saved".to_owned(), 200),
+        ("admin", "install.created".to_owned(), 201),
+        ("admin", "install.deleted".to_owned(), 204),
+        ("admin", "setup.deleted".to_owned(), 204),
+        ("admin", format!("api_key.created:{key_id}"), 201),
+        ("admin", format!("api_key.revoked:{key_id}"), 204),
+    ]
+    .map(|(k, a, s)| (k.to_owned(), a, s));
+    let mut want = want.to_vec();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let created = rows.iter().find(|r| r.action == "install.created").unwrap();
+    assert_eq!(created.install_id.as_deref(), Some(install.as_str()));
+    assert_eq!(created.account_id.as_deref(), Some("acme"));
+    let saved = rows.iter().find(|r| r.action == "setup.saved").unwrap();
+    assert_eq!(saved.connector_id.as_deref(), Some("canvas"));
+    assert!(rows
+        .iter()
+        .all(|r| r.api_key_id.is_some() && r.request_id.is_some()));
+    assert!(
+        !app.dump_database().contains("tok-audit-admin-1234"),
+        "the setup's secret is sealed, and not in the trail"
+    );
 }

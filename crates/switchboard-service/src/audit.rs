@@ -73,6 +73,14 @@ impl From<AuditEvent> for AuditEventOut {
     }
 }
 
+/// What an administrative change touched (for its audit record).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub account_id: Option<String>,
+    pub install_id: Option<String>,
+    pub connector_id: Option<String>,
+}
+
 /// A time filter: RFC 3339 or epoch milliseconds.
 pub fn parse_time(name: &str, v: &str) -> Result<i64, ServiceError> {
     v.parse::<i64>()
@@ -274,6 +282,39 @@ impl AuditLog {
                 Ok(())
             }
         }
+    }
+
+    /// Records a successful administrative change (`setup.saved`, `install.created`, ...).
+    /// `t` is the caller's key and request; `None` for the OAuth callback (the EHR's redirect
+    /// carries no API key).
+    pub fn admin(
+        &self,
+        tenant_id: &str,
+        t: Option<&TenantCtx>,
+        action: &str,
+        status: u16,
+        target: Target,
+    ) -> Result<(), ServiceError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.record(AuditEvent {
+            id: Self::new_id(),
+            tenant_id: tenant_id.to_owned(),
+            at: switchboard_core::now_ms(),
+            kind: "admin".into(),
+            action: action.to_owned(),
+            api_key_id: t.map(|t| t.key_id().to_owned()),
+            account_id: target.account_id,
+            install_id: target.install_id,
+            connector_id: target.connector_id,
+            status: i64::from(status),
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: t.and_then(|t| t.request_id().map(str::to_owned)),
+            patient_hash: None,
+        })
     }
 
     /// A record that could not be built (its patient key was unavailable): an error with

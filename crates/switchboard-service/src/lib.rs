@@ -149,12 +149,14 @@ impl Services {
                 db: db.clone(),
                 keys: keys::KeyCache::new(settings.api_keys.cache_ttl_ms),
                 crypto: crypto.clone(),
+                audit: audit.clone(),
             }),
             setups: Arc::new(setups::SetupService {
                 db: db.clone(),
                 crypto: crypto.clone(),
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             installs: Arc::new(installs::InstallService {
                 settings: settings.clone(),
@@ -164,6 +166,7 @@ impl Services {
                 redirect_uri,
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -171,6 +174,7 @@ impl Services {
                 outbound: outbound.clone(),
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             methods: Arc::new(methods::MethodService {
                 settings: settings.clone(),
