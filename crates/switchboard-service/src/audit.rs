@@ -455,6 +455,81 @@ fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    fn event(id: &str) -> AuditEvent {
+        AuditEvent {
+            id: id.to_owned(),
+            tenant_id: "ten_a".into(),
+            at: 1,
+            kind: "admin".into(),
+            action: "setup.saved".into(),
+            api_key_id: None,
+            account_id: None,
+            install_id: None,
+            connector_id: None,
+            status: 200,
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: None,
+            patient_hash: None,
+        }
+    }
+
+    /// A migrated SQLite database in a fresh file under the system temp directory.
+    fn db() -> (Db, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-audit-{}.db",
+            switchboard_core::random_token(8)
+        ));
+        let db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        db.migrate().unwrap();
+        (db, path)
+    }
+
+    fn log(db: &Db, buffer: usize, fail_closed: bool) -> AuditLog {
+        let settings = AuditSettings {
+            enabled: true,
+            buffer,
+            fail_closed,
+            retention_days: 1,
+        };
+        AuditLog::new(db.clone(), Arc::new(KeyRing::generate()), &settings)
+    }
+
+    async fn count(db: &Db) -> usize {
+        db.run(|c| repo::audit::export_page(c, 0, None, 100))
+            .await
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_or_refuses_and_the_call_decides() {
+        let (db, path) = db();
+        // Fail open: the second record does not fit (no writer yet) and is dropped, not an error.
+        let open = log(&db, 1, false);
+        open.record(event("a")).unwrap();
+        open.record(event("b")).unwrap();
+        let writer = tokio::spawn(open.writer().unwrap());
+        open.shutdown().await;
+        writer.await.unwrap();
+        assert_eq!(count(&db).await, 1);
+
+        // Fail closed: the same overflow is a retryable 503.
+        let closed = log(&db, 1, true);
+        closed.record(event("c")).unwrap();
+        let err = closed.record(event("d")).unwrap_err();
+        assert_eq!(err.code(), switchboard_core::ErrorCode::ServiceUnavailable);
+        let writer = tokio::spawn(closed.writer().unwrap());
+        closed.flush().await;
+        assert_eq!(count(&db).await, 2, "flush waits for the write");
+        closed.record(event("e")).unwrap();
+        closed.shutdown().await;
+        writer.await.unwrap();
+        assert_eq!(count(&db).await, 3, "shutdown drains the queue");
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn hmac_matches_rfc_4231_test_case_2() {
         // Key "Jefe": HMAC zero-pads keys to the block size, so 28 zero bytes change nothing.
