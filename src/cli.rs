@@ -1,4 +1,5 @@
-//! The operator commands of docs/API.md: `serve`, `migrate`, `tenant create`, `connectors validate`.
+//! The operator commands of docs/API.md: `serve`, `migrate`, `tenant create`, `connectors validate`,
+//! `audit export`, `audit purge`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -30,6 +31,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectorsCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print every tenant's audit records since a time as NDJSON on stdout, oldest first.
+    Export {
+        /// RFC 3339 time or epoch milliseconds.
+        #[arg(long)]
+        since: String,
+    },
+    /// Delete the records older than audit.retention_days (the server also does it hourly).
+    Purge,
 }
 
 #[derive(Debug, Subcommand)]

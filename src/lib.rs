@@ -160,6 +160,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let refresher = spawn_refresher(self.services.clone(), &self.metrics);
         let upkeep = spawn_metrics_upkeep(self.metrics.clone());
+        let audit = self
+            .services
+            .audit
+            .writer()
+            .map(|w| actix_web::rt::spawn(self.metrics.in_scope(w)));
+        let purge = spawn_audit_purge(self.services.clone());
         let metrics_server = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
             (handle, actix_web::rt::spawn(server))
@@ -169,6 +175,12 @@ impl Application {
             h.abort();
         }
         upkeep.abort();
+        purge.abort();
+        if let Some(task) = audit {
+            // Graceful shutdown: what the last requests queued is written before exiting.
+            self.services.audit.shutdown().await;
+            let _ = task.await;
+        }
         if let Some((handle, task)) = metrics_server {
             handle.stop(true).await;
             let _ = task.await;
@@ -185,6 +197,21 @@ fn spawn_metrics_upkeep(metrics: Metrics) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             metrics.upkeep();
+        }
+    })
+}
+
+/// Applies the audit retention (`audit.retention_days`) every hour, the first time at start.
+fn spawn_audit_purge(services: Services) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match services.audit.purge(switchboard_core::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "purged audit records past retention"),
+                Err(e) => tracing::warn!(code = %e.code(), "audit purge failed"),
+            }
         }
     })
 }

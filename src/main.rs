@@ -1,6 +1,6 @@
 use clap::Parser;
 use std::process::ExitCode;
-use switchboard::cli::{Cli, Command, ConnectorsCommand, TenantCommand};
+use switchboard::cli::{AuditCommand, Cli, Command, ConnectorsCommand, TenantCommand};
 use switchboard::{telemetry, Application};
 use switchboard_config::Settings;
 use switchboard_service::Services;
@@ -83,6 +83,42 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
                 "{}",
                 serde_json::to_string(&created).map_err(|e| e.to_string())?
             );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Export { since },
+        } => {
+            let since = switchboard_service::audit::parse_time("--since", &since)
+                .map_err(|e| e.to_string())?;
+            let services = Services::build(settings).map_err(|e| e.to_string())?;
+            services.migrate().await.map_err(|e| e.to_string())?;
+            let mut out = std::io::stdout().lock();
+            let mut write_err = None;
+            services
+                .audit
+                .export(since, |line| {
+                    use std::io::Write;
+                    if write_err.is_none() {
+                        if let Err(e) = writeln!(out, "{line}") {
+                            write_err = Some(e);
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            write_err.map_or(Ok(()), |e| Err(e.to_string()))
+        }
+        Command::Audit {
+            command: AuditCommand::Purge,
+        } => {
+            let services = Services::build(settings).map_err(|e| e.to_string())?;
+            services.migrate().await.map_err(|e| e.to_string())?;
+            let n = services
+                .audit
+                .purge(switchboard_core::now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("{n} audit record(s) purged");
             Ok(())
         }
         Command::Connectors { .. } => Ok(()),

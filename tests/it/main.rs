@@ -11,6 +11,7 @@ use switchboard_testkit::both_backends;
 mod accounts;
 mod api_basics;
 mod api_keys;
+mod audit;
 mod cli;
 mod connectors;
 mod db_outage;

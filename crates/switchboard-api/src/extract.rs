@@ -1,7 +1,7 @@
 use crate::error::ApiError;
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use switchboard_core::ErrorCode;
 use switchboard_service::{Services, TenantCtx};
@@ -16,6 +16,10 @@ impl FromRequest for Tenant {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let services = req.app_data::<web::Data<Services>>().cloned();
+        let request_id = req
+            .extensions()
+            .get::<crate::request_id::RequestId>()
+            .map(|r| r.as_str().to_owned());
         let key = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -36,7 +40,7 @@ impl FromRequest for Tenant {
             let services = services.ok_or_else(unauthorized)?;
             let key = key.ok_or_else(unauthorized)?;
             match services.keys.authenticate(&key).await? {
-                Some(ctx) => Ok(Tenant(ctx)),
+                Some(ctx) => Ok(Tenant(ctx.with_request_id(request_id))),
                 None => Err(unauthorized()),
             }
         })

@@ -9,13 +9,14 @@ use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{AccountId, ApiKeyId, ConnectorId, InstallId, MethodId, Problem};
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
+use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
 use switchboard_service::installs::{
     AuthorizeIn, InstallCreated, InstallIn, InstallList, InstallOut,
 };
 use switchboard_service::keys::{ApiKeyCreated, ApiKeyList, TenantOut};
 use switchboard_service::methods::MethodIn;
-use switchboard_service::pagination::{InstallsQuery, PageIn};
+use switchboard_service::pagination::{AuditQuery, InstallsQuery, PageIn};
 use switchboard_service::setups::SetupOut;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -140,6 +141,16 @@ mod ops {
     /// The calling tenant
     #[utoipa::path(get, path = "/v1/tenant", tag = "tenant", responses((status = 200, body = TenantOut)))]
     fn get_tenant() {}
+
+    /// The tenant's audit trail: one record per method call and administrative change
+    #[utoipa::path(
+        get,
+        path = "/v1/audit",
+        tag = "tenant",
+        params(AuditQuery),
+        responses((status = 200, body = AuditList))
+    )]
+    fn list_audit() {}
 
     /// Set the tenant's allowed return URL prefixes
     #[utoipa::path(
@@ -362,6 +373,7 @@ mod ops {
         ops::openapi,
         ops::connector_callback,
         ops::get_tenant,
+        ops::list_audit,
         ops::update_tenant,
         ops::list_connectors,
         ops::get_connector,
@@ -558,8 +570,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 26);
-        assert_eq!(OPERATIONS.len(), 26);
+        assert_eq!(ops, 27);
+        assert_eq!(OPERATIONS.len(), 27);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
@@ -607,6 +619,7 @@ mod tests {
             "/v1/api-keys",
             "/v1/accounts/{account}/installs",
             "/v1/installs",
+            "/v1/audit",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();

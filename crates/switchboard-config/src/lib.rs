@@ -32,6 +32,7 @@ pub struct Settings {
     pub api_keys: ApiKeySettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub audit: AuditSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +119,27 @@ pub struct ApiKeySettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+}
+
+/// The PHI audit trail: whether it is written, its in-memory buffer, what a full buffer does,
+/// and how long records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    /// Records waiting for the writer; beyond this a record is dropped (or refused).
+    pub buffer: usize,
+    /// A full buffer fails the call with 503 (and Retry-After) instead of dropping the record.
+    pub fail_closed: bool,
+    /// Records older than this many days are purged (hourly by the server, `audit purge`).
+    pub retention_days: u64,
+}
+
+impl AuditSettings {
+    /// The retention as milliseconds.
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
+    }
 }
 
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
@@ -207,6 +229,12 @@ impl Settings {
                 "database.url",
                 "must start with sqlite://, postgres:// or postgresql://".into(),
             );
+        }
+        if self.audit.enabled && self.audit.buffer == 0 {
+            return invalid("audit.buffer", "must be at least 1".into());
+        }
+        if self.audit.retention_days == 0 {
+            return invalid("audit.retention_days", "must be at least 1".into());
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());

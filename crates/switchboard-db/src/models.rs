@@ -11,7 +11,9 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 use switchboard_core::InstallStatus;
 
-use crate::schema::{accounts, api_keys, connector_setups, installs, oauth_states, tenants};
+use crate::schema::{
+    accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states, tenants,
+};
 
 struct Redacted(usize);
 
@@ -272,6 +274,55 @@ impl fmt::Debug for OAuthState {
             .field("expected_issuer", &self.expected_issuer)
             .field("return_url", &self.return_url)
             .field("expires_at", &self.expires_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// One audit record: who (API key, request) did what (a method call or an administrative
+/// action) to which install, with what outcome. Holds no parameter value and no response data;
+/// the patient only as a keyed hash. Used both to insert and to read.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct AuditEvent {
+    pub id: String,
+    pub tenant_id: String,
+    /// Epoch milliseconds.
+    pub at: i64,
+    /// `method_call` or `admin`.
+    pub kind: String,
+    /// The method id of a call, or the administrative action (`install.created`, ...).
+    pub action: String,
+    pub api_key_id: Option<String>,
+    pub account_id: Option<String>,
+    pub install_id: Option<String>,
+    pub connector_id: Option<String>,
+    /// The HTTP status the caller got.
+    pub status: i64,
+    /// The problem code of an error outcome.
+    pub code: Option<String>,
+    /// The upstream's HTTP status, when the call reached the upstream.
+    pub upstream_status: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub request_id: Option<String>,
+    /// Hex HMAC-SHA256 of the patient id under the tenant's audit key.
+    pub patient_hash: Option<String>,
+}
+
+/// A tenant's patient-hash key, sealed with the key ring. `Debug` shows only its size.
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_keys, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct AuditKey {
+    pub tenant_id: String,
+    pub sealed_key: Vec<u8>,
+    pub created_at: i64,
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKey")
+            .field("tenant_id", &self.tenant_id)
+            .field("sealed_key", &Redacted(self.sealed_key.len()))
             .field("created_at", &self.created_at)
             .finish()
     }

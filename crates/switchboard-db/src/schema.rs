@@ -84,6 +84,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_events (id) {
+        id -> Text,
+        tenant_id -> Text,
+        at -> BigInt,
+        kind -> Text,
+        action -> Text,
+        api_key_id -> Nullable<Text>,
+        account_id -> Nullable<Text>,
+        install_id -> Nullable<Text>,
+        connector_id -> Nullable<Text>,
+        status -> BigInt,
+        code -> Nullable<Text>,
+        upstream_status -> Nullable<BigInt>,
+        duration_ms -> Nullable<BigInt>,
+        request_id -> Nullable<Text>,
+        patient_hash -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_keys (tenant_id) {
+        tenant_id -> Text,
+        sealed_key -> Binary,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
@@ -96,4 +124,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     accounts,
     installs,
     oauth_states,
+    audit_events,
+    audit_keys,
 );

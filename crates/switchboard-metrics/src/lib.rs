@@ -34,6 +34,11 @@ pub const LEASE_WAIT_DURATION: &str = "switchboard_token_lease_wait_seconds";
 /// Look-ups in the hot-path caches, by cache and result (hit or miss).
 pub const CACHE_LOOKUPS: &str = "switchboard_cache_lookups_total";
 
+/// Audit records dropped because the writer's buffer was full.
+pub const AUDIT_DROPPED: &str = "switchboard_audit_dropped_total";
+/// Audit records waiting for the writer.
+pub const AUDIT_QUEUE_DEPTH: &str = "switchboard_audit_queue_depth";
+
 /// Bucket bounds (seconds) of every duration histogram: 1 ms to 30 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -81,6 +86,24 @@ pub fn describe() {
         CACHE_LOOKUPS,
         "Hot-path cache look-ups by cache (install, api_key) and result (hit, miss)."
     );
+    describe_counter!(
+        AUDIT_DROPPED,
+        "Audit records dropped (not written) because the audit buffer was full."
+    );
+    describe_gauge!(
+        AUDIT_QUEUE_DEPTH,
+        "Audit records waiting to be written, as of the last record queued."
+    );
+}
+
+/// An audit record could not be queued (the buffer was full) and was dropped.
+pub fn audit_dropped() {
+    counter!(AUDIT_DROPPED).increment(1);
+}
+
+/// Audit records waiting for the writer.
+pub fn audit_queue_depth(depth: usize) {
+    gauge!(AUDIT_QUEUE_DEPTH).set(depth as f64);
 }
 
 /// One HTTP request served. `route` is the matched route template (or `unmatched`), never the
@@ -252,6 +275,8 @@ mod tests {
             TOKEN_REFRESHES,
             LEASE_WAIT_DURATION,
             CACHE_LOOKUPS,
+            AUDIT_DROPPED,
+            AUDIT_QUEUE_DEPTH,
         ] {
             assert!(name.starts_with("switchboard_"), "{name}");
             assert!(

@@ -96,6 +96,7 @@ pub struct CallbackService {
     pub(crate) outbound: Outbound,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 impl CallbackService {
@@ -174,11 +175,26 @@ impl CallbackService {
         };
 
         match self.redeem(&install, &st, &code).await {
-            Ok(()) => finish(
-                InstallStatus::Authorized.as_str(),
-                None,
-                "The EHR is connected. You can close this page and return to the application.",
-            ),
+            Ok(()) => {
+                let target = crate::audit::Target {
+                    account_id: Some(install.account_id.clone()),
+                    install_id: Some(install.id.clone()),
+                    connector_id: Some(install.connector_id.clone()),
+                };
+                // The tokens are committed: a full audit buffer cannot undo that, so a refusal
+                // (fail-closed) is only logged here.
+                if let Err(e) =
+                    self.audit
+                        .admin(&install.tenant_id, None, "install.authorized", 302, target)
+                {
+                    tracing::warn!(code = %e.code().code(), "callback: audit record refused");
+                }
+                finish(
+                    InstallStatus::Authorized.as_str(),
+                    None,
+                    "The EHR is connected. You can close this page and return to the application.",
+                )
+            }
             Err(msg) => {
                 // `msg` is built from scrubbed AuthError text: no code, verifier or token.
                 tracing::warn!(install = %install.id, error = %msg, "callback: token exchange failed");

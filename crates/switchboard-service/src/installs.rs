@@ -117,6 +117,7 @@ pub struct InstallService {
     pub(crate) redirect_uri: String,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 impl InstallService {
@@ -240,7 +241,15 @@ impl InstallService {
             ),
             _ => None,
         };
-        let install = self.install_out(self.find_install(t, &account.id, &id).await?);
+        let row = self.find_install(t, &account.id, &id).await?;
+        let target = crate::audit::Target {
+            account_id: Some(row.account_id.clone()),
+            install_id: Some(row.id.clone()),
+            connector_id: Some(row.connector_id.clone()),
+        };
+        self.audit
+            .admin(&t.tenant_id, Some(t), "install.created", 201, target)?;
+        let install = self.install_out(row);
         Ok(InstallCreated {
             install,
             authorize_url,
@@ -502,7 +511,13 @@ impl InstallService {
             })
             .await?;
         self.cache.remove(&row.id);
-        Ok(())
+        let target = crate::audit::Target {
+            account_id: Some(row.account_id),
+            install_id: Some(row.id),
+            connector_id: Some(row.connector_id),
+        };
+        self.audit
+            .admin(&t.tenant_id, Some(t), "install.deleted", 204, target)
     }
 
     async fn revoke_upstream(&self, row: &switchboard_db::Install) -> Result<(), ServiceError> {

@@ -125,6 +125,7 @@ pub struct KeyService {
     pub(crate) keys: KeyCache,
     /// Seals the list cursors.
     pub(crate) crypto: Arc<KeyRing>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 impl KeyService {
@@ -196,6 +197,7 @@ impl KeyService {
             let ctx = TenantCtx {
                 tenant_id: k.tenant_id,
                 key_id: k.id,
+                request_id: None,
             };
             self.keys.put(hash, ctx.clone());
             ctx
@@ -221,6 +223,13 @@ impl KeyService {
         self.db
             .run(move |conn| api_keys::insert(conn, &row))
             .await?;
+        self.audit.admin(
+            &t.tenant_id,
+            Some(t),
+            &format!("api_key.created:{id}"),
+            201,
+            Default::default(),
+        )?;
         Ok(ApiKeyCreated {
             id,
             name,
@@ -271,7 +280,13 @@ impl KeyService {
             .await?;
         self.keys.forget_key(id);
         if revoked {
-            Ok(())
+            self.audit.admin(
+                &t.tenant_id,
+                Some(t),
+                &format!("api_key.revoked:{id}"),
+                204,
+                Default::default(),
+            )
         } else {
             Err(ServiceError::NotFound("API key not found".into()))
         }

@@ -4,11 +4,13 @@
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, then `resolve` on `settings`) <- `tokens` <- the services (`keys`, `setups`,
-//! `installs` + `accounts`, `callback`, `methods`, `connectors`) <- `Services` (this file).
+//! `return_url`, `pagination`, then `resolve` on `settings` and `audit` on `pagination` and
+//! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
+//! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
+pub mod audit;
 pub mod cache;
 pub mod callback;
 pub mod clock;
@@ -61,6 +63,8 @@ pub struct Services {
     pub methods: Arc<methods::MethodService>,
     pub connectors: Arc<connectors::ConnectorService>,
     pub tokens: Arc<Keeper>,
+    /// The audit trail writer (the server spawns its task).
+    pub audit: Arc<audit::AuditLog>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -135,17 +139,24 @@ impl Services {
             clock,
             cache.clone(),
         ));
+        let audit = Arc::new(audit::AuditLog::new(
+            db.clone(),
+            crypto.clone(),
+            &settings.audit,
+        ));
         Ok(Self {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
                 keys: keys::KeyCache::new(settings.api_keys.cache_ttl_ms),
                 crypto: crypto.clone(),
+                audit: audit.clone(),
             }),
             setups: Arc::new(setups::SetupService {
                 db: db.clone(),
                 crypto: crypto.clone(),
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             installs: Arc::new(installs::InstallService {
                 settings: settings.clone(),
@@ -155,6 +166,7 @@ impl Services {
                 redirect_uri,
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -162,6 +174,7 @@ impl Services {
                 outbound: outbound.clone(),
                 resolver: resolver.clone(),
                 cache: cache.clone(),
+                audit: audit.clone(),
             }),
             methods: Arc::new(methods::MethodService {
                 settings: settings.clone(),
@@ -171,11 +184,13 @@ impl Services {
                 resolver,
                 cache,
                 tokens: tokens.clone(),
+                audit: audit.clone(),
             }),
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
             }),
             tokens,
+            audit,
             settings,
             db,
             catalog,

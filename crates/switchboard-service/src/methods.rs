@@ -126,6 +126,20 @@ pub struct MethodService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) tokens: Arc<Keeper>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
+}
+
+/// The patient a call is about, by parameter: `patient` or `subject` (searches), or the `id`
+/// of `get_patient`. Only its keyed hash is recorded.
+fn patient_param<'a>(method_id: &MethodId, params: &'a Map<String, Value>) -> Option<&'a str> {
+    let name = if method_id.as_str() == "get_patient" {
+        "id"
+    } else if params.contains_key("patient") {
+        "patient"
+    } else {
+        "subject"
+    };
+    params.get(name).and_then(Value::as_str)
 }
 
 impl MethodService {
@@ -231,7 +245,8 @@ impl MethodService {
     }
 
     /// `POST .../methods/{method}`: validate, authenticate, call, page, map errors. Returns the
-    /// response body `{"status":..,"data":..,"pages":..}` ready to send.
+    /// response body `{"status":..,"data":..,"pages":..}` ready to send. Every call, whatever
+    /// its outcome, leaves one audit record (no parameter value: the patient as a keyed hash).
     pub async fn call_method(
         &self,
         t: &TenantCtx,
@@ -240,8 +255,66 @@ impl MethodService {
         method_id: &MethodId,
         input: MethodIn,
     ) -> Result<Bytes, ServiceError> {
+        let started = Instant::now();
+        let patient = patient_param(method_id, &input.params).map(str::to_owned);
+        let mut connector_id = None;
+        let result = self
+            .call_method_inner(
+                t,
+                account_id,
+                install_id,
+                method_id,
+                input,
+                &mut connector_id,
+            )
+            .await;
+        if !self.audit.enabled() {
+            return result.map(|(body, _)| body);
+        }
+        let patient_hash = match patient {
+            Some(p) => match self.audit.patient_hash(t.tenant_id(), &p).await {
+                Ok(h) => Some(h),
+                // Without its patient the record would mislead: fail or drop, as configured.
+                Err(e) => return self.audit.unrecordable(e).and(result.map(|(b, _)| b)),
+            },
+            None => None,
+        };
+        let (status, code, upstream_status) = match &result {
+            Ok((_, upstream)) => (200, None, Some(i64::from(*upstream))),
+            Err(e) => (e.code().status(), Some(e.code().code().to_owned()), None),
+        };
+        self.audit.record(switchboard_db::AuditEvent {
+            id: crate::audit::AuditLog::new_id(),
+            tenant_id: t.tenant_id().to_owned(),
+            at: switchboard_core::now_ms(),
+            kind: "method_call".into(),
+            action: method_id.to_string(),
+            api_key_id: Some(t.key_id().to_owned()),
+            account_id: Some(account_id.to_string()),
+            install_id: Some(install_id.to_string()),
+            connector_id,
+            status: i64::from(status),
+            code,
+            upstream_status,
+            duration_ms: i64::try_from(started.elapsed().as_millis()).ok(),
+            request_id: t.request_id().map(str::to_owned),
+            patient_hash,
+        })?;
+        result.map(|(body, _)| body)
+    }
+
+    async fn call_method_inner(
+        &self,
+        t: &TenantCtx,
+        account_id: &AccountId,
+        install_id: &InstallId,
+        method_id: &MethodId,
+        input: MethodIn,
+        connector_id: &mut Option<String>,
+    ) -> Result<(Bytes, u16), ServiceError> {
         let p = self.prepared(t, account_id, install_id).await?;
         let connector = p.connector.clone();
+        *connector_id = Some(connector.id.to_string());
         let method = connector
             .method(method_id.as_str())
             .ok_or_else(|| ServiceError::UnknownMethod(method_id.to_string()))?;
@@ -289,7 +362,7 @@ impl MethodService {
             )
             .await;
             match result {
-                Ok(out) => return Ok(out.to_response_body()),
+                Ok(out) => return Ok((out.to_response_body(), out.status)),
                 Err(EngineError::Unauthorized) if round == 0 && attempt.can_refresh() => {
                     tracing::info!(install = %attempt.id, "upstream answered 401; refreshing once");
                     let refreshed = self

@@ -63,6 +63,43 @@ impl InstallsQuery {
     }
 }
 
+/// Query of `GET /v1/audit`: the tenant's audit trail, oldest first.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only records of this install id.
+    pub install: Option<String>,
+    /// Only records of this account id.
+    #[param(pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
+    pub account: Option<String>,
+    /// Only records of this method id (or administrative action, e.g. `install.created`).
+    pub method: Option<String>,
+    /// `ok` (status below 400), `error`, or one HTTP status.
+    #[param(pattern = "^(ok|error|[1-5][0-9][0-9])$")]
+    pub outcome: Option<String>,
+    /// Records at or after this time: RFC 3339 or epoch milliseconds.
+    pub from: Option<String>,
+    /// Records before this time: RFC 3339 or epoch milliseconds.
+    pub to: Option<String>,
+    /// A patient id: only the calls about that patient (hashed server-side, never stored).
+    pub patient: Option<String>,
+    /// At most this many items, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl AuditQuery {
+    pub fn page(&self) -> PageIn {
+        PageIn {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
 /// Where a page starts: the validated limit and the key to read after (None: from the start).
 pub(crate) struct Start {
     pub limit: i64,

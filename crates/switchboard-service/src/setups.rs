@@ -29,6 +29,7 @@ pub struct SetupService {
     pub(crate) crypto: Arc<KeyRing>,
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
 }
 
 impl SetupService {
@@ -51,6 +52,12 @@ impl SetupService {
             .run(move |conn| setups::upsert(conn, &tenant, &cid, &stored, now))
             .await?;
         self.cache.clear();
+        let target = crate::audit::Target {
+            connector_id: Some(connector_id.to_string()),
+            ..Default::default()
+        };
+        self.audit
+            .admin(&t.tenant_id, Some(t), "setup.saved", 200, target)?;
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
@@ -97,7 +104,12 @@ impl SetupService {
             .await?;
         self.cache.clear();
         if deleted {
-            Ok(())
+            let target = crate::audit::Target {
+                connector_id: Some(connector_id.to_string()),
+                ..Default::default()
+            };
+            self.audit
+                .admin(&t.tenant_id, Some(t), "setup.deleted", 204, target)
         } else {
             Err(ServiceError::NotFound("this connector has no setup".into()))
         }

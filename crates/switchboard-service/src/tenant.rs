@@ -6,6 +6,8 @@
 pub struct TenantCtx {
     pub(crate) tenant_id: String,
     pub(crate) key_id: String,
+    /// The request's id (for the audit trail), when the API layer set one.
+    pub(crate) request_id: Option<String>,
 }
 
 impl TenantCtx {
@@ -14,5 +16,13 @@ impl TenantCtx {
     }
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+    /// The same tenant and key, for the request `request_id`.
+    pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self
     }
 }

@@ -59,6 +59,7 @@ pub fn routes() -> Scope {
                     web::delete().to(accounts::delete_account),
                 )
                 .route("/installs", web::get().to(installs::list_tenant_installs))
+                .route("/audit", web::get().to(tenant::list_audit))
                 .route(
                     "/accounts/{account}/installs",
                     web::post().to(installs::create_install),

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod audit;
 mod connect;
 mod lease;
 mod migrate;

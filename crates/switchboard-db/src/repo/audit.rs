@@ -1,0 +1,179 @@
+//! The audit trail: batch insert (the service's writer), filtered keyset pages of one tenant's
+//! trail in `(at, id)` order, the export walk and the retention purge. Append-only: there is no
+//! update, and rows are deleted only by age.
+
+use diesel::prelude::*;
+
+use crate::models::{AuditEvent, AuditKey};
+use crate::repo::page::{fetch_count, After, AnyBackend, Page};
+use crate::schema::audit_events::dsl as a;
+use crate::schema::audit_keys::dsl as ak;
+use crate::{AnyConnection, DbError};
+
+/// Rows per INSERT statement (SQLite binds at most 32,766 parameters; 15 columns a row).
+const INSERT_CHUNK: usize = 1_000;
+
+/// Which of a tenant's records a page holds. Every field narrows; `None` does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub install_id: Option<String>,
+    pub account_id: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// `at >= from` (epoch ms).
+    pub from: Option<i64>,
+    /// `at < to` (epoch ms).
+    pub to: Option<i64>,
+    pub patient_hash: Option<String>,
+}
+
+/// The outcome filter: success (status < 400), error (status >= 400), or one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    Status(i64),
+}
+
+/// Inserts the records in one transaction (IMMEDIATE on SQLite). Returns rows inserted.
+pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usize, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // One transaction per batch: the writer's rows land together or not at all. SQLite takes
+    // the write lock up front (IMMEDIATE), so a concurrent writer makes it wait, not fail.
+    match conn {
+        AnyConnection::Sqlite(c) => {
+            c.immediate_transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+        }
+        AnyConnection::Postgresql(c) => {
+            c.transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+        }
+    }
+}
+
+type InsertChunk<'a> = diesel::query_builder::InsertStatement<
+    crate::schema::audit_events::table,
+    <&'a [AuditEvent] as Insertable<crate::schema::audit_events::table>>::Values,
+>;
+
+fn insert_chunks<'a>(
+    rows: &'a [AuditEvent],
+    mut execute: impl FnMut(InsertChunk<'a>) -> QueryResult<usize>,
+) -> Result<usize, DbError> {
+    let mut n = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        n += execute(diesel::insert_into(a::audit_events).values(chunk))?;
+    }
+    Ok(n)
+}
+
+/// One page of the tenant's records matching `filter`, in `(at, id)` order, after `after`
+/// (whose `created_at` is an `at`).
+pub fn list_page(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    filter: &AuditFilter,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<AuditEvent>, DbError> {
+    let mut query = a::audit_events
+        .filter(a::tenant_id.eq(tenant_id))
+        .into_boxed::<AnyBackend>();
+    if let Some(v) = &filter.install_id {
+        query = query.filter(a::install_id.eq(v.clone()));
+    }
+    if let Some(v) = &filter.account_id {
+        query = query.filter(a::account_id.eq(v.clone()));
+    }
+    if let Some(v) = &filter.action {
+        query = query.filter(a::action.eq(v.clone()));
+    }
+    match filter.outcome {
+        Some(Outcome::Ok) => query = query.filter(a::status.lt(400)),
+        Some(Outcome::Error) => query = query.filter(a::status.ge(400)),
+        Some(Outcome::Status(s)) => query = query.filter(a::status.eq(s)),
+        None => {}
+    }
+    if let Some(v) = filter.from {
+        query = query.filter(a::at.ge(v));
+    }
+    if let Some(v) = filter.to {
+        query = query.filter(a::at.lt(v));
+    }
+    if let Some(v) = &filter.patient_hash {
+        query = query.filter(a::patient_hash.eq(v.clone()));
+    }
+    if let Some(k) = after {
+        query = query.filter(
+            a::at
+                .ge(k.created_at)
+                .and(a::at.gt(k.created_at).or(a::id.gt(k.id.clone()))),
+        );
+    }
+    let rows = query
+        .order((a::at.asc(), a::id.asc()))
+        .limit(fetch_count(limit))
+        .select(AuditEvent::as_select())
+        .load(conn)?;
+    // `Page::next` is `(created_at, id)`: for the trail, `created_at` holds `at`.
+    Ok(Page::from_rows(rows, limit, |r: &AuditEvent| After {
+        created_at: r.at,
+        id: r.id.clone(),
+    }))
+}
+
+/// Records of every tenant with `at >= since`, in `(at, id)` order after `after` (the export).
+pub fn export_page(
+    conn: &mut AnyConnection,
+    since: i64,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Vec<AuditEvent>, DbError> {
+    let mut query = a::audit_events
+        .filter(a::at.ge(since))
+        .into_boxed::<AnyBackend>();
+    if let Some(k) = after {
+        query = query.filter(
+            a::at
+                .ge(k.created_at)
+                .and(a::at.gt(k.created_at).or(a::id.gt(k.id.clone()))),
+        );
+    }
+    Ok(query
+        .order((a::at.asc(), a::id.asc()))
+        .limit(limit.max(0))
+        .select(AuditEvent::as_select())
+        .load(conn)?)
+}
+
+/// Deletes the records older than `before` (epoch ms), of every tenant. Returns rows deleted.
+pub fn purge_before(conn: &mut AnyConnection, before: i64) -> Result<usize, DbError> {
+    Ok(diesel::delete(a::audit_events.filter(a::at.lt(before))).execute(conn)?)
+}
+
+/// The tenant's sealed patient-hash key, if one was stored.
+pub fn find_key(conn: &mut AnyConnection, tenant_id: &str) -> Result<Option<AuditKey>, DbError> {
+    Ok(ak::audit_keys
+        .filter(ak::tenant_id.eq(tenant_id))
+        .select(AuditKey::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Stores `new` unless the tenant has a key already, and returns the tenant's key: the first
+/// one stored wins when two callers race, so every record of a tenant uses one key.
+pub fn key_or_insert(conn: &mut AnyConnection, new: &AuditKey) -> Result<AuditKey, DbError> {
+    match diesel::insert_into(ak::audit_keys)
+        .values(new)
+        .execute(conn)
+    {
+        Ok(_)
+        | Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => {}
+        Err(e) => return Err(e.into()),
+    }
+    find_key(conn, &new.tenant_id)?.ok_or(DbError::NotFound)
+}

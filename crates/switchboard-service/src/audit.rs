@@ -1,0 +1,543 @@
+//! The audit writer: records are queued on a bounded channel and a background task writes
+//! them in batches (up to [`BATCH_MAX`] rows, or what arrived within [`BATCH_WINDOW`]) in one
+//! transaction each. Queuing never waits: when the buffer is full the record is dropped and
+//! counted (`switchboard_audit_dropped_total`), or, with `audit.fail_closed`, the caller gets
+//! 503 with Retry-After. A leaf: it knows the database and the metrics, no other service.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use switchboard_crypto::KeyRing;
+
+use switchboard_config::AuditSettings;
+use switchboard_db::{repo, AuditEvent, Db};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ServiceError;
+use crate::pagination::{self, AuditQuery};
+use crate::tenant::TenantCtx;
+use switchboard_db::repo::audit::{AuditFilter, Outcome};
+
+/// One audit record as `GET /v1/audit` shows it (no patient: filter with `patient=` instead).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEventOut {
+    pub id: String,
+    /// RFC 3339.
+    pub at: String,
+    /// `method_call` or `admin`.
+    pub kind: String,
+    /// The method id, or the administrative action.
+    pub action: String,
+    pub api_key_id: Option<String>,
+    pub account_id: Option<String>,
+    pub install_id: Option<String>,
+    pub connector_id: Option<String>,
+    /// The HTTP status the caller got.
+    pub status: i64,
+    /// The problem code of an error.
+    pub code: Option<String>,
+    /// The EHR's HTTP status, when the call got an answer.
+    pub upstream_status: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// A page of the audit trail.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEventOut>,
+    /// Null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<AuditEvent> for AuditEventOut {
+    fn from(r: AuditEvent) -> Self {
+        Self {
+            id: r.id,
+            at: switchboard_core::ms_to_rfc3339(r.at),
+            kind: r.kind,
+            action: r.action,
+            api_key_id: r.api_key_id,
+            account_id: r.account_id,
+            install_id: r.install_id,
+            connector_id: r.connector_id,
+            status: r.status,
+            code: r.code,
+            upstream_status: r.upstream_status,
+            duration_ms: r.duration_ms,
+            request_id: r.request_id,
+        }
+    }
+}
+
+/// What an administrative change touched (for its audit record).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub account_id: Option<String>,
+    pub install_id: Option<String>,
+    pub connector_id: Option<String>,
+}
+
+/// A time filter: RFC 3339 or epoch milliseconds.
+pub fn parse_time(name: &str, v: &str) -> Result<i64, ServiceError> {
+    v.parse::<i64>()
+        .ok()
+        .or_else(|| switchboard_core::rfc3339_to_ms(v))
+        .ok_or_else(|| {
+            ServiceError::InvalidRequest(format!(
+                "{name} must be an RFC 3339 time or epoch milliseconds"
+            ))
+        })
+}
+
+/// Most rows written in one transaction.
+pub const BATCH_MAX: usize = 500;
+/// How long the writer gathers rows after the first one of a batch.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+enum Msg {
+    Record(Box<AuditEvent>),
+    /// Write everything queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+    /// Write everything queued before this, answer, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The process's audit trail writer. The server spawns [`AuditLog::writer`] (inside its
+/// metrics scope); until then records wait in the buffer.
+pub struct AuditLog {
+    enabled: bool,
+    fail_closed: bool,
+    tx: mpsc::Sender<Msg>,
+    rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    db: Db,
+    crypto: Arc<KeyRing>,
+    /// Tenants' patient-hash keys, opened once per process.
+    keys: Mutex<HashMap<String, [u8; 32]>>,
+    retention_ms: i64,
+}
+
+impl AuditLog {
+    pub fn new(db: Db, crypto: Arc<KeyRing>, settings: &AuditSettings) -> Self {
+        let (tx, rx) = mpsc::channel(settings.buffer.max(1));
+        Self {
+            enabled: settings.enabled,
+            fail_closed: settings.fail_closed,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            db,
+            crypto,
+            keys: Mutex::new(HashMap::new()),
+            retention_ms: settings.retention_ms(),
+        }
+    }
+
+    /// Hex HMAC-SHA256 of `patient` under the tenant's audit key (created on first use).
+    pub async fn patient_hash(
+        &self,
+        tenant_id: &str,
+        patient: &str,
+    ) -> Result<String, ServiceError> {
+        let key = self.tenant_key(tenant_id).await?;
+        Ok(hex::encode(hmac_sha256(&key, patient.as_bytes())))
+    }
+
+    async fn tenant_key(&self, tenant_id: &str) -> Result<[u8; 32], ServiceError> {
+        if let Some(k) = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tenant_id).copied())
+        {
+            return Ok(k);
+        }
+        let aad = format!("audit_key:{tenant_id}");
+        let fresh: [u8; 32] = rand::random();
+        let new = switchboard_db::AuditKey {
+            tenant_id: tenant_id.to_owned(),
+            sealed_key: self.crypto.encrypt(&fresh, &aad),
+            created_at: switchboard_core::now_ms(),
+        };
+        let stored = self
+            .db
+            .run(move |c| repo::audit::key_or_insert(c, &new))
+            .await?;
+        let opened = self.crypto.decrypt(&stored.sealed_key, &aad)?;
+        let key: [u8; 32] = opened
+            .as_slice()
+            .try_into()
+            .map_err(|_| ServiceError::internal("the tenant's audit key has the wrong size"))?;
+        if let Ok(mut m) = self.keys.lock() {
+            m.insert(tenant_id.to_owned(), key);
+        }
+        Ok(key)
+    }
+
+    /// `GET /v1/audit`: one page of the tenant's trail, oldest first, filtered.
+    pub async fn list(&self, t: &TenantCtx, q: AuditQuery) -> Result<AuditList, ServiceError> {
+        pagination::id_filter("account", q.account.as_ref())?;
+        let outcome = match q.outcome.as_deref() {
+            None => None,
+            Some("ok") => Some(Outcome::Ok),
+            Some("error") => Some(Outcome::Error),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (100..=599).contains(&n) => Some(Outcome::Status(n)),
+                _ => {
+                    return Err(ServiceError::InvalidRequest(
+                        "outcome must be ok, error or an HTTP status".into(),
+                    ))
+                }
+            },
+        };
+        let from = q
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?;
+        let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+        let patient_hash = match q.patient.as_deref() {
+            Some(p) => Some(self.patient_hash(t.tenant_id(), p).await?),
+            None => None,
+        };
+        let filter = AuditFilter {
+            install_id: q.install.clone(),
+            account_id: q.account.clone(),
+            action: q.method.clone(),
+            outcome,
+            from,
+            to,
+            patient_hash,
+        };
+        let scope = format!(
+            "audit:{}:{}:{}:{}:{}:{}:{}",
+            filter.install_id.as_deref().unwrap_or(""),
+            filter.account_id.as_deref().unwrap_or(""),
+            filter.action.as_deref().unwrap_or(""),
+            q.outcome.as_deref().unwrap_or(""),
+            from.map(|v| v.to_string()).unwrap_or_default(),
+            to.map(|v| v.to_string()).unwrap_or_default(),
+            filter.patient_hash.as_deref().unwrap_or(""),
+        );
+        let ring = &self.crypto;
+        let start = pagination::start(ring, t.tenant_id(), &scope, &q.page())?;
+        let tenant = t.tenant_id().to_owned();
+        let page = self
+            .db
+            .run(move |c| {
+                repo::audit::list_page(c, &tenant, &filter, start.after.as_ref(), start.limit)
+            })
+            .await?;
+        Ok(AuditList {
+            next_cursor: page
+                .next
+                .map(|after| pagination::seal(ring, t.tenant_id(), &scope, &after)),
+            events: page.rows.into_iter().map(AuditEventOut::from).collect(),
+        })
+    }
+
+    /// Every tenant's records with `at >= since`, oldest first, one JSON object each (the API's
+    /// fields plus `tenant_id`), read a page at a time (the `audit export` command).
+    pub async fn export(
+        &self,
+        since: i64,
+        mut line: impl FnMut(String),
+    ) -> Result<usize, ServiceError> {
+        const PAGE: i64 = 1_000;
+        let mut after: Option<switchboard_db::repo::page::After> = None;
+        let mut n = 0;
+        loop {
+            let from = after.clone();
+            let rows = self
+                .db
+                .run(move |c| repo::audit::export_page(c, since, from.as_ref(), PAGE))
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(n);
+            };
+            after = Some(switchboard_db::repo::page::After {
+                created_at: last.at,
+                id: last.id.clone(),
+            });
+            for r in rows {
+                let tenant_id = r.tenant_id.clone();
+                let mut v =
+                    serde_json::to_value(AuditEventOut::from(r)).map_err(ServiceError::internal)?;
+                v["tenant_id"] = serde_json::Value::String(tenant_id);
+                line(v.to_string());
+                n += 1;
+            }
+        }
+    }
+
+    /// Deletes the records older than the retention (`audit.retention_days`) as of `now_ms`.
+    pub async fn purge(&self, now_ms: i64) -> Result<usize, ServiceError> {
+        let before = now_ms.saturating_sub(self.retention_ms);
+        Ok(self
+            .db
+            .run(move |c| repo::audit::purge_before(c, before))
+            .await?)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The writer task, to spawn once (later calls return `None`). It ends after
+    /// [`AuditLog::shutdown`].
+    pub fn writer(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let rx = self.rx.lock().ok()?.take()?;
+        Some(write_loop(self.db.clone(), rx))
+    }
+
+    /// A fresh record id (unique; the trail is ordered by `(at, id)`).
+    pub fn new_id() -> String {
+        format!("aud_{}", switchboard_core::random_token(16))
+    }
+
+    /// Queues one record without waiting. A full buffer drops it (counted), or with
+    /// `audit.fail_closed` refuses it with a retryable 503.
+    pub fn record(&self, event: AuditEvent) -> Result<(), ServiceError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let result = self.tx.try_send(Msg::Record(Box::new(event)));
+        switchboard_metrics::audit_queue_depth(self.tx.max_capacity() - self.tx.capacity());
+        match result {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) if self.fail_closed => Err(
+                ServiceError::Unavailable("the audit trail is busy; retry shortly".into()),
+            ),
+            Err(_) => {
+                switchboard_metrics::audit_dropped();
+                tracing::warn!("audit buffer full: a record was dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a successful administrative change (`setup.saved`, `install.created`, ...).
+    /// `t` is the caller's key and request; `None` for the OAuth callback (the EHR's redirect
+    /// carries no API key).
+    pub fn admin(
+        &self,
+        tenant_id: &str,
+        t: Option<&TenantCtx>,
+        action: &str,
+        status: u16,
+        target: Target,
+    ) -> Result<(), ServiceError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.record(AuditEvent {
+            id: Self::new_id(),
+            tenant_id: tenant_id.to_owned(),
+            at: switchboard_core::now_ms(),
+            kind: "admin".into(),
+            action: action.to_owned(),
+            api_key_id: t.map(|t| t.key_id().to_owned()),
+            account_id: target.account_id,
+            install_id: target.install_id,
+            connector_id: target.connector_id,
+            status: i64::from(status),
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: t.and_then(|t| t.request_id().map(str::to_owned)),
+            patient_hash: None,
+        })
+    }
+
+    /// A record that could not be built (its patient key was unavailable): an error with
+    /// `audit.fail_closed`, else counted as dropped.
+    pub fn unrecordable(&self, e: ServiceError) -> Result<(), ServiceError> {
+        if self.fail_closed {
+            return Err(e);
+        }
+        switchboard_metrics::audit_dropped();
+        tracing::warn!(code = %e.code().code(), "an audit record was dropped");
+        Ok(())
+    }
+
+    /// Waits until every record queued before this call is written (or failed to write).
+    /// Returns at once when the writer is not running.
+    pub async fn flush(&self) {
+        self.ask(Msg::Flush).await;
+    }
+
+    /// Writes what is queued and stops the writer (graceful shutdown).
+    pub async fn shutdown(&self) {
+        self.ask(Msg::Stop).await;
+    }
+
+    async fn ask(&self, msg: fn(oneshot::Sender<()>) -> Msg) {
+        if self.rx.lock().map(|rx| rx.is_some()).unwrap_or(true) {
+            return; // not started: nobody would answer
+        }
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(msg(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        let mut answer = None;
+        let mut stop = false;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(e) => batch.push(*e),
+                Msg::Flush(done) => {
+                    answer = Some(done);
+                    break;
+                }
+                Msg::Stop(done) => {
+                    answer = Some(done);
+                    stop = true;
+                    break;
+                }
+            }
+            if batch.len() >= BATCH_MAX {
+                break;
+            }
+            next = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten();
+        }
+        write(&db, &mut batch).await;
+        if let Some(done) = answer {
+            let _ = done.send(());
+        }
+        if stop {
+            return;
+        }
+    }
+    write(&db, &mut batch).await;
+}
+
+async fn write(db: &Db, batch: &mut Vec<AuditEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    let rows = std::mem::take(batch);
+    let n = rows.len();
+    if let Err(e) = db.run(move |c| repo::audit::insert_batch(c, &rows)).await {
+        // Counted as dropped: the rows are lost. The error names no row content.
+        for _ in 0..n {
+            switchboard_metrics::audit_dropped();
+        }
+        tracing::error!(error = %e, records = n, "writing audit records failed");
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) with a 32-byte key (shorter than the block: zero-padded to 64).
+fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> AuditEvent {
+        AuditEvent {
+            id: id.to_owned(),
+            tenant_id: "ten_a".into(),
+            at: 1,
+            kind: "admin".into(),
+            action: "setup.saved".into(),
+            api_key_id: None,
+            account_id: None,
+            install_id: None,
+            connector_id: None,
+            status: 200,
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: None,
+            patient_hash: None,
+        }
+    }
+
+    /// A migrated SQLite database in a fresh file under the system temp directory.
+    fn db() -> (Db, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-audit-{}.db",
+            switchboard_core::random_token(8)
+        ));
+        let db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        db.migrate().unwrap();
+        (db, path)
+    }
+
+    fn log(db: &Db, buffer: usize, fail_closed: bool) -> AuditLog {
+        let settings = AuditSettings {
+            enabled: true,
+            buffer,
+            fail_closed,
+            retention_days: 1,
+        };
+        AuditLog::new(db.clone(), Arc::new(KeyRing::generate()), &settings)
+    }
+
+    async fn count(db: &Db) -> usize {
+        db.run(|c| repo::audit::export_page(c, 0, None, 100))
+            .await
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_or_refuses_and_the_call_decides() {
+        let (db, path) = db();
+        // Fail open: the second record does not fit (no writer yet) and is dropped, not an error.
+        let open = log(&db, 1, false);
+        open.record(event("a")).unwrap();
+        open.record(event("b")).unwrap();
+        let writer = tokio::spawn(open.writer().unwrap());
+        open.shutdown().await;
+        writer.await.unwrap();
+        assert_eq!(count(&db).await, 1);
+
+        // Fail closed: the same overflow is a retryable 503.
+        let closed = log(&db, 1, true);
+        closed.record(event("c")).unwrap();
+        let err = closed.record(event("d")).unwrap_err();
+        assert_eq!(err.code(), switchboard_core::ErrorCode::ServiceUnavailable);
+        let writer = tokio::spawn(closed.writer().unwrap());
+        closed.flush().await;
+        assert_eq!(count(&db).await, 2, "flush waits for the write");
+        closed.record(event("e")).unwrap();
+        closed.shutdown().await;
+        writer.await.unwrap();
+        assert_eq!(count(&db).await, 3, "shutdown drains the queue");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_test_case_2() {
+        // Key "Jefe": HMAC zero-pads keys to the block size, so 28 zero bytes change nothing.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
