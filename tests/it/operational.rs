@@ -139,9 +139,9 @@ async fn operational_endpoints(backend: Backend) {
             .and_then(|(_, rest)| rest.rsplit_once('}'))
             .map(|(l, _)| l)
         else {
-            // The database pool gauges are the only series without labels.
+            // The database pool gauges and the audit queue are the only series without labels.
             assert!(
-                line.starts_with("switchboard_db_pool_"),
+                line.starts_with("switchboard_db_pool_") || line.starts_with("switchboard_audit_"),
                 "unlabelled series: {line}"
             );
             continue;
