@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use switchboard_crypto::KeyRing;
 
 use switchboard_config::AuditSettings;
@@ -438,17 +438,12 @@ async fn write(db: &Db, batch: &mut Vec<AuditEvent>) {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) with a 32-byte key (shorter than the block: zero-padded to 64).
+/// HMAC-SHA256 (RFC 2104) of `msg` under the tenant's 32-byte key.
 fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    block[..32].copy_from_slice(key);
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
