@@ -82,6 +82,17 @@ impl Application {
             metrics_settings.required_token(),
             metrics_settings.separate_bind().is_some(),
         );
+        // Detached token refreshes run on this (the main) runtime, whose life spans the HTTP
+        // workers', and record into this application's metrics.
+        let runtime = tokio::runtime::Handle::current();
+        let refresh_metrics = metrics.clone();
+        services.tokens.set_spawner(Arc::new(move |task| {
+            runtime.spawn(refresh_metrics.in_scope(task));
+        }));
+        // The instance row exists before the first lease this process takes.
+        if let Err(e) = services.tokens.heartbeat(false).await {
+            tracing::warn!(code = %e.code(), "could not write the first instance heartbeat");
+        }
         let metrics_server = match metrics_settings.separate_bind() {
             Some(bind) => Some(Self::metrics_server(
                 bind,
@@ -159,6 +170,7 @@ impl Application {
     /// Runs until the server stops (SIGINT/SIGTERM trigger a graceful shutdown).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let refresher = spawn_refresher(self.services.clone(), &self.metrics);
+        let heartbeat = spawn_heartbeat(self.services.clone());
         let upkeep = spawn_metrics_upkeep(self.metrics.clone());
         let audit = self
             .services
@@ -173,6 +185,20 @@ impl Application {
         let result = self.server.await;
         if let Some(h) = refresher {
             h.abort();
+        }
+        // Refreshes still running (their requests may be gone) commit before the process exits;
+        // the heartbeat keeps their leases ours meanwhile.
+        let tokens = &self.services.tokens;
+        let wait = Duration::from_millis(self.services.settings().tokens.shutdown_refresh_wait_ms);
+        if !tokens.drain(wait).await {
+            tracing::warn!(
+                refreshes = tokens.refreshes_in_flight(),
+                "token refreshes still running at shutdown; their leases are reclaimed once this instance's heartbeat is stale"
+            );
+        }
+        heartbeat.abort();
+        if let Err(e) = tokens.deregister().await {
+            tracing::warn!(code = %e.code(), "could not remove this instance's row");
         }
         upkeep.abort();
         purge.abort();
@@ -211,6 +237,26 @@ fn spawn_audit_purge(services: Services) -> tokio::task::JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(records = n, "purged audit records past retention"),
                 Err(e) => tracing::warn!(code = %e.code(), "audit purge failed"),
+            }
+        }
+    })
+}
+
+/// Writes this process's heartbeat every `tokens.instance_heartbeat_ms` (so its refresh leases
+/// are not taken over) and, about once a minute, purges the rows of long-dead instances.
+fn spawn_heartbeat(services: Services) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let every = services.settings().tokens.instance_heartbeat_ms.max(1);
+        let purge_every = (60_000 / every).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats: u64 = 0;
+        loop {
+            tick.tick().await;
+            let purge = beats % purge_every == 0;
+            beats += 1;
+            if let Err(e) = services.tokens.heartbeat(purge).await {
+                tracing::warn!(code = %e.code(), "instance heartbeat failed");
             }
         }
     })

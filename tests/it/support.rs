@@ -141,7 +141,9 @@ impl TestApp {
         Self::spawn_on_clock(backend, dir, db_url, tweak, Arc::new(clock)).await
     }
 
-    async fn spawn_on_clock(
+    /// Spawns on an existing database with the token lifecycle on `clock` (e.g. a second
+    /// replica sharing a `ManualClock`).
+    pub async fn spawn_on_clock(
         backend: Backend,
         dir: tempfile::TempDir,
         db_url: String,

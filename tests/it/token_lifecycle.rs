@@ -19,9 +19,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use switchboard_config::BackgroundRefreshPolicy;
 use switchboard_core::{ms_to_rfc3339, now_ms};
 use switchboard_db::schema::installs as installs_table;
-use switchboard_service::ManualClock;
+use switchboard_service::{Clock, ManualClock};
 use switchboard_testkit::fhir::FakeFhir;
 use switchboard_testkit::oauth::{FakeOAuth, OAuthClient, TokenFault};
 
@@ -1027,6 +1028,8 @@ async fn background_refresher_keeps_idle_installs_alive(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.tokens.background_refresh_interval_secs = 1;
         s.tokens.background_refresh_horizon_secs = 300;
+        // The policy before issue 10: every install whose token expires within the horizon.
+        s.tokens.background_refresh_policy = BackgroundRefreshPolicy::Eager;
     })
     .await;
     let w = World::with_app(app, &[]).await;
@@ -1152,4 +1155,333 @@ crate::both_backends! {
     invalid_grant => invalid_grant_needs_reauthorization;
     crash_during_refresh => crash_during_refresh_never_leaves_a_silent_break;
     client_credentials_expiry => client_credentials_token_fetched_once;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Issue 10: crash recovery in seconds, Retry-After, detached refresh, polite refresh
+// ---------------------------------------------------------------------------------------------
+
+/// A call's status, `Retry-After` header and body.
+async fn call_at(base: &str, key: &str, ins: &Install) -> (StatusCode, Option<String>, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{}", ins.method()))
+        .bearer_auth(key)
+        .json(&json!({"params": {"id": "pat-0001"}}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        s,
+        retry_after,
+        r.json::<Value>().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Every 503 carries `Retry-After` (header and `retry_after`, the same whole seconds).
+fn assert_503_says_when(s: StatusCode, retry_after: &Option<String>, v: &Value) {
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let secs: u64 = retry_after
+        .as_deref()
+        .unwrap_or_else(|| panic!("503 without Retry-After: {v}"))
+        .parse()
+        .unwrap();
+    assert!(secs >= 1, "{v}");
+    assert_eq!(v["retry_after"], secs, "{v}");
+}
+
+/// Waits (polling the provider's counter) until `n` refresh requests have reached it.
+async fn until_refresh_requests(oauth: &FakeOAuth, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while oauth.refresh_request_count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn instance_rows(w: &World) -> i64 {
+    w.app.db(switchboard_db::repo::instances::count).await
+}
+
+/// The real binary is SIGKILLed while its refresh request is held at the provider (not yet
+/// processed: the refresh token is not spent), then restarted with the default 60 s lease: the
+/// restarted process takes the dead instance's lease over as soon as its heartbeat is stale, and
+/// the install answers successfully within 5 s of the restart. Every 503 in between carries
+/// `Retry-After`; the provider never sees a spent refresh token again (the grant survives).
+async fn crash_mid_refresh_recovers_within_five_seconds(backend: Backend) {
+    let port = free_port();
+    let child_base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::spawn(backend).await;
+    let w = World::with_app(app, &[callback_of(&child_base)]).await;
+    let ins = w.authorized_install("acme").await;
+    let rt0 = w.stored_refresh_token(&w.row(&ins).await);
+    let key_file = w.app.dir.path().join("secret.key");
+    let work = tempfile::tempdir().unwrap();
+    // Default lease (60 s) and heartbeat (1 s, stale after 3 s); a short wait so callers see
+    // the 503 instead of waiting in the server.
+    let env = [("SWITCHBOARD__TOKENS__WAIT_TIMEOUT_MS", "300")];
+    let mut first = ChildServer::start(port, &w.app.db_url, &key_file, work.path(), &env).await;
+    assert_eq!(instance_rows(&w).await, 2, "the test app and the child");
+
+    w.expire_token(&ins).await;
+    let refreshes = w.oauth.refresh_request_count();
+    // Held before the provider looks at it: the refresh token stays unspent.
+    w.oauth
+        .fail_token_next(1, TokenFault::Delay(Duration::from_secs(600)));
+    let (base, key, path) = (first.base.clone(), w.app.api_key.clone(), ins.method());
+    let pending = actix_web::rt::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&json!({"params": {"id": "pat-0001"}}))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    until_refresh_requests(&w.oauth, refreshes + 1).await;
+    let held = w.row(&ins).await;
+    assert!(held.lease_owner.is_some(), "the refresh holds the lease");
+    assert!(
+        held.lease_until.unwrap() > now_ms() + 50_000,
+        "a 60 s lease"
+    );
+    first.kill();
+    let outcome = pending.await.unwrap();
+    assert!(
+        !matches!(outcome, Ok(s) if s.is_success()),
+        "the in-flight call cannot have succeeded: {outcome:?}"
+    );
+
+    let restarted = Instant::now();
+    let second = ChildServer::start(port, &w.app.db_url, &key_file, work.path(), &env).await;
+    let mut unavailable = 0;
+    loop {
+        let (s, retry_after, v) = call_at(&second.base, &w.app.api_key, &ins).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert_503_says_when(s, &retry_after, &v);
+        unavailable += 1;
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "still {s} {v} after {:?}",
+            restarted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = restarted.elapsed();
+    eprintln!(
+        "token_lifecycle: recovered {recovered:?} after the restart ({unavailable} x 503 with Retry-After)"
+    );
+    assert!(recovered < Duration::from_secs(5), "{recovered:?}");
+    // The held request was never processed; the one refresh after the restart spent rt0 once.
+    assert_eq!(
+        w.oauth.refresh_tokens_seen(),
+        vec![rt0.clone(), rt0.clone()]
+    );
+    assert_eq!(w.oauth.refresh_request_count(), refreshes + 2);
+    let row = w.row(&ins).await;
+    assert_eq!(row.status, "authorized");
+    assert_eq!(row.token_version, held.token_version + 1);
+    assert_eq!((&row.lease_owner, row.lease_until), (&None, None));
+    let rt1 = w.stored_refresh_token(&row);
+    assert_ne!(rt1, rt0);
+    assert!(w.oauth.is_refresh_token_valid(&rt1), "the grant survived");
+    drop(second);
+}
+
+/// Two applications on one database and one manual clock. The first holds the lease while its
+/// token request is slow; the clock moves past the lease TTL, but the holder's heartbeat is
+/// fresh, so the second never takes the lease over: it answers 503 with `Retry-After`, then uses
+/// the first's new token. One token request in all.
+async fn live_slow_refresh_is_not_stolen(backend: Backend) {
+    let clock = ManualClock::new(now_ms());
+    let tweak = |s: &mut switchboard_config::Settings| {
+        s.tokens.lease_ttl_ms = 3_000;
+        s.upstream.request_timeout_ms = 2_500;
+        s.tokens.wait_timeout_ms = 300;
+        // The manual clock jumps; a heartbeat is stale only after a minute of it.
+        s.tokens.instance_stale_ms = 60_000;
+    };
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), tweak).await;
+    let w = World::with_app(app, &[]).await;
+    let ins = w.authorized_install("acme").await;
+    let key_file = w.app.dir.path().join("secret.key");
+    let second = TestApp::spawn_on_clock(
+        backend,
+        tempfile::tempdir().unwrap(),
+        w.app.db_url.clone(),
+        |s| {
+            tweak(s);
+            s.secrets.key_file = key_file.clone();
+        },
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await;
+    let before = w.row(&ins).await;
+    w.expire_token(&ins).await;
+    clock.set(now_ms());
+    let refreshes = w.oauth.refresh_request_count();
+    w.oauth
+        .fail_token_next(1, TokenFault::Delay(Duration::from_millis(2_000)));
+    let (base, key) = (w.app.base.clone(), w.app.api_key.clone());
+    let same = Install {
+        account: ins.account.clone(),
+        id: ins.id.clone(),
+    };
+    let first_call = actix_web::rt::spawn(async move { call_at(&base, &key, &same).await });
+    until_refresh_requests(&w.oauth, refreshes + 1).await;
+    let held = w.row(&ins).await;
+    assert_eq!(
+        held.lease_owner.as_deref(),
+        Some(w.app.services.tokens.instance_id())
+    );
+    // Past the holder's lease by the clock; its heartbeat is fresh.
+    clock.advance(Duration::from_millis(5_000));
+    assert!(held.lease_until.unwrap() < clock.now_ms());
+    let (s, retry_after, v) = call_at(&second.base, &w.app.api_key, &ins).await;
+    assert_503_says_when(s, &retry_after, &v);
+    assert_eq!(v["code"], "service_unavailable", "{v}");
+    assert_eq!(w.oauth.refresh_request_count(), refreshes + 1, "not stolen");
+    let (s, _, v) = first_call.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, v) = call_at(&second.base, &w.app.api_key, &ins).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        w.oauth.refresh_request_count(),
+        refreshes + 1,
+        "one refresh"
+    );
+    let row = w.row(&ins).await;
+    assert_eq!(row.token_version, before.token_version + 1);
+    assert!(w
+        .oauth
+        .is_refresh_token_valid(&w.stored_refresh_token(&row)));
+}
+
+/// A graceful shutdown (SIGTERM) while a refresh is at a slow provider and its client has gone:
+/// the refresh runs detached, the server awaits it, and the rotated refresh token is committed
+/// before the process exits; the instance row is removed.
+async fn shutdown_mid_refresh_commits(backend: Backend) {
+    let port = free_port();
+    let child_base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::spawn(backend).await;
+    let w = World::with_app(app, &[callback_of(&child_base)]).await;
+    let ins = w.authorized_install("acme").await;
+    let before = w.row(&ins).await;
+    let rt0 = w.stored_refresh_token(&before);
+    let key_file = w.app.dir.path().join("secret.key");
+    let work = tempfile::tempdir().unwrap();
+    let mut child = ChildServer::start(port, &w.app.db_url, &key_file, work.path(), &[]).await;
+    assert_eq!(instance_rows(&w).await, 2);
+    w.expire_token(&ins).await;
+    let refreshes = w.oauth.refresh_request_count();
+    w.oauth
+        .fail_token_next(1, TokenFault::Delay(Duration::from_millis(2_000)));
+    let (base, key, path) = (child.base.clone(), w.app.api_key.clone(), ins.method());
+    // The client gives up after 300 ms and disconnects.
+    let gone = actix_web::rt::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .timeout(Duration::from_millis(300))
+            .json(&json!({"params": {"id": "pat-0001"}}))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    until_refresh_requests(&w.oauth, refreshes + 1).await;
+    assert!(gone.await.unwrap().is_err(), "the client timed out");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit:\n{}", child.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", child.log_text());
+    let row = w.row(&ins).await;
+    assert_eq!(row.token_version, before.token_version + 1, "committed");
+    let rt1 = w.stored_refresh_token(&row);
+    assert_ne!(rt1, rt0);
+    assert!(
+        w.oauth.is_refresh_token_valid(&rt1),
+        "the rotated token is stored"
+    );
+    assert_eq!((row.lease_owner, row.lease_until), (None, None));
+    assert_eq!(
+        instance_rows(&w).await,
+        1,
+        "the child removed its instance row"
+    );
+    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
+}
+
+/// The polite background refresher over one simulated day (passes every minute on the manual
+/// clock, 10-minute access tokens): an idle install is refreshed once, by the daily check, never
+/// before; an install in use keeps working on its on-demand refreshes and is not checked.
+async fn polite_background_refresh_over_a_day(backend: Backend) {
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |_| {}).await;
+    let w = World::with_app(app, &[]).await;
+    w.oauth.set_expires_in(600);
+    let idle = w.authorized_install("idle").await;
+    let used = w.authorized_install("used").await;
+    clock.set(now_ms());
+    let idle_before = w.row(&idle).await;
+    let used_before = w.row(&used).await;
+    let tokens = w.app.services.tokens.clone();
+    for minute in 1..=1_440 {
+        clock.advance(Duration::from_secs(60));
+        if minute % 30 == 0 {
+            let (s, v) = w.call(&used).await;
+            assert_eq!(s, StatusCode::OK, "minute {minute}: {v}");
+        }
+        tokens.refresh_due_installs().await.unwrap();
+        if minute == 1_439 {
+            assert_eq!(
+                w.row(&idle).await.token_version,
+                idle_before.token_version,
+                "an idle install is left alone for a day"
+            );
+        }
+    }
+    let idle_after = w.row(&idle).await;
+    assert_eq!(
+        idle_after.token_version,
+        idle_before.token_version + 1,
+        "the daily check"
+    );
+    assert_eq!(idle_after.status, "authorized");
+    assert!(w
+        .oauth
+        .is_refresh_token_valid(&w.stored_refresh_token(&idle_after)));
+    let used_after = w.row(&used).await;
+    // Refreshed by its own calls (its token had expired by the clock at each), never checked.
+    assert_eq!(used_after.token_version, used_before.token_version + 48);
+    let (s, v) = w.call(&used).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let seen = w.oauth.refresh_tokens_seen();
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "no refresh token sent twice");
+}
+
+crate::both_backends! {
+    crash_mid_refresh_recovers => crash_mid_refresh_recovers_within_five_seconds;
+    live_slow_refresh_not_stolen => live_slow_refresh_is_not_stolen;
+    shutdown_mid_refresh => shutdown_mid_refresh_commits;
+    polite_background_refresh => polite_background_refresh_over_a_day;
 }

@@ -68,6 +68,10 @@ impl From<ServiceError> for ApiError {
                 }
                 p
             }
+            ServiceError::RefreshInProgress { retry_after_secs } => {
+                let detail = ServiceError::RefreshInProgress { retry_after_secs }.to_string();
+                Problem::new(code, detail).with("retry_after", retry_after_secs.max(1))
+            }
             ServiceError::Internal(cause) => {
                 // The cause is logged, never shown.
                 tracing::error!(cause = %cause, "internal error");
@@ -79,6 +83,16 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// The `Retry-After` seconds of a response: the problem's `retry_after`, or the default on a
+/// 503/429 that carries none (an `ApiError` built around a bare `Problem`). Every 503 and 429
+/// this API sends has the header.
+fn retry_after_of(p: &Problem) -> Option<u64> {
+    p.extensions
+        .get("retry_after")
+        .and_then(|v| v.as_u64())
+        .or_else(|| matches!(p.status, 429 | 503).then_some(DEFAULT_RETRY_AFTER_SECS))
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -87,12 +101,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        if let Some(s) = self
-            .0
-            .extensions
-            .get("retry_after")
-            .and_then(|v| v.as_u64())
-        {
+        if let Some(s) = retry_after_of(&self.0) {
             res.insert_header((header::RETRY_AFTER, s.to_string()));
         }
         if self.0.status == 401 {
@@ -225,5 +234,72 @@ mod tests {
         );
         assert_eq!(sanitize("a\nb"), "ab");
         assert_eq!(sanitize(&"x".repeat(500)).len(), 200);
+    }
+
+    /// Every path that produces a 503 (or a 429) answers with `Retry-After`: each service error
+    /// that maps to 503, and an `ApiError` built around a bare problem.
+    #[test]
+    fn every_503_carries_retry_after() {
+        use super::ApiError;
+        use actix_web::ResponseError;
+        use switchboard_core::{ErrorCode, Problem};
+        use switchboard_service::ServiceError;
+        let cases: Vec<(ApiError, &str)> = vec![
+            (
+                ServiceError::Unavailable("the database is unavailable".into()).into(),
+                "2",
+            ),
+            (
+                ServiceError::RefreshInProgress {
+                    retry_after_secs: 1,
+                }
+                .into(),
+                "1",
+            ),
+            (
+                ServiceError::RefreshInProgress {
+                    retry_after_secs: 0,
+                }
+                .into(),
+                "1",
+            ),
+            (
+                ServiceError::Upstream {
+                    code: ErrorCode::UpstreamUnavailable,
+                    detail: "the EHR is unavailable".into(),
+                    retry_after_secs: None,
+                    issues: vec![],
+                }
+                .into(),
+                "2",
+            ),
+            (
+                ServiceError::Upstream {
+                    code: ErrorCode::UpstreamUnavailable,
+                    detail: "the EHR is unavailable".into(),
+                    retry_after_secs: Some(120),
+                    issues: vec![],
+                }
+                .into(),
+                "120",
+            ),
+            (
+                ApiError::new(ErrorCode::ServiceUnavailable, "not ready"),
+                "2",
+            ),
+            (
+                ApiError(Problem::new(ErrorCode::ServiceUnavailable, "bare")),
+                "2",
+            ),
+        ];
+        for (e, want) in cases {
+            let res = e.error_response();
+            assert_eq!(res.status().as_u16(), 503, "{e}");
+            let got = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(got, Some(want), "{e}");
+        }
     }
 }

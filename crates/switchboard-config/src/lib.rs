@@ -106,6 +106,34 @@ pub struct TokenSettings {
     pub background_refresh_interval_secs: u64,
     pub background_refresh_horizon_secs: u64,
     pub install_cache_ttl_ms: u64,
+    // Issue 10: crash recovery, detached refreshes, polite background refresh.
+    /// How often a process writes its heartbeat (`instances` row).
+    pub instance_heartbeat_ms: u64,
+    /// A lease whose holder's heartbeat is older than this is taken over at once (the holder died).
+    pub instance_stale_ms: u64,
+    /// Instance rows without a heartbeat for this long are deleted.
+    pub instance_purge_after_secs: u64,
+    /// On shutdown, how long in-flight refreshes are awaited so they commit.
+    pub shutdown_refresh_wait_ms: u64,
+    /// `polite` (idle installs only ahead of refresh-token lapse and for the idle check) or
+    /// `eager` (every install whose token expires within the horizon, used or not).
+    pub background_refresh_policy: BackgroundRefreshPolicy,
+    /// Polite policy: an install neither used nor refreshed for this long is refreshed once, to
+    /// detect a revoked grant.
+    pub idle_check_interval_secs: u64,
+    /// Polite policy: refresh an idle install this long before its refresh token lapses.
+    pub refresh_lapse_margin_secs: u64,
+}
+
+/// Which installs the background refresher refreshes (`tokens.background_refresh_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackgroundRefreshPolicy {
+    /// Idle installs only to keep their refresh token alive and, on a slow cadence, to detect a
+    /// revoked grant; installs in use are refreshed by their calls.
+    Polite,
+    /// Every authorized install whose access token expires within the horizon (before issue 10).
+    Eager,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +300,12 @@ impl Settings {
             return invalid(
                 "tokens.lease_ttl_ms",
                 "must exceed upstream.request_timeout_ms (a refresh must end before its lease can be taken over)".into(),
+            );
+        }
+        if self.tokens.instance_stale_ms < 2 * self.tokens.instance_heartbeat_ms.max(1) {
+            return invalid(
+                "tokens.instance_stale_ms",
+                "must be at least twice tokens.instance_heartbeat_ms (one late heartbeat must not look like a crash)".into(),
             );
         }
         if let Some(bind) = self.metrics.separate_bind() {

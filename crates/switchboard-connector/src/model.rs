@@ -236,6 +236,12 @@ pub struct AuthCodeDef {
     pub token_params: BTreeMap<String, String>,
     #[serde(default)]
     pub refresh: RefreshPolicy,
+    /// How long a refresh token stays valid without being used (seconds), when the provider
+    /// limits it: the polite background refresher refreshes an idle install ahead of this
+    /// lapse (`tokens.refresh_lapse_margin_secs`). Absent: no known idle limit (an idle install
+    /// is then refreshed once per `tokens.idle_check_interval_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_idle_secs: Option<u64>,
     /// Expected RFC 9207 `iss` of authorization responses (template). When a callback carries
     /// `iss` it must equal this, byte for byte, or the code is not redeemed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

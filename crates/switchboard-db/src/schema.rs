@@ -66,6 +66,8 @@ diesel::table! {
         last_refresh_error -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+        refresh_expires_at -> Nullable<BigInt>,
     }
 }
 
@@ -112,6 +114,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    instances (id) {
+        id -> Text,
+        started_at -> BigInt,
+        heartbeat_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
@@ -126,4 +136,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     oauth_states,
     audit_events,
     audit_keys,
+    instances,
 );

@@ -242,6 +242,7 @@ impl CallbackService {
             sealed.scopes = resolved.requested_scopes().ok().filter(|s| !s.is_empty());
         }
         let now = now_ms();
+        let lapse = crate::tokens::refresh_lapse_at(&resolved.auth, now);
         // A concurrent refresh may bump the version; retry the fenced write on the latest one.
         let mut version = install.token_version;
         for _ in 0..5 {
@@ -266,7 +267,11 @@ impl CallbackService {
                         // A new grant without a refresh token must not keep the old grant's one.
                         installs::clear_refresh_token(conn, &id, version)?;
                     }
-                    installs::store_tokens(conn, &id, version, &write)
+                    let committed = installs::store_tokens(conn, &id, version, &write)?;
+                    if committed && has_refresh {
+                        installs::set_refresh_expires_at(conn, &id, version + 1, lapse)?;
+                    }
+                    Ok(committed)
                 })
                 .await
                 .map_err(|e| e.to_string())?;

@@ -58,6 +58,11 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// Another process holds the install's refresh lease past the wait: 503 with this
+    /// `Retry-After` (its refresh normally ends soon; a dead holder's lease is reclaimed once its
+    /// heartbeat is stale).
+    #[error("a token refresh for this install is in progress in another process; retry shortly")]
+    RefreshInProgress { retry_after_secs: u64 },
     /// Anything else: logged with its cause, shown to the caller as a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,6 +90,7 @@ impl ServiceError {
             Self::TokenExchangeFailed(_) => ErrorCode::TokenExchangeFailed,
             Self::Upstream { code, .. } => *code,
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
+            Self::RefreshInProgress { .. } => ErrorCode::ServiceUnavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -146,6 +146,7 @@ impl MethodService {
     /// A usable access token for a method call: the cached one while it is fresh, otherwise
     /// the result of the (single) refresh.
     async fn ensure_token(&self, p: Arc<Prepared>) -> Result<Arc<Prepared>, ServiceError> {
+        self.tokens.note_used(&p.id);
         let now = self.tokens.now_ms();
         if p.bearer.is_some() && !self.tokens.needs_refresh(p.expires_at, p.obtained_at) {
             return Ok(p);

@@ -16,6 +16,9 @@ pub struct SealedTokens {
     pub expires_at: Option<i64>,
     pub scopes: Option<String>,
     pub context: Option<String>,
+    /// When the refresh token lapses if unused (the connector's `refresh_token_idle_secs`),
+    /// set by the token endpoint that knows the connector.
+    pub refresh_expires_at: Option<i64>,
 }
 
 pub(crate) fn token_aad(install_id: &str, which: &str) -> String {
@@ -54,6 +57,7 @@ pub(crate) fn seal_tokens(
             .map(|s| now + (s.min(10 * 365 * 86_400) as i64) * 1000),
         scopes: t.scope.clone(),
         context,
+        refresh_expires_at: None,
     }
 }
 

@@ -10,10 +10,11 @@ use crate::{AnyConnection, DbError};
 
 pub fn insert(conn: &mut AnyConnection, new: &NewInstall) -> Result<Install, DbError> {
     // Owned: a `serialize_as` field (the status) has no borrowed `Insertable`.
-    Ok(diesel::insert_into(i::installs)
+    // Read back through `Install::as_select()` (the struct does not hold every column).
+    diesel::insert_into(i::installs)
         .values(new.clone())
-        .returning(crate::schema::installs::all_columns)
-        .get_result(conn)?)
+        .execute(conn)?;
+    find_by_id(conn, &new.id)?.ok_or(DbError::NotFound)
 }
 
 /// The account's installs, oldest first.
@@ -268,6 +269,85 @@ pub fn list_refresh_candidates(
         .order((i::token_expires_at.asc(), i::id.asc()))
         .select(Install::as_select())
         .load(conn)?)
+}
+
+/// Authorized installs holding a refresh token that the polite background refresher must
+/// refresh now, by id: its refresh token lapses before `lapse_before` (`refresh_expires_at`), or
+/// it was neither refreshed nor used since `check_before` (the slow check for a revoked grant).
+/// Installs in use are refreshed on demand by their calls.
+pub fn list_idle_refresh_candidates(
+    conn: &mut AnyConnection,
+    lapse_before: i64,
+    check_before: i64,
+) -> Result<Vec<Install>, DbError> {
+    let not_refreshed = i::last_refresh_at.le(check_before).or(i::last_refresh_at
+        .is_null()
+        .and(i::updated_at.le(check_before)));
+    let not_used = i::last_used_at
+        .is_null()
+        .or(i::last_used_at.le(check_before));
+    Ok(i::installs
+        .filter(i::status.eq(StatusColumn(InstallStatus::Authorized)))
+        .filter(i::refresh_token.is_not_null())
+        .filter(
+            i::refresh_expires_at
+                .le(lapse_before)
+                .or(not_refreshed.and(not_used)),
+        )
+        .order(i::id.asc())
+        .select(Install::as_select())
+        .load(conn)?)
+}
+
+/// Records method calls' use of installs (`last_used_at`, only ever moved forward); returns how
+/// many rows changed. One statement per install, in one transaction.
+pub fn record_used(conn: &mut AnyConnection, used: &[(String, i64)]) -> Result<usize, DbError> {
+    if used.is_empty() {
+        return Ok(0);
+    }
+    conn.transaction(|conn| {
+        let mut changed = 0;
+        for (id, at) in used {
+            changed += diesel::update(
+                i::installs
+                    .filter(i::id.eq(id))
+                    .filter(i::last_used_at.is_null().or(i::last_used_at.lt(*at))),
+            )
+            .set(i::last_used_at.eq(*at))
+            .execute(conn)?;
+        }
+        Ok(changed)
+    })
+}
+
+/// Records when the install's refresh token lapses if unused (None: no known limit), for the
+/// token `version` just written (a newer write sets its own).
+pub fn set_refresh_expires_at(
+    conn: &mut AnyConnection,
+    id: &str,
+    version: i64,
+    at: Option<i64>,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        i::installs
+            .filter(i::id.eq(id))
+            .filter(i::token_version.eq(version)),
+    )
+    .set(i::refresh_expires_at.eq(at))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// `last_used_at` and `refresh_expires_at` of an install (tests, diagnostics).
+pub fn usage_of(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<(Option<i64>, Option<i64>)>, DbError> {
+    Ok(i::installs
+        .find(id)
+        .select((i::last_used_at, i::refresh_expires_at))
+        .first(conn)
+        .optional()?)
 }
 
 /// Records why the last authorization attempt failed; status and tokens are left alone (a

@@ -72,11 +72,21 @@ impl TokenEndpoint for OAuthTokenEndpoint {
             }
         };
         let tokens = result.map_err(RequestError::Auth)?;
-        Ok(seal_tokens(
-            &self.crypto,
-            &row.id,
-            &tokens,
-            self.clock.now_ms(),
-        ))
+        let now = self.clock.now_ms();
+        let mut sealed = seal_tokens(&self.crypto, &row.id, &tokens, now);
+        sealed.refresh_expires_at = refresh_lapse_at(&resolved.auth, now);
+        Ok(sealed)
+    }
+}
+
+/// When a refresh token used or issued at `now` lapses if it is not used again: the connector's
+/// `refresh_token_idle_secs` (None: no declared limit; the polite refresher's daily check keeps
+/// it alive).
+pub(crate) fn refresh_lapse_at(auth: &AuthDef, now: i64) -> Option<i64> {
+    match auth {
+        AuthDef::Oauth2AuthorizationCode(c) => c
+            .refresh_token_idle_secs
+            .map(|s| now.saturating_add((s.min(10 * 365 * 86_400) as i64) * 1000)),
+        _ => None,
     }
 }

@@ -6,6 +6,17 @@
 //! new access token, so a rotated refresh token is never lost to a later write and never sent
 //! twice.
 //!
+//! Crashes and shutdowns (issue 10): the lease owner is this process's instance id, whose
+//! heartbeat ([`TokenKeeper::heartbeat`]) lives in the `instances` table; a lease whose holder's
+//! heartbeat is stale is taken over at once, a live holder's never. The refresh itself runs in a
+//! task of its own that the caller awaits, so a client that disconnects or a server that stops
+//! does not abort it between the provider's answer and the commit; shutdown awaits them
+//! ([`TokenKeeper::drain`]).
+//!
+//! The background refresher is polite by default: idle installs are refreshed only ahead of
+//! their refresh token's lapse and once per `tokens.idle_check_interval_secs`; method calls
+//! mark installs used ([`TokenKeeper::note_used`], written in batches).
+//!
 //! The keeper's inputs are narrow: a [`TokenStore`] (the install rows), a [`TokenEndpoint`]
 //! (new tokens for a row), a [`Clock`] (expiry, lease, backoff) and the prepared-install cache
 //! it drops entries from. It knows nothing of method calls.
@@ -15,6 +26,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use endpoint::refresh_lapse_at;
 pub use endpoint::{OAuthTokenEndpoint, RequestError, TokenEndpoint};
 pub use store::{DbTokenStore, TokenStore};
 
@@ -24,10 +36,12 @@ use crate::error::ServiceError;
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use switchboard_auth::AuthError;
+use switchboard_config::BackgroundRefreshPolicy;
 use switchboard_core::{ErrorCode, InstallStatus};
 use switchboard_db::{Install, TokenWrite};
 use switchboard_metrics::{self as metrics, LeaseWaitOutcome, RefreshOutcome};
@@ -70,6 +84,14 @@ pub(crate) fn needs_refresh(
     exp - margin <= now
 }
 
+/// A detached task: the keeper hands its refreshes to this (the application spawns them on its
+/// main runtime, under its metrics recorder), so they outlive the request that started them.
+pub type Spawner = Arc<dyn Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync>;
+
+/// A method call's use of an install is written at most this often (the polite refresher needs
+/// "used today", not the exact instant).
+const USED_WRITE_GRANULARITY_MS: i64 = 10 * 60 * 1000;
+
 /// The keeper of the process: on the database and the real token endpoints.
 pub type Keeper = TokenKeeper<DbTokenStore, OAuthTokenEndpoint>;
 
@@ -88,9 +110,22 @@ pub struct TokenKeeper<S, E> {
     endpoint: E,
     clock: Arc<dyn Clock>,
     cache: Arc<InstallCache>,
-    /// Identifies this process as a lease owner; new on every start.
+    /// Identifies this process as a lease owner and its `instances` row; new on every start.
     owner: String,
     lease_ttl_ms: i64,
+    instance_stale_ms: i64,
+    instance_purge_after_ms: i64,
+    policy: BackgroundRefreshPolicy,
+    idle_check_ms: i64,
+    lapse_margin_ms: i64,
+    /// Where detached refreshes run (set by the application); else the runtime `new` ran on.
+    spawner: OnceLock<Spawner>,
+    runtime: Option<tokio::runtime::Handle>,
+    /// Refreshes running detached, so shutdown can await them.
+    in_flight: Arc<InFlight>,
+    /// Installs method calls used, not yet written (`last_used_at`), and when each was last
+    /// written.
+    usage: Mutex<Usage>,
     wait_timeout: Duration,
     margin_max_ms: i64,
     horizon_ms: i64,
@@ -105,6 +140,37 @@ pub struct TokenKeeper<S, E> {
     backoff_max_ms: i64,
     /// Counts completed background passes, so a test can wait for passes instead of time.
     passes: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Usage {
+    pending: HashMap<String, i64>,
+    written: HashMap<String, i64>,
+}
+
+/// Counts detached refreshes; [`TokenKeeper::drain`] waits for zero.
+#[derive(Default)]
+struct InFlight {
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One running detached refresh (dropped when it ends, however it ends).
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// A failed refresh attempt (transient or unusable answer; `invalid_grant` demotes instead).
@@ -155,6 +221,15 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
             cache,
             owner: format!("proc_{}", switchboard_core::random_token(12)),
             lease_ttl_ms: cfg.lease_ttl_ms as i64,
+            instance_stale_ms: cfg.instance_stale_ms as i64,
+            instance_purge_after_ms: (cfg.instance_purge_after_secs as i64).saturating_mul(1000),
+            policy: cfg.background_refresh_policy,
+            idle_check_ms: (cfg.idle_check_interval_secs as i64).saturating_mul(1000),
+            lapse_margin_ms: (cfg.refresh_lapse_margin_secs as i64).saturating_mul(1000),
+            spawner: OnceLock::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            in_flight: Arc::default(),
+            usage: Mutex::default(),
             wait_timeout: Duration::from_millis(cfg.wait_timeout_ms),
             margin_max_ms: (cfg.refresh_margin_max_secs * 1000) as i64,
             horizon_ms: (cfg.background_refresh_horizon_secs * 1000) as i64,
@@ -170,6 +245,107 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
     /// The keeper's clock (epoch ms).
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// This process's instance id (the lease owner of its refreshes).
+    pub fn instance_id(&self) -> &str {
+        &self.owner
+    }
+
+    /// Where detached refreshes run from now on (the application: its main runtime, under its
+    /// metrics recorder). Only the first call counts.
+    pub fn set_spawner(&self, spawner: Spawner) {
+        let _ = self.spawner.set(spawner);
+    }
+
+    fn spawn_detached(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        if let Some(spawn) = self.spawner.get() {
+            spawn(task);
+        } else if let Some(rt) = &self.runtime {
+            rt.spawn(task);
+        } else {
+            tokio::spawn(task);
+        }
+    }
+
+    /// Writes this process's heartbeat (`tokens.instance_heartbeat_ms`), so its leases stay its
+    /// own; with `purge`, also deletes the rows of instances dead for
+    /// `tokens.instance_purge_after_secs`.
+    pub async fn heartbeat(&self, purge: bool) -> Result<(), ServiceError> {
+        let now = self.now_ms();
+        self.store.heartbeat(&self.owner, now).await?;
+        if purge {
+            let n = self
+                .store
+                .purge_instances(now.saturating_sub(self.instance_purge_after_ms))
+                .await?;
+            if n > 0 {
+                tracing::info!(instances = n, "purged the rows of long-dead instances");
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown, after [`TokenKeeper::drain`]: writes pending uses and removes this
+    /// process's instance row.
+    pub async fn deregister(&self) -> Result<(), ServiceError> {
+        self.flush_used().await?;
+        self.store.remove_instance(&self.owner).await?;
+        Ok(())
+    }
+
+    /// Waits until no detached refresh runs, at most `limit`. True if none is left.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.in_flight.idle.notified();
+                if self.in_flight.running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Detached refreshes running now.
+    pub fn refreshes_in_flight(&self) -> usize {
+        self.in_flight.running.load(Ordering::SeqCst)
+    }
+
+    /// A method call is using the install (kept in memory; written by the next background pass
+    /// or at shutdown, at most once per install per 10 minutes).
+    pub fn note_used(&self, install_id: &str) {
+        let now = self.now_ms();
+        let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if u.written
+            .get(install_id)
+            .is_some_and(|w| now - w < USED_WRITE_GRANULARITY_MS)
+        {
+            return;
+        }
+        u.pending.insert(install_id.to_owned(), now);
+    }
+
+    /// Writes the uses noted since the last flush; returns how many installs changed.
+    pub async fn flush_used(&self) -> Result<usize, ServiceError> {
+        let batch: Vec<(String, i64)> = {
+            let now = self.now_ms();
+            let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+            let batch: Vec<_> = std::mem::take(&mut u.pending).into_iter().collect();
+            if u.written.len() > 100_000 {
+                u.written
+                    .retain(|_, w| now - *w < USED_WRITE_GRANULARITY_MS);
+            }
+            for (id, at) in &batch {
+                u.written.insert(id.clone(), *at);
+            }
+            batch
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.store.record_used(batch).await
     }
 
     /// The token expires within the refresh margin (or has expired).
@@ -241,8 +417,12 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
     /// Refreshes once for everyone who saw `seen_version` (or an older one). A row with newer
     /// tokens is handed to `prepare` while this process's flight for the install is still
     /// held, so callers queued behind it find the prepared result in the cache.
+    ///
+    /// The refresh runs detached (see [`TokenKeeper::set_spawner`]) holding the flight: a caller
+    /// that goes away (client disconnect, server shutdown) does not abort it between the
+    /// provider's answer and the commit, and the next caller queues behind it.
     pub async fn refresh<T, F, Fut>(
-        &self,
+        self: &Arc<Self>,
         install_id: &str,
         seen_version: i64,
         prepare: F,
@@ -253,11 +433,21 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
     {
         let ticket = self.failure_seq.load(Ordering::SeqCst);
         let lock = self.lock_for(install_id);
-        let _flight = lock.lock().await;
-        match self
-            .refresh_in_flight(install_id, seen_version, ticket)
-            .await?
-        {
+        let flight = lock.lock_owned().await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let keeper = self.clone();
+        let id = install_id.to_owned();
+        let running = self.in_flight.enter();
+        self.spawn_detached(Box::pin(async move {
+            let _running = running;
+            let outcome = keeper.refresh_in_flight(&id, seen_version, ticket).await;
+            // The caller may be gone; the flight is then released here.
+            let _ = tx.send((outcome, flight));
+        }));
+        let (outcome, _flight) = rx.await.map_err(|_| {
+            ServiceError::internal("the token refresh task ended without an answer")
+        })?;
+        match outcome? {
             Ok(cached) => Ok(Refreshed::Cached(cached)),
             Err(row) => Ok(Refreshed::Row(prepare(row).await?)),
         }
@@ -296,14 +486,16 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
         let deadline = wait_started + self.wait_timeout;
         let mut waited = false;
         loop {
+            let now = self.now_ms();
             let (row, won) = self
                 .store
                 .read_and_lease(
                     install_id,
                     seen_version,
                     &self.owner,
-                    self.now_ms(),
+                    now,
                     self.lease_ttl_ms,
+                    now.saturating_sub(self.instance_stale_ms),
                 )
                 .await?;
             let Some(row) = row else {
@@ -329,9 +521,9 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
             }
             if tokio::time::Instant::now() >= deadline {
                 metrics::lease_wait(LeaseWaitOutcome::Timeout, wait_started.elapsed());
-                return Err(ServiceError::Unavailable(
-                    "a token refresh for this install is in progress in another process; retry shortly".into(),
-                ));
+                return Err(ServiceError::RefreshInProgress {
+                    retry_after_secs: 1,
+                });
             }
             // One cheap row read per waiting process; short so other replicas see a refresh quickly.
             waited = true;
@@ -395,10 +587,16 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                     last_refresh_error: None,
                     now,
                 };
+                let lapse = sealed.refresh_expires_at;
                 let committed = self
                     .store
                     .store_tokens(&row.id, row.token_version, write)
                     .await?;
+                if committed && lapse.is_some() {
+                    self.store
+                        .set_refresh_expires_at(&row.id, row.token_version + 1, lapse)
+                        .await?;
+                }
                 if !committed {
                     // Fenced out: a newer version exists (our lease must have lapsed).
                     tracing::warn!(install = %row.id, "refresh result fenced out by a newer token version");
@@ -465,13 +663,29 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
         }))
     }
 
-    /// One pass of the background refresher: refreshes authorized installs whose token expires
-    /// within the horizon, so idle installs keep a live refresh token. Returns how many it tried.
-    pub async fn refresh_due_installs(&self) -> Result<usize, ServiceError> {
-        let due = self
-            .store
-            .refresh_candidates(self.now_ms(), self.horizon_ms)
-            .await?;
+    /// One pass of the background refresher; returns how many installs it tried. First writes
+    /// the uses noted since the last pass. Polite policy: authorized installs whose refresh
+    /// token lapses within `tokens.refresh_lapse_margin_secs`, or that were neither refreshed
+    /// nor used for `tokens.idle_check_interval_secs` (a revoked grant shows up). Eager policy:
+    /// every install whose token expires within the horizon.
+    pub async fn refresh_due_installs(self: &Arc<Self>) -> Result<usize, ServiceError> {
+        if let Err(e) = self.flush_used().await {
+            tracing::warn!(code = %e.code(), "could not record install use");
+        }
+        let now = self.now_ms();
+        let due = match self.policy {
+            BackgroundRefreshPolicy::Eager => {
+                self.store.refresh_candidates(now, self.horizon_ms).await?
+            }
+            BackgroundRefreshPolicy::Polite => {
+                self.store
+                    .idle_refresh_candidates(
+                        now.saturating_add(self.lapse_margin_ms),
+                        now.saturating_sub(self.idle_check_ms),
+                    )
+                    .await?
+            }
+        };
         let n = due.len();
         for row in due {
             let refreshed = self

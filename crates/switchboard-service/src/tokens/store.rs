@@ -4,7 +4,7 @@
 use crate::error::ServiceError;
 use std::future::Future;
 use switchboard_core::InstallStatus;
-use switchboard_db::repo::{installs, lease};
+use switchboard_db::repo::{installs, instances, lease};
 use switchboard_db::{Db, Install, TokenWrite};
 
 /// The install rows of the token lifecycle.
@@ -15,8 +15,10 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Install>, ServiceError>> + Send;
 
     /// Reads the row and, unless its tokens are newer than `seen_version`, tries to take the
-    /// refresh lease for `owner` until `now + ttl_ms`. Returns the row (None if it is gone) and
-    /// whether `owner` holds the lease.
+    /// refresh lease for `owner` until `now + ttl_ms`: free, expired with a holder that has no
+    /// instance row, or held by an instance whose heartbeat is at or before `stale_before`
+    /// (`lease::try_take_lease`). Returns the row (None if it is gone) and whether `owner`
+    /// holds the lease.
     fn read_and_lease(
         &self,
         install_id: &str,
@@ -24,6 +26,7 @@ pub trait TokenStore: Send + Sync + 'static {
         owner: &str,
         now: i64,
         ttl_ms: i64,
+        stale_before: i64,
     ) -> impl Future<Output = Result<(Option<Install>, bool), ServiceError>> + Send;
 
     /// Releases the lease if `owner` still holds it.
@@ -62,6 +65,47 @@ pub trait TokenStore: Send + Sync + 'static {
         now: i64,
         horizon_ms: i64,
     ) -> impl Future<Output = Result<Vec<Install>, ServiceError>> + Send;
+
+    /// The polite refresher's installs: refresh token lapsing before `lapse_before`, or neither
+    /// refreshed nor used since `check_before`.
+    fn idle_refresh_candidates(
+        &self,
+        lapse_before: i64,
+        check_before: i64,
+    ) -> impl Future<Output = Result<Vec<Install>, ServiceError>> + Send;
+
+    /// When the refresh token written as `version` lapses if unused.
+    fn set_refresh_expires_at(
+        &self,
+        install_id: &str,
+        version: i64,
+        at: Option<i64>,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    /// Method calls' use of installs (`last_used_at`); returns how many rows changed.
+    fn record_used(
+        &self,
+        used: Vec<(String, i64)>,
+    ) -> impl Future<Output = Result<usize, ServiceError>> + Send;
+
+    /// Writes the instance's heartbeat (creating its row).
+    fn heartbeat(
+        &self,
+        instance: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    /// Removes the instance's row (graceful shutdown).
+    fn remove_instance(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    /// Deletes instance rows whose heartbeat is older than `before`.
+    fn purge_instances(
+        &self,
+        before: i64,
+    ) -> impl Future<Output = Result<usize, ServiceError>> + Send;
 }
 
 /// The token store on the database (one `Db::run` per operation).
@@ -92,6 +136,7 @@ impl TokenStore for DbTokenStore {
         owner: &str,
         now: i64,
         ttl_ms: i64,
+        stale_before: i64,
     ) -> Result<(Option<Install>, bool), ServiceError> {
         let (id, o) = (install_id.to_owned(), owner.to_owned());
         Ok(self
@@ -104,7 +149,7 @@ impl TokenStore for DbTokenStore {
                 if row.token_version > seen_version {
                     return Ok((Some(row), false));
                 }
-                let won = lease::try_acquire_lease(conn, &id, &o, now, ttl_ms)?;
+                let won = lease::try_take_lease(conn, &id, &o, now, ttl_ms, stale_before)?;
                 Ok((Some(row), won))
             })
             .await?)
@@ -166,6 +211,62 @@ impl TokenStore for DbTokenStore {
         Ok(self
             .db
             .run(move |conn| installs::list_refresh_candidates(conn, now, horizon_ms))
+            .await?)
+    }
+
+    async fn idle_refresh_candidates(
+        &self,
+        lapse_before: i64,
+        check_before: i64,
+    ) -> Result<Vec<Install>, ServiceError> {
+        Ok(self
+            .db
+            .run(move |conn| {
+                installs::list_idle_refresh_candidates(conn, lapse_before, check_before)
+            })
+            .await?)
+    }
+
+    async fn set_refresh_expires_at(
+        &self,
+        install_id: &str,
+        version: i64,
+        at: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        let id = install_id.to_owned();
+        self.db
+            .run(move |conn| installs::set_refresh_expires_at(conn, &id, version, at))
+            .await?;
+        Ok(())
+    }
+
+    async fn record_used(&self, used: Vec<(String, i64)>) -> Result<usize, ServiceError> {
+        Ok(self
+            .db
+            .run(move |conn| installs::record_used(conn, &used))
+            .await?)
+    }
+
+    async fn heartbeat(&self, instance: &str, now: i64) -> Result<(), ServiceError> {
+        let id = instance.to_owned();
+        Ok(self
+            .db
+            .run(move |conn| instances::heartbeat(conn, &id, now))
+            .await?)
+    }
+
+    async fn remove_instance(&self, instance: &str) -> Result<(), ServiceError> {
+        let id = instance.to_owned();
+        self.db
+            .run(move |conn| instances::remove(conn, &id))
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_instances(&self, before: i64) -> Result<usize, ServiceError> {
+        Ok(self
+            .db
+            .run(move |conn| instances::purge_dead(conn, before))
             .await?)
     }
 }

@@ -24,6 +24,13 @@ fn settings() -> TokenSettings {
         background_refresh_interval_secs: 0,
         background_refresh_horizon_secs: 300,
         install_cache_ttl_ms: 60_000,
+        instance_heartbeat_ms: 1_000,
+        instance_stale_ms: 3_000,
+        instance_purge_after_secs: 86_400,
+        shutdown_refresh_wait_ms: 30_000,
+        background_refresh_policy: BackgroundRefreshPolicy::Polite,
+        idle_check_interval_secs: 86_400,
+        refresh_lapse_margin_secs: 3_600,
     }
 }
 
@@ -54,9 +61,21 @@ fn expired_row() -> Install {
     }
 }
 
-/// The install table, with the lease and fenced write of `switchboard_db::repo`.
+/// The install table, with the lease and fenced write of `switchboard_db::repo`, and the
+/// `instances` heartbeats (`.1`), the install uses and refresh-token lapses (`.2`).
 #[derive(Clone, Default)]
-struct FakeStore(Arc<Mutex<HashMap<String, Install>>>);
+struct FakeStore(
+    Arc<Mutex<HashMap<String, Install>>>,
+    Arc<Mutex<HashMap<String, i64>>>,
+    Arc<Mutex<HashMap<String, Usage>>>,
+);
+
+/// `last_used_at` and `refresh_expires_at` of a fake install.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+struct Usage {
+    last_used_at: Option<i64>,
+    refresh_expires_at: Option<i64>,
+}
 
 impl FakeStore {
     fn with(row: Install) -> Self {
@@ -69,6 +88,12 @@ impl FakeStore {
     }
     fn edit(&self, f: impl FnOnce(&mut Install)) {
         f(self.0.lock().unwrap().get_mut(ID).unwrap())
+    }
+    fn beat(&self, instance: &str, at: i64) {
+        self.1.lock().unwrap().insert(instance.to_owned(), at);
+    }
+    fn usage(&self, id: &str) -> Usage {
+        self.2.lock().unwrap().get(id).copied().unwrap_or_default()
     }
 }
 
@@ -84,7 +109,9 @@ impl TokenStore for FakeStore {
         owner: &str,
         now: i64,
         ttl_ms: i64,
+        stale_before: i64,
     ) -> Result<(Option<Install>, bool), ServiceError> {
+        let beats = self.1.lock().unwrap().clone();
         let mut rows = self.0.lock().unwrap();
         let Some(row) = rows.get_mut(install_id) else {
             return Ok((None, false));
@@ -93,8 +120,11 @@ impl TokenStore for FakeStore {
         if row.token_version > seen_version {
             return Ok((Some(read), false));
         }
-        let free =
-            row.lease_until.is_none_or(|u| u <= now) || row.lease_owner.as_deref() == Some(owner);
+        let holder_beat = row.lease_owner.as_ref().and_then(|o| beats.get(o).copied());
+        let free = row.lease_until.is_none()
+            || row.lease_owner.as_deref() == Some(owner)
+            || holder_beat.is_some_and(|b| b <= stale_before)
+            || (row.lease_until.is_some_and(|u| u <= now) && holder_beat.is_none());
         if free {
             row.lease_owner = Some(owner.to_owned());
             row.lease_until = Some(now + ttl_ms);
@@ -187,6 +217,79 @@ impl TokenStore for FakeStore {
             .cloned()
             .collect())
     }
+
+    async fn idle_refresh_candidates(
+        &self,
+        lapse_before: i64,
+        check_before: i64,
+    ) -> Result<Vec<Install>, ServiceError> {
+        let usage = self.2.lock().unwrap().clone();
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| {
+                let u = usage.get(&r.id).copied().unwrap_or_default();
+                let checked = r.last_refresh_at.unwrap_or(r.updated_at);
+                r.status == "authorized"
+                    && r.refresh_token.is_some()
+                    && (u.refresh_expires_at.is_some_and(|l| l <= lapse_before)
+                        || (checked <= check_before
+                            && u.last_used_at.is_none_or(|x| x <= check_before)))
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn set_refresh_expires_at(
+        &self,
+        install_id: &str,
+        version: i64,
+        at: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        if self
+            .0
+            .lock()
+            .unwrap()
+            .get(install_id)
+            .is_some_and(|r| r.token_version == version)
+        {
+            self.2
+                .lock()
+                .unwrap()
+                .entry(install_id.to_owned())
+                .or_default()
+                .refresh_expires_at = at;
+        }
+        Ok(())
+    }
+
+    async fn record_used(&self, used: Vec<(String, i64)>) -> Result<usize, ServiceError> {
+        let mut usage = self.2.lock().unwrap();
+        for (id, at) in &used {
+            let u = usage.entry(id.clone()).or_default();
+            u.last_used_at = Some(u.last_used_at.map_or(*at, |x| x.max(*at)));
+        }
+        Ok(used.len())
+    }
+
+    async fn heartbeat(&self, instance: &str, now: i64) -> Result<(), ServiceError> {
+        self.beat(instance, now);
+        Ok(())
+    }
+
+    async fn remove_instance(&self, instance: &str) -> Result<(), ServiceError> {
+        self.1.lock().unwrap().remove(instance);
+        Ok(())
+    }
+
+    async fn purge_instances(&self, before: i64) -> Result<usize, ServiceError> {
+        let mut beats = self.1.lock().unwrap();
+        let n = beats.len();
+        beats.retain(|_, b| *b >= before);
+        Ok(n - beats.len())
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -205,6 +308,8 @@ struct FakeEndpoint {
     default: Reply,
     delay: Duration,
     during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// The connector's `refresh_token_idle_secs`, in ms.
+    refresh_idle_ms: Option<i64>,
 }
 
 impl FakeEndpoint {
@@ -216,6 +321,7 @@ impl FakeEndpoint {
             default,
             delay: Duration::ZERO,
             during: Mutex::new(None),
+            refresh_idle_ms: None,
         })
     }
     fn calls(&self) -> usize {
@@ -246,6 +352,7 @@ impl TokenEndpoint for Arc<FakeEndpoint> {
                 expires_at: Some(self.clock.now_ms() + LIFETIME_MS),
                 scopes: None,
                 context: None,
+                refresh_expires_at: self.refresh_idle_ms.map(|ms| self.clock.now_ms() + ms),
             }),
             Reply::Transient => Err(RequestError::Auth(AuthError::Transient {
                 status: Some(503),
@@ -280,7 +387,10 @@ fn keeper(store: &FakeStore, endpoint: &Arc<FakeEndpoint>, clock: &ManualClock) 
 }
 
 /// A refresh whose newer row is returned as it is.
-async fn refresh(k: &TestKeeper, seen_version: i64) -> Result<Refreshed<Install>, ServiceError> {
+async fn refresh(
+    k: &Arc<TestKeeper>,
+    seen_version: i64,
+) -> Result<Refreshed<Install>, ServiceError> {
     k.refresh(ID, seen_version, |row| async move { Ok(row) })
         .await
 }
@@ -647,7 +757,11 @@ async fn the_background_pass_refreshes_only_what_is_due() {
         ..expired_row()
     });
     let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
-    let k = keeper(&store, &endpoint, &clock);
+    let eager = TokenSettings {
+        background_refresh_policy: BackgroundRefreshPolicy::Eager,
+        ..settings()
+    };
+    let k = keeper_with(&eager, &store, &endpoint, &clock);
     // 400 s from expiry, horizon 300 s: nothing due.
     assert_eq!(k.refresh_due_installs().await.unwrap(), 0);
     clock.advance(Duration::from_millis(100_001));
@@ -655,4 +769,312 @@ async fn the_background_pass_refreshes_only_what_is_due() {
     assert_eq!(endpoint.calls(), 1);
     assert_eq!(store.row().token_version, 1);
     assert_eq!(k.refresh_due_installs().await.unwrap(), 0, "fresh now");
+}
+
+// --- Issue 10: crash recovery, detached refreshes, polite background refresh ---------------
+
+#[tokio::test]
+async fn a_dead_instances_lease_is_taken_over_at_once_not_after_its_ttl() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(Install {
+        lease_owner: Some("proc_dead".into()),
+        lease_until: Some(T0 + 30_000),
+        ..expired_row()
+    });
+    // Its last heartbeat is exactly `instance_stale_ms` (3 s) old: it is gone.
+    store.beat("proc_dead", T0 - 3_000);
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let k = keeper(&store, &endpoint, &clock);
+    let row = row_of(refresh(&k, 0).await);
+    assert_eq!((row.token_version, endpoint.calls()), (1, 1));
+    let row = store.row();
+    assert_eq!((row.lease_owner, row.lease_until), (None, None), "released");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_instances_lease_is_never_taken_even_past_its_ttl() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(Install {
+        lease_owner: Some("proc_live".into()),
+        lease_until: Some(T0 - 1),
+        ..expired_row()
+    });
+    // The lease ran out, but its holder's heartbeat is 2.999 s old: a live slow refresh.
+    store.beat("proc_live", T0 - 2_999);
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let k = keeper(&store, &endpoint, &clock);
+    let e = err_of(refresh(&k, 0).await);
+    match e {
+        ServiceError::RefreshInProgress { retry_after_secs } => assert!(retry_after_secs >= 1),
+        other => panic!("expected refresh_in_progress, got {other:?}"),
+    }
+    assert_eq!(endpoint.calls(), 0, "nothing sent while the holder lives");
+    assert_eq!(store.row().lease_owner.as_deref(), Some("proc_live"));
+    // Once the holder's heartbeat goes stale, the lease is ours.
+    clock.advance(Duration::from_millis(1));
+    let row = row_of(refresh(&k, 0).await);
+    assert_eq!((row.token_version, endpoint.calls()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_whose_caller_went_away_still_commits_and_is_drained() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(expired_row());
+    let endpoint = Arc::new(FakeEndpoint {
+        delay: Duration::from_secs(5),
+        ..Arc::into_inner(FakeEndpoint::new(&clock, Reply::Tokens)).unwrap()
+    });
+    let k = keeper(&store, &endpoint, &clock);
+    let caller = tokio::spawn({
+        let k = k.clone();
+        async move { refresh(&k, 0).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(endpoint.calls(), 1, "the request is at the provider");
+    assert_eq!(k.refreshes_in_flight(), 1);
+    // The client disconnects (or the server drops the request at shutdown).
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    assert!(!k.drain(Duration::from_secs(1)).await, "still running");
+    assert!(k.drain(Duration::from_secs(10)).await, "ends and commits");
+    let row = store.row();
+    assert_eq!(row.token_version, 1);
+    assert_eq!(row.refresh_token.as_deref(), Some(&b"rt-1"[..]));
+    assert_eq!((row.lease_owner, row.lease_until), (None, None));
+    assert_eq!(k.refreshes_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn heartbeat_deregister_and_purge_keep_the_instance_rows() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(expired_row());
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let k = keeper(&store, &endpoint, &clock);
+    store.beat("proc_long_dead", T0 - 86_400_001);
+    store.beat("proc_recently_dead", T0 - 60_000);
+    k.heartbeat(false).await.unwrap();
+    assert_eq!(store.1.lock().unwrap().get(k.instance_id()), Some(&T0));
+    clock.advance(Duration::from_millis(1_000));
+    k.heartbeat(true).await.unwrap();
+    let mut beats: Vec<_> = store.1.lock().unwrap().keys().cloned().collect();
+    beats.sort();
+    let mut want = vec![k.instance_id().to_owned(), "proc_recently_dead".to_owned()];
+    want.sort();
+    assert_eq!(beats, want, "a day without a heartbeat: purged");
+    k.deregister().await.unwrap();
+    assert!(!store.1.lock().unwrap().contains_key(k.instance_id()));
+}
+
+/// A polite pass every minute over one simulated day, 10-minute access tokens.
+async fn day_of_passes(k: &Arc<TestKeeper>, clock: &ManualClock, each: impl Fn(i64)) {
+    for minute in 1..=1_440 {
+        clock.advance(Duration::from_secs(60));
+        k.refresh_due_installs().await.unwrap();
+        each(minute);
+    }
+}
+
+#[tokio::test]
+async fn the_polite_pass_leaves_idle_installs_alone_until_the_daily_check() {
+    let clock = ManualClock::new(T0);
+    // Refreshed just now; its 10-minute token expires during every hour of the day.
+    let store = FakeStore::with(Install {
+        token_expires_at: Some(T0 + 600_000),
+        last_refresh_at: Some(T0),
+        ..expired_row()
+    });
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let k = keeper(&store, &endpoint, &clock);
+    let calls = endpoint.clone();
+    day_of_passes(&k, &clock, |minute| {
+        let want = if minute < 1_440 { 0 } else { 1 };
+        assert_eq!(calls.calls(), want, "minute {minute}");
+    })
+    .await;
+    // The daily check refreshed it once (and would have found a revoked grant).
+    assert_eq!(store.row().token_version, 1);
+    assert_eq!(store.row().last_refresh_at, Some(clock.now_ms()));
+}
+
+#[tokio::test]
+async fn an_install_in_use_is_not_checked_and_calls_refresh_it() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(Install {
+        token_expires_at: Some(T0 + 600_000),
+        last_refresh_at: Some(T0),
+        ..expired_row()
+    });
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let k = keeper(&store, &endpoint, &clock);
+    // Used an hour before the day's check is due: written by the next pass, so no check.
+    clock.advance(Duration::from_secs(23 * 3_600));
+    k.note_used(ID);
+    clock.advance(Duration::from_secs(3_600));
+    assert_eq!(k.refresh_due_installs().await.unwrap(), 0);
+    assert_eq!(endpoint.calls(), 0);
+    assert_eq!(store.usage(ID).last_used_at, Some(T0 + 23 * 3_600_000));
+    // Its call refreshes it on demand, as before.
+    let row = row_of(refresh(&k, 0).await);
+    assert_eq!((row.token_version, endpoint.calls()), (1, 1));
+    // Uses are written at most once per 10 minutes per install.
+    k.note_used(ID);
+    assert_eq!(k.flush_used().await.unwrap(), 1);
+    clock.advance(Duration::from_secs(60));
+    k.note_used(ID);
+    assert_eq!(k.flush_used().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_polite_pass_refreshes_ahead_of_a_refresh_token_idle_limit() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(Install {
+        token_expires_at: Some(T0 + 600_000),
+        last_refresh_at: Some(T0),
+        ..expired_row()
+    });
+    // The connector declares refresh tokens lapse after 3 h unused; margin 1 h.
+    let endpoint = Arc::new(FakeEndpoint {
+        refresh_idle_ms: Some(3 * 3_600_000),
+        ..Arc::into_inner(FakeEndpoint::new(&clock, Reply::Tokens)).unwrap()
+    });
+    let k = keeper(&store, &endpoint, &clock);
+    // The first refresh records the lapse; from then on every 2 h (3 h - 1 h margin).
+    store.edit(|r| r.token_expires_at = Some(T0 - 1));
+    row_of(refresh(&k, 0).await);
+    assert_eq!(store.usage(ID).refresh_expires_at, Some(T0 + 3 * 3_600_000));
+    let calls = endpoint.clone();
+    day_of_passes(&k, &clock, |minute| {
+        assert_eq!(calls.calls(), 1 + minute as usize / 120, "minute {minute}");
+    })
+    .await;
+    assert_eq!(endpoint.calls(), 13);
+    assert_eq!(store.row().status, "authorized");
+}
+
+/// The measurement of docs/BENCHMARKS.md ("polite background refresh"): 10,000 idle installs on
+/// SQLite, each authorized at some minute of the day before, with 10-minute access tokens; the
+/// background refresher passes every minute for one simulated day against a counting token
+/// endpoint.
+#[tokio::test]
+async fn ten_thousand_idle_installs_cost_at_most_one_token_request_a_day() {
+    const INSTALLS: usize = 10_000;
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let db = switchboard_db::Db::connect(
+        &format!("sqlite://{}", dir.path().join("bench.db").display()),
+        4,
+    )
+    .unwrap();
+    db.migrate().unwrap();
+    let clock = ManualClock::new(T0);
+    {
+        let mut conn = db.get().unwrap();
+        seed_idle_installs(&mut conn, INSTALLS);
+    }
+    let store = DbTokenStore::new(db.clone());
+    let endpoint = FakeEndpoint::new(&clock, Reply::Tokens);
+    let cfg = settings();
+    let k = Arc::new(TokenKeeper::new(
+        &cfg,
+        store,
+        endpoint.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(InstallCache::new(cfg.install_cache_ttl_ms)),
+    ));
+    let (mut passes, mut rows_returned) = (0u64, 0usize);
+    for _ in 0..1_440 {
+        clock.advance(Duration::from_secs(60));
+        rows_returned += k.refresh_due_installs().await.unwrap();
+        passes += 1;
+    }
+    let requests = endpoint.calls();
+    let per_install = requests as f64 / INSTALLS as f64;
+    let refreshed: i64 = {
+        use diesel::prelude::*;
+        use switchboard_db::schema::installs::dsl as i;
+        let mut conn = db.get().unwrap();
+        i::installs
+            // Version 1 from the seed, 2 after the one refresh.
+            .filter(i::token_version.eq(2))
+            .count()
+            .get_result(&mut *conn)
+            .unwrap()
+    };
+    eprintln!(
+        "polite refresh: {INSTALLS} idle installs, 10-minute tokens, {passes} passes over one simulated day: \
+         {requests} token requests ({per_install:.3} per install per day), \
+         {rows_returned} install rows refreshed (each: lease, re-read, fenced write, release), \
+         wall time {:.1?}",
+        started.elapsed()
+    );
+    assert!(
+        per_install <= 1.0,
+        "{per_install} token requests per install per day"
+    );
+    assert_eq!(requests, INSTALLS, "each is checked once in its day");
+    assert_eq!(refreshed, INSTALLS as i64);
+}
+
+/// `n` authorized installs, the i-th refreshed at minute `i % 1440` of the day before T0 (plus
+/// 30 s), with a 10-minute token; one transaction.
+fn seed_idle_installs(conn: &mut switchboard_db::AnyConnection, n: usize) {
+    use diesel::Connection;
+    use switchboard_db::repo::{accounts, installs, tenants};
+    const DAY: i64 = 86_400_000;
+    tenants::insert(
+        conn,
+        &switchboard_db::Tenant {
+            id: "ten_bench".into(),
+            name: "Bench".into(),
+            allowed_return_urls: "[]".into(),
+            created_at: T0 - 2 * DAY,
+        },
+    )
+    .unwrap();
+    accounts::insert(
+        conn,
+        &switchboard_db::Account {
+            tenant_id: "ten_bench".into(),
+            id: "acme".into(),
+            name: "Acme".into(),
+            created_at: T0 - 2 * DAY,
+        },
+    )
+    .unwrap();
+    conn.transaction::<_, switchboard_db::DbError, _>(|conn| {
+        for i in 0..n {
+            let id = format!("ins_{i:05}");
+            installs::insert(
+                conn,
+                &switchboard_db::NewInstall {
+                    id: id.clone(),
+                    tenant_id: "ten_bench".into(),
+                    account_id: "acme".into(),
+                    connector_id: "canvas".into(),
+                    auth_type: "oauth2_authorization_code".into(),
+                    status: InstallStatus::PendingAuthorization,
+                    settings: "{}".into(),
+                    return_url: None,
+                    created_at: T0 - 2 * DAY,
+                    updated_at: T0 - 2 * DAY,
+                },
+            )?;
+            let at = T0 - DAY + (i as i64 % 1_440) * 60_000 + 30_000;
+            let write = TokenWrite {
+                access_token: b"at-0".to_vec(),
+                refresh_token: Some(b"rt-0".to_vec()),
+                expires_at: Some(at + 600_000),
+                scopes: None,
+                context: None,
+                status: InstallStatus::Authorized,
+                last_error: None,
+                last_refresh_at: Some(at),
+                last_refresh_error: None,
+                now: at,
+            };
+            assert!(installs::store_tokens(conn, &id, 0, &write)?);
+        }
+        Ok(())
+    })
+    .unwrap();
 }
