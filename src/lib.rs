@@ -253,7 +253,7 @@ fn spawn_heartbeat(services: Services) -> tokio::task::JoinHandle<()> {
         let mut beats: u64 = 0;
         loop {
             tick.tick().await;
-            let purge = beats % purge_every == 0;
+            let purge = beats.is_multiple_of(purge_every);
             beats += 1;
             if let Err(e) = services.tokens.heartbeat(purge).await {
                 tracing::warn!(code = %e.code(), "instance heartbeat failed");

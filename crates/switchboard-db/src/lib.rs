@@ -1,6 +1,7 @@
 //! Storage of Switchboard: the one diesel schema, `AnyConnection` (SQLite or PostgreSQL behind
 //! `#[derive(MultiConnection)]`), the r2d2 pool and [`Db::run`], migrations per backend (under an
 //! advisory lock on PostgreSQL), tenant-scoped repositories and the install lease.
+//! Host-level rows: `instances` (the running processes' heartbeats the lease takeover reads).
 //!
 //! Every repository function that touches tenant data takes the tenant id (or an insertable
 //! carrying it) and filters by it, so a caller holding tenant A's id cannot reach tenant B's

@@ -338,18 +338,6 @@ pub fn set_refresh_expires_at(
     Ok(n == 1)
 }
 
-/// `last_used_at` and `refresh_expires_at` of an install (tests, diagnostics).
-pub fn usage_of(
-    conn: &mut AnyConnection,
-    id: &str,
-) -> Result<Option<(Option<i64>, Option<i64>)>, DbError> {
-    Ok(i::installs
-        .find(id)
-        .select((i::last_used_at, i::refresh_expires_at))
-        .first(conn)
-        .optional()?)
-}
-
 /// Records why the last authorization attempt failed; status and tokens are left alone (a
 /// failed re-authorisation never overwrites good tokens).
 pub fn set_last_error(
