@@ -15,6 +15,9 @@ pub struct TokenResponse {
     pub refresh_token: Option<SecretString>,
     /// Seconds; `None` when absent or unreadable.
     pub expires_in: Option<u64>,
+    /// Seconds the refresh token stays valid, when the server declares it (non-standard:
+    /// `refresh_expires_in` or `refresh_token_expires_in`; 0 means no limit and reads as None).
+    pub refresh_expires_in: Option<u64>,
     /// Granted scopes as the server wrote them (may differ from the request; Epic answers with
     /// its own API names).
     pub scope: Option<String>,
@@ -40,6 +43,7 @@ impl fmt::Debug for TokenResponse {
                 &self.refresh_token.as_ref().map(|_| "[REDACTED]"),
             )
             .field("expires_in", &self.expires_in)
+            .field("refresh_expires_in", &self.refresh_expires_in)
             .field("scope", &self.scope)
             .field("token_type", &self.token_type)
             .field("context", &self.context)
@@ -132,6 +136,11 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, AuthErr
         }
     };
 
+    let refresh_expires_in = ["refresh_expires_in", "refresh_token_expires_in"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(lenient_seconds))
+        .filter(|s| *s > 0);
+
     let refresh_token = match obj.get("refresh_token") {
         Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.as_str())),
         _ => None,
@@ -169,6 +178,7 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, AuthErr
         access_token: SecretString::from(access_token.as_str()),
         refresh_token,
         expires_in,
+        refresh_expires_in,
         scope,
         token_type: "Bearer".to_owned(),
         context,
@@ -351,5 +361,24 @@ mod tests {
         );
         assert_eq!(r.expires_at_ms(1_000), Some(61_000));
         assert!(SmartContext::default().is_empty());
+    }
+
+    #[test]
+    fn a_declared_refresh_token_lifetime_is_read() {
+        let r = parse(json!({"access_token": "a", "token_type": "Bearer",
+            "refresh_token": "r", "refresh_expires_in": 1800}))
+        .unwrap();
+        assert_eq!(r.refresh_expires_in, Some(1800));
+        let r = parse(json!({"access_token": "a", "token_type": "Bearer",
+            "refresh_token": "r", "refresh_token_expires_in": "7776000"}))
+        .unwrap();
+        assert_eq!(r.refresh_expires_in, Some(7_776_000));
+        // Keycloak's offline tokens say 0: no limit.
+        let r = parse(json!({"access_token": "a", "token_type": "Bearer",
+            "refresh_expires_in": 0}))
+        .unwrap();
+        assert_eq!(r.refresh_expires_in, None);
+        let r = parse(json!({"access_token": "a", "token_type": "Bearer"})).unwrap();
+        assert_eq!(r.refresh_expires_in, None);
     }
 }

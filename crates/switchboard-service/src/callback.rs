@@ -242,7 +242,7 @@ impl CallbackService {
             sealed.scopes = resolved.requested_scopes().ok().filter(|s| !s.is_empty());
         }
         let now = now_ms();
-        let lapse = crate::tokens::refresh_lapse_at(&resolved.auth, now);
+        let lapse = crate::tokens::refresh_lapse_at(&resolved.auth, sealed.refresh_expires_at, now);
         // A concurrent refresh may bump the version; retry the fenced write on the latest one.
         let mut version = install.token_version;
         for _ in 0..5 {

@@ -16,8 +16,9 @@ pub struct SealedTokens {
     pub expires_at: Option<i64>,
     pub scopes: Option<String>,
     pub context: Option<String>,
-    /// When the refresh token lapses if unused (the connector's `refresh_token_idle_secs`),
-    /// set by the token endpoint that knows the connector.
+    /// When the refresh token lapses if unused: the server's declared `refresh_expires_in`, or
+    /// the connector's `refresh_token_idle_secs` if sooner (added by whoever knows the
+    /// connector: the token endpoint, the callback).
     pub refresh_expires_at: Option<i64>,
 }
 
@@ -57,7 +58,10 @@ pub(crate) fn seal_tokens(
             .map(|s| now + (s.min(10 * 365 * 86_400) as i64) * 1000),
         scopes: t.scope.clone(),
         context,
-        refresh_expires_at: None,
+        // The server's declared refresh-token lifetime; the token endpoint adds the connector's.
+        refresh_expires_at: t
+            .refresh_expires_in
+            .map(|s| now + (s.min(10 * 365 * 86_400) as i64) * 1000),
     }
 }
 

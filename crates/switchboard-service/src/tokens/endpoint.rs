@@ -74,19 +74,24 @@ impl TokenEndpoint for OAuthTokenEndpoint {
         let tokens = result.map_err(RequestError::Auth)?;
         let now = self.clock.now_ms();
         let mut sealed = seal_tokens(&self.crypto, &row.id, &tokens, now);
-        sealed.refresh_expires_at = refresh_lapse_at(&resolved.auth, now);
+        sealed.refresh_expires_at =
+            refresh_lapse_at(&resolved.auth, sealed.refresh_expires_at, now);
         Ok(sealed)
     }
 }
 
-/// When a refresh token used or issued at `now` lapses if it is not used again: the connector's
-/// `refresh_token_idle_secs` (None: no declared limit; the polite refresher's daily check keeps
-/// it alive).
-pub(crate) fn refresh_lapse_at(auth: &AuthDef, now: i64) -> Option<i64> {
-    match auth {
+/// When a refresh token used or issued at `now` lapses if it is not used again: the sooner of
+/// the server's `declared` lifetime and the connector's `refresh_token_idle_secs` (None: no
+/// known limit; the polite refresher's daily check keeps it alive).
+pub(crate) fn refresh_lapse_at(auth: &AuthDef, declared: Option<i64>, now: i64) -> Option<i64> {
+    let idle = match auth {
         AuthDef::Oauth2AuthorizationCode(c) => c
             .refresh_token_idle_secs
             .map(|s| now.saturating_add((s.min(10 * 365 * 86_400) as i64) * 1000)),
         _ => None,
+    };
+    match (declared, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
