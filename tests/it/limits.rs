@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use switchboard_config::Settings;
 use switchboard_testkit::fhir::{FakeFhir, Fault, RetryAfter};
+use switchboard_testkit::oauth::{FakeOAuth, OAuthClient};
 
 /// Every 429 carries `Retry-After` in whole seconds, at least 1, equal to `retry_after`.
 fn assert_retry_after(r: &Resp) {
@@ -458,10 +459,72 @@ required = true
 "#;
 
 fn hop_connectors(s: &mut Settings) {
+    hop_connector_with(s, "");
+}
+
+/// The shipped connectors plus `testhop`, with `extra` appended to its file.
+fn hop_connector_with(s: &mut Settings, extra: &str) {
     let dir = s.secrets.key_file.parent().unwrap().join("connectors");
     crate::support::copy_entry(&repo_root().join("connectors"), &dir).unwrap();
-    std::fs::write(dir.join("testhop.toml"), HOP_CONNECTOR).unwrap();
+    std::fs::write(dir.join("testhop.toml"), format!("{HOP_CONNECTOR}{extra}")).unwrap();
     s.connectors.dir = dir;
+}
+
+/// `token_requests_per_minute` counts a tenant's token requests for the connector: the second
+/// client-credentials install within the minute is refused before its token is asked for, and
+/// is not written.
+async fn connector_token_rate(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        hop_connector_with(s, "\n[limits]\ntoken_requests_per_minute = 1\n");
+        s.limits.outbound_queue_ms = 0;
+    })
+    .await;
+    let oauth = FakeOAuth::builder()
+        .client(OAuthClient::basic(
+            "hop-client",
+            "hop-secret-77c2",
+            &app.url("/connector/callback"),
+        ))
+        .start();
+    let token_url = oauth.token_url();
+    let r = req(
+        &app,
+        Method::PUT,
+        "/v1/connectors/testhop/setup",
+        Some(
+            json!({"settings": {"fhir_base_url": "http://127.0.0.1:9/fhir/",
+            "auth_base": token_url.trim_end_matches("token"),
+            "client_id": "hop-client", "client_secret": "hop-secret-77c2"}}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.create_account("clinic").await;
+    let body = json!({"connector": "testhop", "auth_type": "oauth2_client_credentials"});
+    let r = req(
+        &app,
+        Method::POST,
+        "/v1/accounts/clinic/installs",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let before = snapshot(&app).await;
+    let r = req(
+        &app,
+        Method::POST,
+        "/v1/accounts/clinic/installs",
+        Some(body),
+    )
+    .await;
+    problem(&r, 429, "rate_limited");
+    assert_retry_after(&r);
+    assert_eq!(snapshot(&app).await, before, "a limited install wrote");
+    assert_eq!(
+        oauth.token_requests().len(),
+        1,
+        "the limited token request was sent"
+    );
 }
 
 /// A TCP listener on 127.0.0.1 counting the connections it accepts.
@@ -517,7 +580,9 @@ async fn give_tokens(app: &TestApp, install: &str, expired: bool) {
 
 async fn outbound_policy_every_hop(backend: Backend) {
     let (port, accepted) = counting_listener().await;
-    let local = format!("http://127.0.0.1:{port}/");
+    // https: reqwest refuses plain http in secure mode by itself; an https URL to an IP
+    // literal is what only the policy check stops before a connection is opened.
+    let local = format!("https://127.0.0.1:{port}/");
     // Before: a development replica (insecure upstreams on) saved everything pointing at the
     // listener. Saving connects to nothing.
     let dev = TestApp::spawn_with(backend, hop_connectors).await;
@@ -684,6 +749,7 @@ crate::both_backends! {
     tenant_quotas_refuse_and_write_nothing => tenant_quotas;
     bad_key_flood_leaves_valid_keys_served => bad_key_flood;
     connector_call_rate_is_limited => connector_call_rate;
+    connector_token_rate_is_limited => connector_token_rate;
     call_deadline_covers_retries => call_deadline;
     tenant_return_url_origins_are_enforced => tenant_return_url_origins;
     outbound_policy_holds_on_every_hop => outbound_policy_every_hop;
