@@ -227,6 +227,8 @@ start_switchboard() { # backend database_url
         "SWITCHBOARD__CONNECTORS__DIR=$ROOT/connectors"
         "SWITCHBOARD__SECRETS__KEY_FILE=$data/secret.key"
         "SWITCHBOARD__SECURITY__ALLOW_INSECURE_UPSTREAMS=true"
+        # One key drives the whole load: no per-key rate (limits.api_key_requests_per_minute).
+        "SWITCHBOARD__LIMITS__API_KEY_REQUESTS_PER_MINUTE=0"
         "SWITCHBOARD__LOG__LEVEL=warn"
     )
     local created

@@ -76,6 +76,11 @@ pub fn test_settings(db_url: &str, dir: &Path, port: u16) -> Settings {
             "SWITCHBOARD__SECURITY__ALLOWED_RETURN_URLS".to_string(),
             "https://console.example/".to_string(),
         ),
+        // The origins the suite's tenants add return-URL prefixes under.
+        (
+            "SWITCHBOARD__SECURITY__TENANT_RETURN_URL_ORIGINS".to_string(),
+            "https://partner.example,https://tenant.example,https://x.example".to_string(),
+        ),
         (
             "SWITCHBOARD__TOKENS__BACKGROUND_REFRESH_INTERVAL_SECS".to_string(),
             "0".to_string(),

@@ -72,6 +72,23 @@ impl From<ServiceError> for ApiError {
                 let detail = ServiceError::RefreshInProgress { retry_after_secs }.to_string();
                 Problem::new(code, detail).with("retry_after", retry_after_secs.max(1))
             }
+            ServiceError::RateLimited {
+                detail,
+                retry_after_secs,
+            } => Problem::new(code, detail).with("retry_after", retry_after_secs.max(1)),
+            ServiceError::QuotaExceeded { quota, limit } => {
+                Problem::new(code, ServiceError::QuotaExceeded { quota, limit }.to_string())
+                    .with("quota", quota)
+                    .with("limit", limit)
+            }
+            ServiceError::UpstreamNotAllowed(errors) => Problem::new(
+                code,
+                format!(
+                    "{} upstream URL(s) point at an address the outbound policy refuses",
+                    errors.len()
+                ),
+            )
+            .with("errors", json!(errors)),
             ServiceError::Internal(cause) => {
                 // The cause is logged, never shown.
                 tracing::error!(cause = %cause, "internal error");

@@ -33,6 +33,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub audit: AuditSettings,
+    pub limits: LimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +77,8 @@ pub struct SecretsSettings {
 pub struct SecuritySettings {
     pub allow_insecure_upstreams: bool,
     pub allowed_return_urls: Vec<String>,
+    /// Origins (`https://host[:port]`) under which a tenant may add its own return-URL prefixes.
+    pub tenant_return_url_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +96,8 @@ pub struct UpstreamSettings {
     pub max_retries: u32,
     pub max_retry_wait_ms: u64,
     pub max_pages: u32,
+    /// Deadline of one method call's upstream work (all pages and retries together).
+    pub call_deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +175,42 @@ impl AuditSettings {
     }
 }
 
+/// Limits: the request rate per API key, per-tenant quotas, the unknown-key cache and the
+/// sharing of connector-declared outbound limits across replicas. A 0 turns a rate or a quota
+/// off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Requests per minute per API key (refill rate of its bucket); 0 = no limit.
+    pub api_key_requests_per_minute: u32,
+    /// Requests an API key may send at once before the rate applies.
+    pub api_key_burst: u32,
+    pub max_accounts_per_tenant: u64,
+    pub max_installs_per_tenant: u64,
+    pub max_api_keys_per_tenant: u64,
+    pub max_pending_oauth_states_per_tenant: u64,
+    /// How long an unknown API key is answered 401 without a database read.
+    pub bad_key_cache_ttl_ms: u64,
+    /// Most unknown keys remembered.
+    pub bad_key_cache_size: usize,
+    /// Database lookups of uncached keys at once; 0 = half of `database.pool_size` (at least 1).
+    pub key_lookup_concurrency: usize,
+    /// Replicas sharing the connector-declared outbound limits (each enforces limit / replicas).
+    pub replicas: u32,
+    /// Longest wait for a connector-declared outbound limit before 429.
+    pub outbound_queue_ms: u64,
+}
+
+impl LimitsSettings {
+    /// The effective number of concurrent key lookups for a pool of `pool_size`.
+    pub fn key_lookups(&self, pool_size: u32) -> usize {
+        match self.key_lookup_concurrency {
+            0 => (pool_size as usize / 2).max(1),
+            n => n,
+        }
+    }
+}
+
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +276,7 @@ impl Settings {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("security.allowed_return_urls")
+            .with_list_parse_key("security.tenant_return_url_origins")
             .try_parsing(true)
             .source(Some(
                 env.into_iter()
@@ -292,6 +334,35 @@ impl Settings {
                     )
                 }
             }
+        }
+        for origin in &self.security.tenant_return_url_origins {
+            match url::Url::parse(origin) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && u.username().is_empty()
+                        && u.password().is_none() => {}
+                _ => {
+                    return invalid(
+                        "security.tenant_return_url_origins",
+                        "each entry must be an origin: http(s)://host[:port] with no path".into(),
+                    )
+                }
+            }
+        }
+        if self.upstream.call_deadline_ms == 0 {
+            return invalid("upstream.call_deadline_ms", "must be at least 1".into());
+        }
+        if self.limits.replicas == 0 {
+            return invalid("limits.replicas", "must be at least 1".into());
+        }
+        if self.limits.api_key_requests_per_minute > 0 && self.limits.api_key_burst == 0 {
+            return invalid(
+                "limits.api_key_burst",
+                "must be at least 1 when limits.api_key_requests_per_minute is set".into(),
+            );
         }
         if self.upstream.max_pages == 0 {
             return invalid("upstream.max_pages", "must be at least 1".into());

@@ -36,6 +36,25 @@ pub struct ConnectorDef {
     /// The file's own methods (included ones follow them once loaded).
     #[serde(default)]
     pub methods: Vec<MethodDef>,
+    /// Outbound rate limits the vendor imposes (`[limits]`). Each replica enforces
+    /// limit / `limits.replicas` of the host configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ConnectorLimits>,
+}
+
+/// A connector's `[limits]`: how fast Switchboard may call the vendor. A call that would exceed
+/// one waits up to `limits.outbound_queue_ms` of the host configuration, then is answered 429
+/// `rate_limited` with `Retry-After`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorLimits {
+    /// Token requests (code exchange, refresh, client credentials) per minute per setup, i.e.
+    /// per client registration of one tenant (athenahealth: 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_requests_per_minute: Option<u32>,
+    /// Method calls per second per install (every page of a call counts as one request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
 }
 
 /// A method library: `connectors/_<name>/*.toml`, never a connector by itself (the directory

@@ -317,6 +317,7 @@ mod tests {
             headers: BTreeMap::new(),
             include: vec![],
             methods: vec![],
+            limits: None,
         }
     }
 

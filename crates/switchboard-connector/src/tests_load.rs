@@ -819,3 +819,28 @@ fn diagnostics_name_files_as_the_directory_was_given() {
     );
     assert!(d.iter().all(|x| !x.message.contains('\n')));
 }
+
+#[test]
+fn limits_section_is_read_and_validated_with_lines() {
+    let src =
+        format!("{BASE}\n[limits]\ntoken_requests_per_minute = 50\nrequests_per_second = 10\n");
+    let def = load_str(Path::new("t.toml"), &src).unwrap();
+    let limits = def.limits.expect("limits read");
+    assert_eq!(limits.token_requests_per_minute, Some(50));
+    assert_eq!(limits.requests_per_second, Some(10));
+
+    let src = format!("{BASE}\n[limits]\ntoken_requests_per_minute = 0\n");
+    let d = diags(&src);
+    assert_eq!(d.len(), 1, "{}", show(&d));
+    assert_eq!(d[0].line, line_of(&src, "token_requests_per_minute"));
+    assert!(
+        d[0].to_string().contains("must be between 1"),
+        "{}",
+        show(&d)
+    );
+
+    let src = format!("{BASE}\n[limits]\nrequests_per_minute = 5\n");
+    let d = diags(&src);
+    assert_eq!(d.len(), 1, "{}", show(&d));
+    assert_eq!(d[0].line, line_of(&src, "requests_per_minute"));
+}

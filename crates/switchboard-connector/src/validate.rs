@@ -233,6 +233,7 @@ pub(crate) fn validate(def: &ConnectorDef) -> Vec<Issue> {
     c.fhir_base_and_headers();
     c.auth_entries();
     c.methods();
+    c.limits();
     c.issues
 }
 
@@ -242,6 +243,29 @@ impl Checker<'_> {
             path,
             message: message.into(),
         });
+    }
+
+    /// `[limits]`: each declared rate is at least 1 (0 would block every call) and within what a
+    /// token bucket can express.
+    fn limits(&mut self) {
+        let Some(limits) = &self.def.limits else {
+            return;
+        };
+        for (key, value, max) in [
+            (
+                "token_requests_per_minute",
+                limits.token_requests_per_minute,
+                1_000_000,
+            ),
+            ("requests_per_second", limits.requests_per_second, 100_000),
+        ] {
+            if let Some(v) = value.filter(|v| *v == 0 || *v > max) {
+                self.issue(
+                    FieldPath::root().key("limits").key(key),
+                    format!("must be between 1 and {max} (got {v})"),
+                );
+            }
+        }
     }
 
     fn top_level(&mut self) {

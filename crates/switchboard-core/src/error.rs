@@ -50,6 +50,9 @@ error_codes! {
     UpstreamNotAllowed      => ("upstream_not_allowed", 422, "Upstream address not allowed by policy"),
     ServiceUnavailable      => ("service_unavailable", 503, "Service unavailable"),
     Internal                => ("internal_error", 500, "Internal server error"),
+    RateLimited             => ("rate_limited", 429, "Too many requests"),
+    QuotaExceeded           => ("quota_exceeded", 409, "Tenant quota exceeded"),
+    ReturnUrlOriginNotAllowed => ("return_url_origin_not_allowed", 422, "Return URL prefix outside the origins the operator allows"),
 }
 
 impl std::fmt::Display for ErrorCode {

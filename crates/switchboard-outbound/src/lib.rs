@@ -189,11 +189,14 @@ impl Outbound {
         })
     }
 
-    /// The shared client, for callers that need reqwest directly (the OAuth layer). Its
-    /// resolver enforces the address policy; call [`Outbound::check_url`] first for IP
-    /// literals and the scheme.
-    pub fn client(&self) -> &reqwest::Client {
-        &self.inner.client
+    /// The shared client for a request to `url`, for callers that need reqwest directly (the
+    /// OAuth layer: code exchange, refresh, client credentials, revocation). The only way to
+    /// get it: `url` is checked first (scheme, credentials, IP literals in every notation,
+    /// `localhost`), and the client's resolver checks what names resolve to on every
+    /// connection, so IP literals and names get the same policy. Send only to `url`.
+    pub fn client_for(&self, url: &Url) -> Result<&reqwest::Client, OutboundError> {
+        self.check_url(url)?;
+        Ok(&self.inner.client)
     }
 
     pub fn config(&self) -> &OutboundConfig {

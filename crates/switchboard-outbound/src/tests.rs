@@ -361,7 +361,8 @@ async fn resolver_blocks_names_on_the_shared_client() {
     let secure = Outbound::new(OutboundConfig::default()).unwrap();
     let safe = SafeUrl::new(&Url::parse("https://localhost/").unwrap());
     let err = secure
-        .client()
+        .inner
+        .client
         .get("https://localhost:9/")
         .send()
         .await
@@ -387,4 +388,56 @@ fn safe_url_keeps_scheme_host_port_path_only() {
         SafeUrl::new(&u).as_str(),
         "https://ehr.example.com:8443/fhir/Patient"
     );
+}
+
+#[test]
+fn client_for_refuses_every_loopback_notation() {
+    let secure = Outbound::new(OutboundConfig::default()).unwrap();
+    for (url, why) in [
+        ("http://127.0.0.1/", PolicyViolation::Scheme),
+        ("https://127.0.0.1:8443/token", PolicyViolation::Address),
+        ("https://[::1]/token", PolicyViolation::Address),
+        ("https://2130706433/token", PolicyViolation::Address),
+        ("https://0x7f.1/token", PolicyViolation::Address),
+        ("https://0177.0.0.1/token", PolicyViolation::Address),
+        ("https://[::ffff:7f00:1]/token", PolicyViolation::Address),
+        ("https://localhost/token", PolicyViolation::Address),
+        ("https://169.254.169.254/latest", PolicyViolation::Address),
+    ] {
+        let err = secure
+            .client_for(&Url::parse(url).unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("{url} allowed"));
+        assert!(
+            matches!(err, OutboundError::NotAllowed { reason, .. } if reason == why),
+            "{url}: {err:?}"
+        );
+    }
+    assert!(secure
+        .client_for(&Url::parse("https://ehr.example.com/token").unwrap())
+        .is_ok());
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    // An allowed upstream answering with a redirect to another address: the client hands the
+    // 3xx back and never connects to the target.
+    let target = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&target)
+        .await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("location", format!("{}/x", target.uri())),
+        )
+        .mount(&upstream)
+        .await;
+    let resp = insecure()
+        .send(get(&upstream.uri()), RetryPolicy::Never)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 307);
+    assert_eq!(calls(&target).await, 0);
 }

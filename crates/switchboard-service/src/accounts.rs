@@ -5,6 +5,7 @@ use crate::error::ServiceError;
 use crate::installs::InstallService;
 use crate::pagination::{self, PageIn};
 use crate::tenant::TenantCtx;
+use diesel::Connection;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId};
 use switchboard_db::repo::{accounts, installs};
@@ -74,8 +75,17 @@ impl InstallService {
         };
         let created_at = row.created_at;
         let out_id = id.clone();
-        self.db
-            .run(move |conn| accounts::insert(conn, &row))
+        let limit = self.settings.limits.max_accounts_per_tenant;
+        let inserted = self
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    if limit > 0 && accounts::count(conn, &row.tenant_id)? >= limit {
+                        return Ok(false);
+                    }
+                    accounts::insert(conn, &row).map(|_| true)
+                })
+            })
             .await
             .map_err(|e| match e {
                 switchboard_db::DbError::Conflict => {
@@ -83,6 +93,12 @@ impl InstallService {
                 }
                 other => other.into(),
             })?;
+        if !inserted {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "accounts",
+                limit,
+            });
+        }
         Ok(AccountOut {
             id: out_id,
             name,

@@ -97,6 +97,7 @@ pub struct CallbackService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) limits: Arc<crate::limits::OutboundLimits>,
 }
 
 impl CallbackService {
@@ -232,8 +233,22 @@ impl CallbackService {
         let verifier = SecretString::from(
             String::from_utf8(verifier).map_err(|_| "stored verifier is corrupt".to_owned())?,
         );
+        // The recorded token URL is checked again now: the policy may be stricter than when
+        // the authorization started.
+        let http = self
+            .outbound
+            .client_for(&client.token_url)
+            .map_err(|e| format!("token URL refused: {e}"))?;
+        self.limits
+            .acquire(
+                &resolved.connector,
+                crate::limits::Outgoing::Token,
+                &install.tenant_id,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let tokens = client
-            .exchange_code(self.outbound.client(), code, &st.redirect_uri, &verifier)
+            .exchange_code(http, code, &st.redirect_uri, &verifier)
             .await
             .map_err(|e| format!("token exchange failed: {e}"))?;
         let mut sealed = crate::sealing::seal_tokens(&self.crypto, &install.id, &tokens, now_ms());

@@ -66,6 +66,23 @@ pub enum ServiceError {
     /// Anything else: logged with its cause, shown to the caller as a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A rate (per API key, or a connector-declared outbound limit) is exhausted.
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        /// Seconds until a retry can succeed (at least 1).
+        retry_after_secs: u64,
+    },
+    /// A per-tenant quota (`limits.max_*_per_tenant`) is reached; nothing was written.
+    #[error("the tenant already has the most {quota} allowed ({limit}); delete some first or ask the operator to raise limits.max_{quota}_per_tenant")]
+    QuotaExceeded { quota: &'static str, limit: u64 },
+    /// A tenant return-URL prefix outside `security.tenant_return_url_origins` and
+    /// `security.allowed_return_urls`.
+    #[error("{0}")]
+    ReturnUrlOriginNotAllowed(String),
+    /// Settings whose URLs (as given, or rendered) the outbound address policy refuses.
+    #[error("an upstream URL is refused by the outbound policy")]
+    UpstreamNotAllowed(Vec<FieldError>),
 }
 
 impl ServiceError {
@@ -92,6 +109,10 @@ impl ServiceError {
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Self::RefreshInProgress { .. } => ErrorCode::ServiceUnavailable,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            Self::UpstreamNotAllowed(_) => ErrorCode::UpstreamNotAllowed,
+            Self::ReturnUrlOriginNotAllowed(_) => ErrorCode::ReturnUrlOriginNotAllowed,
         }
     }
 }

@@ -5,9 +5,10 @@
 
 use crate::cache::InstallCache;
 use crate::error::ServiceError;
+use crate::limits::Outgoing;
 use crate::pagination::{self, InstallsQuery, PageIn};
 use crate::resolve::{Resolved, Resolver};
-use crate::return_url::{matches_prefix, validate_return_prefix};
+use crate::return_url::{matches_prefix, tenant_prefix_allowed, validate_return_prefix};
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
 use diesel::Connection;
@@ -118,17 +119,25 @@ pub struct InstallService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) limits: Arc<crate::limits::OutboundLimits>,
 }
 
 impl InstallService {
     fn check_return_url(&self, allowed_tenant: &[String], url: &str) -> Result<(), ServiceError> {
         validate_return_prefix(url)?;
-        let allowed = self
-            .settings
-            .security
+        let security = &self.settings.security;
+        // A tenant prefix counts only while it is under what the operator allows.
+        let tenant = allowed_tenant.iter().filter(|p| {
+            tenant_prefix_allowed(
+                p,
+                &security.allowed_return_urls,
+                &security.tenant_return_url_origins,
+            )
+        });
+        let allowed = security
             .allowed_return_urls
             .iter()
-            .chain(allowed_tenant.iter())
+            .chain(tenant)
             .any(|p| matches_prefix(url, p));
         if allowed {
             Ok(())
@@ -149,6 +158,64 @@ impl InstallService {
         Ok(serde_json::from_str(&row.allowed_return_urls).unwrap_or_default())
     }
 
+    /// The shared HTTP client for a request to `url`, after the outbound policy check (422
+    /// `upstream_not_allowed` naming `field`).
+    fn outbound_for(&self, field: &str, url: &url::Url) -> Result<&reqwest::Client, ServiceError> {
+        self.outbound.client_for(url).map_err(|e| {
+            ServiceError::UpstreamNotAllowed(vec![crate::error::FieldError::new(
+                field,
+                e.to_string(),
+            )])
+        })
+    }
+
+    /// The quotas a new install would exceed, checked before anything is sent or written:
+    /// installs per tenant, and for the authorization-code flow the pending authorization
+    /// requests (its first state). The insert re-checks the install count in its transaction.
+    async fn check_install_quotas(
+        &self,
+        tenant_id: &str,
+        auth: &AuthDef,
+    ) -> Result<(), ServiceError> {
+        let limits = &self.settings.limits;
+        let (installs_max, states_max) = (
+            limits.max_installs_per_tenant,
+            limits.max_pending_oauth_states_per_tenant,
+        );
+        let wants_state = matches!(auth, AuthDef::Oauth2AuthorizationCode(_));
+        let tenant = tenant_id.to_owned();
+        let now = now_ms();
+        let (installs_now, states_now) = self
+            .db
+            .run(move |conn| {
+                let i = if installs_max > 0 {
+                    installs::count(conn, &tenant)?
+                } else {
+                    0
+                };
+                let s = if wants_state && states_max > 0 {
+                    oauth_states::count_pending(conn, &tenant, now)?
+                } else {
+                    0
+                };
+                Ok((i, s))
+            })
+            .await?;
+        if installs_max > 0 && installs_now >= installs_max {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "installs",
+                limit: installs_max,
+            });
+        }
+        if wants_state && states_max > 0 && states_now >= states_max {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "pending_oauth_states",
+                limit: states_max,
+            });
+        }
+        Ok(())
+    }
+
     pub async fn create_install(
         &self,
         t: &TenantCtx,
@@ -163,10 +230,14 @@ impl InstallService {
             let prefixes = self.tenant_return_prefixes(t).await?;
             self.check_return_url(&prefixes, r)?;
         }
+        self.resolver.check_setting_urls(&connector, &overrides)?;
         let resolved = self
             .resolver
             .resolve(&t.tenant_id, connector.clone(), auth.clone(), &overrides)
             .await?;
+        self.resolver
+            .check_resolved_urls(&resolved, &self.redirect_uri)?;
+        self.check_install_quotas(&t.tenant_id, &auth).await?;
         let id = IdKind::Install.generate();
         let now = now_ms();
         let sealed = settings::seal(
@@ -202,8 +273,12 @@ impl InstallService {
                 let scopes = resolved.render(&c.scopes, None)?;
                 self.resolver
                     .check_upstream_url("token_url", &client.token_url)?;
+                let http = self.outbound_for("token_url", &client.token_url)?;
+                self.limits
+                    .acquire(&connector, Outgoing::Token, &t.tenant_id)
+                    .await?;
                 let tokens = client
-                    .client_credentials(self.outbound.client(), &scopes)
+                    .client_credentials(http, &scopes)
                     .await
                     .map_err(crate::tokens::first_token_error)?;
                 let sealed = crate::sealing::seal_tokens(&self.crypto, &id, &tokens, now_ms());
@@ -223,17 +298,28 @@ impl InstallService {
             }
         }
         let install_row = row;
-        self.db
+        let limit = self.settings.limits.max_installs_per_tenant;
+        let inserted = self
+            .db
             .run(move |conn| {
                 conn.transaction(|conn| {
+                    if limit > 0 && installs::count(conn, &install_row.tenant_id)? >= limit {
+                        return Ok(false);
+                    }
                     installs::insert(conn, &install_row)?;
                     if let Some(write) = &first_tokens {
                         installs::store_tokens(conn, &install_row.id, 0, write)?;
                     }
-                    Ok(())
+                    Ok(true)
                 })
             })
             .await?;
+        if !inserted {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "installs",
+                limit,
+            });
+        }
         let authorize_url = match &auth {
             AuthDef::Oauth2AuthorizationCode(_) => Some(
                 self.begin_authorization(&t.tenant_id, &id, &resolved, input.return_url.as_deref())
@@ -321,12 +407,26 @@ impl InstallService {
             expires_at: now + (self.settings.oauth.state_ttl_secs as i64) * 1000,
             created_at: now,
         };
-        self.db
+        let limit = self.settings.limits.max_pending_oauth_states_per_tenant;
+        let inserted = self
+            .db
             .run(move |conn| {
                 oauth_states::purge_expired(conn, now)?;
-                oauth_states::insert(conn, &row)
+                conn.transaction(|conn| {
+                    if limit > 0 && oauth_states::count_pending(conn, &row.tenant_id, now)? >= limit
+                    {
+                        return Ok(false);
+                    }
+                    oauth_states::insert(conn, &row).map(|()| true)
+                })
             })
             .await?;
+        if !inserted {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "pending_oauth_states",
+                limit,
+            });
+        }
         Ok(url.to_string())
     }
 
@@ -528,11 +628,8 @@ impl InstallService {
         let Some(client) = resolved.token_client(&self.redirect_uri)? else {
             return Ok(());
         };
-        self.outbound
-            .check_url(&url)
-            .map_err(|e| ServiceError::internal(e.to_string()))?;
+        let http = self.outbound_for("revocation_url", &url)?;
         let tokens = crate::sealing::open_tokens(&self.crypto, row)?;
-        let http = self.outbound.client();
         if let Some(rt) = &tokens.refresh {
             client
                 .revoke(http, &url, rt, TokenTypeHint::RefreshToken)

@@ -1,6 +1,9 @@
 //! Tenants and their API keys. A key is `sbk_<public id>_<secret>`; only its SHA-256 is stored
 //! (the secret has 256 bits of entropy, so a fast hash is enough), the plaintext is shown once.
-//! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read.
+//! Verified keys are cached for `api_keys.cache_ttl_ms` so the hot path does no database read;
+//! unknown keys are remembered for `limits.bad_key_cache_ttl_ms` (bounded), and uncached lookups
+//! run at most `limits.key_lookup_concurrency` at once, so a flood of bad keys cannot take the
+//! database pool. Each key's request rate is limited (`limits.api_key_requests_per_minute`).
 
 use crate::error::ServiceError;
 use crate::pagination::{self, PageIn};
@@ -109,6 +112,52 @@ impl KeyCache {
     }
 }
 
+/// Hashes of presented keys that matched no active key, remembered for a short TTL so repeating
+/// a bad key costs no database read. Bounded: when full, expired entries are dropped, and if it
+/// is still full the oldest half goes.
+pub struct BadKeyCache {
+    ttl: Duration,
+    capacity: usize,
+    entries: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl BadKeyCache {
+    pub fn new(ttl_ms: u64, capacity: usize) -> Self {
+        Self {
+            ttl: Duration::from_millis(ttl_ms),
+            capacity,
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn contains(&self, hash: &str) -> bool {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(hash).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    fn put(&self, hash: String) {
+        if self.capacity == 0 || self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.capacity {
+            map.retain(|_, at| at.elapsed() < self.ttl);
+        }
+        if map.len() >= self.capacity {
+            let mut ages: Vec<Instant> = map.values().copied().collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            map.retain(|_, at| *at > cut);
+        }
+        map.insert(hash, Instant::now());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 fn validate_name(name: &str, what: &str) -> Result<String, ServiceError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -123,6 +172,13 @@ fn validate_name(name: &str, what: &str) -> Result<String, ServiceError> {
 pub struct KeyService {
     pub(crate) db: Db,
     pub(crate) keys: KeyCache,
+    pub(crate) bad_keys: BadKeyCache,
+    /// Uncached key lookups running at once (`limits.key_lookup_concurrency`).
+    pub(crate) lookups: tokio::sync::Semaphore,
+    pub(crate) rate: crate::limits::KeyRateLimit,
+    pub(crate) limits: switchboard_config::LimitsSettings,
+    /// Which return-URL prefixes a tenant may add.
+    pub(crate) security: switchboard_config::SecuritySettings,
     /// Seals the list cursors.
     pub(crate) crypto: Arc<KeyRing>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
@@ -171,7 +227,17 @@ impl KeyService {
 
     /// Resolves a bearer API key to its tenant. Unknown, malformed and revoked keys all answer
     /// the same `None`, in constant work per request after the first lookup.
+    ///
+    /// A known key then counts one request against its rate: past it, 429 `rate_limited`.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<TenantCtx>, ServiceError> {
+        let found = self.lookup(presented).await?;
+        if let Some(ctx) = &found {
+            self.rate.check(&ctx.key_id)?;
+        }
+        Ok(found)
+    }
+
+    async fn lookup(&self, presented: &str) -> Result<Option<TenantCtx>, ServiceError> {
         if !presented.starts_with(KEY_PREFIX) || presented.len() > 200 {
             return Ok(None);
         }
@@ -180,6 +246,21 @@ impl KeyService {
         switchboard_metrics::cache_lookup(Cache::ApiKey, cached.is_some());
         if let Some(ctx) = cached {
             return Ok(Some(ctx));
+        }
+        if self.bad_keys.contains(&hash) {
+            return Ok(None);
+        }
+        let _permit = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(ServiceError::internal)?;
+        // Another request may have looked the same key up while this one waited.
+        if let Some(ctx) = self.keys.get(&hash) {
+            return Ok(Some(ctx));
+        }
+        if self.bad_keys.contains(&hash) {
+            return Ok(None);
         }
         let h = hash.clone();
         let now = now_ms();
@@ -193,15 +274,17 @@ impl KeyService {
                 Ok(key)
             })
             .await?;
-        Ok(found.map(|k| {
-            let ctx = TenantCtx {
-                tenant_id: k.tenant_id,
-                key_id: k.id,
-                request_id: None,
-            };
-            self.keys.put(hash, ctx.clone());
-            ctx
-        }))
+        let Some(k) = found else {
+            self.bad_keys.put(hash);
+            return Ok(None);
+        };
+        let ctx = TenantCtx {
+            tenant_id: k.tenant_id,
+            key_id: k.id,
+            request_id: None,
+        };
+        self.keys.put(hash, ctx.clone());
+        Ok(Some(ctx))
     }
 
     pub async fn create_api_key(
@@ -220,9 +303,22 @@ impl KeyService {
             key_hash: hash_key(&plaintext),
             created_at: now,
         };
+        let limit = self.limits.max_api_keys_per_tenant;
         self.db
-            .run(move |conn| api_keys::insert(conn, &row))
-            .await?;
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    if limit > 0 && api_keys::count_active(conn, &row.tenant_id)? >= limit {
+                        return Ok(false);
+                    }
+                    api_keys::insert(conn, &row).map(|_| true)
+                })
+            })
+            .await?
+            .then_some(())
+            .ok_or(ServiceError::QuotaExceeded {
+                quota: "api_keys",
+                limit,
+            })?;
         self.audit.admin(
             &t.tenant_id,
             Some(t),
@@ -321,11 +417,45 @@ impl KeyService {
         for p in &prefixes {
             crate::return_url::validate_return_prefix(p)?;
         }
+        let security = &self.security;
+        if let Some(outside) = prefixes.iter().find(|p| {
+            !crate::return_url::tenant_prefix_allowed(
+                p,
+                &security.allowed_return_urls,
+                &security.tenant_return_url_origins,
+            )
+        }) {
+            let origin = url::Url::parse(outside)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default();
+            return Err(ServiceError::ReturnUrlOriginNotAllowed(format!(
+                "the origin {origin} is not open to tenant return URLs (security.tenant_return_url_origins) and the prefix is not under security.allowed_return_urls"
+            )));
+        }
         let tenant = t.tenant_id.clone();
         let json = serde_json::to_string(&prefixes).map_err(ServiceError::internal)?;
         self.db
             .run(move |conn| tenants::set_allowed_return_urls(conn, &tenant, &json))
             .await?;
         self.get_tenant(t).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BadKeyCache;
+
+    #[test]
+    fn bad_key_cache_is_bounded_and_expires() {
+        let cache = BadKeyCache::new(60_000, 100);
+        for i in 0..1_000 {
+            cache.put(format!("h{i}"));
+            assert!(cache.len() <= 100, "grew to {}", cache.len());
+        }
+        assert!(cache.contains("h999"));
+        assert!(!cache.contains("h0"));
+        let expired = BadKeyCache::new(0, 100);
+        expired.put("h".into());
+        assert!(!expired.contains("h"));
     }
 }

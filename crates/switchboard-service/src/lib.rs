@@ -4,7 +4,7 @@
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, `pagination`, then `resolve` on `settings` and `audit` on `pagination` and
+//! `return_url`, `pagination`, `limits`, then `resolve` on `settings` and `audit` on `pagination` and
 //! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
 //! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
@@ -18,6 +18,7 @@ pub mod connectors;
 pub mod error;
 pub mod installs;
 pub mod keys;
+pub mod limits;
 pub mod methods;
 pub mod pagination;
 pub mod resolve;
@@ -126,6 +127,7 @@ impl Services {
             catalog: catalog.clone(),
             outbound: outbound.clone(),
         });
+        let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
         let tokens = Arc::new(TokenKeeper::new(
             &settings.tokens,
             tokens::DbTokenStore::new(db.clone()),
@@ -135,6 +137,7 @@ impl Services {
                 outbound: outbound.clone(),
                 redirect_uri: redirect_uri.clone(),
                 clock: clock.clone(),
+                limits: outbound_limits.clone(),
             },
             clock,
             cache.clone(),
@@ -148,6 +151,16 @@ impl Services {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
                 keys: keys::KeyCache::new(settings.api_keys.cache_ttl_ms),
+                bad_keys: keys::BadKeyCache::new(
+                    settings.limits.bad_key_cache_ttl_ms,
+                    settings.limits.bad_key_cache_size,
+                ),
+                lookups: tokio::sync::Semaphore::new(
+                    settings.limits.key_lookups(settings.database.pool_size),
+                ),
+                rate: limits::KeyRateLimit::new(&settings.limits),
+                limits: settings.limits.clone(),
+                security: settings.security.clone(),
                 crypto: crypto.clone(),
                 audit: audit.clone(),
             }),
@@ -167,6 +180,7 @@ impl Services {
                 resolver: resolver.clone(),
                 cache: cache.clone(),
                 audit: audit.clone(),
+                limits: outbound_limits.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -175,6 +189,7 @@ impl Services {
                 resolver: resolver.clone(),
                 cache: cache.clone(),
                 audit: audit.clone(),
+                limits: outbound_limits.clone(),
             }),
             methods: Arc::new(methods::MethodService {
                 settings: settings.clone(),
@@ -185,6 +200,7 @@ impl Services {
                 cache,
                 tokens: tokens.clone(),
                 audit: audit.clone(),
+                limits: outbound_limits,
             }),
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),

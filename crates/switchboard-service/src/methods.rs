@@ -127,6 +127,7 @@ pub struct MethodService {
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) tokens: Arc<Keeper>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) limits: Arc<crate::limits::OutboundLimits>,
 }
 
 /// The patient a call is about, by parameter: `patient` or `subject` (searches), or the `id`
@@ -345,23 +346,43 @@ impl MethodService {
             ));
         }
         let p = self.ensure_token(p).await?;
+        self.limits
+            .acquire(&connector, crate::limits::Outgoing::Call, &p.id)
+            .await?;
+        // One deadline for the call's upstream work: every page and every retry of both
+        // rounds. A refresh between the rounds is not cut short (it must commit what the
+        // provider issued), but its time counts.
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(self.settings.upstream.call_deadline_ms);
         let mut attempt = p;
         for round in 0..2 {
             let bearer = attempt
                 .bearer
                 .as_ref()
                 .ok_or_else(|| ServiceError::internal("authorized install without a token"))?;
-            let result = switchboard_engine::execute(
-                &self.outbound,
-                MethodCall {
-                    fhir_base: &attempt.fhir_base,
-                    params: &params,
-                    headers: &attempt.headers,
-                    bearer: bearer.expose_secret(),
-                    max_pages,
-                },
+            let result = tokio::time::timeout_at(
+                deadline,
+                switchboard_engine::execute(
+                    &self.outbound,
+                    MethodCall {
+                        fhir_base: &attempt.fhir_base,
+                        params: &params,
+                        headers: &attempt.headers,
+                        bearer: bearer.expose_secret(),
+                        max_pages,
+                    },
+                ),
             )
-            .await;
+            .await
+            .map_err(|_| ServiceError::Upstream {
+                code: ErrorCode::UpstreamTimeout,
+                detail: format!(
+                    "the EHR did not complete the call within upstream.call_deadline_ms ({} ms, all pages and retries together)",
+                    self.settings.upstream.call_deadline_ms
+                ),
+                retry_after_secs: None,
+                issues: vec![],
+            })?;
             match result {
                 Ok(out) => return Ok((out.to_response_body(), out.status)),
                 Err(EngineError::Unauthorized) if round == 0 && attempt.can_refresh() => {

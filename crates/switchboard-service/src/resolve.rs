@@ -164,11 +164,61 @@ impl Resolver {
     }
 
     /// An upstream URL the settings produced must pass the outbound IP policy; a violation is
-    /// the caller's settings problem (422), reported under `field`.
+    /// 422 `upstream_not_allowed`, reported under `field`.
     pub(crate) fn check_upstream_url(&self, field: &str, url: &Url) -> Result<(), ServiceError> {
         self.outbound.check_url(url).map_err(|e| {
-            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(field, e.to_string())])
+            ServiceError::UpstreamNotAllowed(vec![crate::error::FieldError::new(
+                field,
+                e.to_string(),
+            )])
         })
+    }
+
+    /// Save-time check of every URL-valued setting in `values` (a setup or install layer)
+    /// against the outbound policy: 422 `upstream_not_allowed` naming each refused setting.
+    pub(crate) fn check_setting_urls(
+        &self,
+        connector: &Connector,
+        values: &BTreeMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        let mut refused = Vec::new();
+        for def in &connector.def.settings {
+            if def.kind != switchboard_connector::SettingType::Url {
+                continue;
+            }
+            let Some(value) = values.get(&def.key) else {
+                continue;
+            };
+            // A value that is no URL at all is the settings validator's to report.
+            if let Ok(url) = Url::parse(value) {
+                if let Err(e) = self.outbound.check_url(&url) {
+                    refused.push(crate::error::FieldError::new(&def.key, e.to_string()));
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::UpstreamNotAllowed(refused))
+        }
+    }
+
+    /// Save-time check of the URLs an install will call, rendered from its merged settings:
+    /// every URL-valued setting, the token URL and the revocation URL (the FHIR base is checked
+    /// by [`Resolver::resolve`]).
+    pub(crate) fn check_resolved_urls(
+        &self,
+        resolved: &Resolved,
+        redirect_uri: &str,
+    ) -> Result<(), ServiceError> {
+        self.check_setting_urls(&resolved.connector, &resolved.ctx.settings)?;
+        if let Some(client) = resolved.token_client(redirect_uri)? {
+            self.check_upstream_url("token_url", &client.token_url)?;
+        }
+        if let Some(url) = resolved.revocation_url()? {
+            self.check_upstream_url("revocation_url", &url)?;
+        }
+        Ok(())
     }
 
     /// Resolves a stored install row (decrypting its overrides).

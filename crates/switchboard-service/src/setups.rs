@@ -44,6 +44,16 @@ impl SetupService {
         let connector = self.resolver.connector(connector_id)?;
         let def = &connector.def;
         let values = settings::validate_input(def, input, Layer::Setup)?;
+        self.resolver.check_setting_urls(&connector, &values)?;
+        // The FHIR base as this setup renders it (when it renders without install overrides).
+        let merged = switchboard_connector::merge_settings(def, &values, &Default::default());
+        if let Some(base) = connector
+            .render_fhir_base(&merged)
+            .ok()
+            .and_then(|b| url::Url::parse(&b).ok())
+        {
+            self.resolver.check_upstream_url("fhir_base", &base)?;
+        }
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
         let stored = settings::seal(&self.crypto, def, &values, &aad);
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());

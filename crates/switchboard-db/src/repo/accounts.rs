@@ -52,3 +52,12 @@ pub fn delete(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> Result<boo
     let n = diesel::delete(a::accounts.find((tenant_id, id))).execute(conn)?;
     Ok(n == 1)
 }
+
+/// How many accounts the tenant has (the `limits.max_accounts_per_tenant` quota).
+pub fn count(conn: &mut AnyConnection, tenant_id: &str) -> Result<u64, DbError> {
+    let n: i64 = a::accounts
+        .filter(a::tenant_id.eq(tenant_id))
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}

@@ -93,3 +93,13 @@ pub fn touch_last_used(
         .set(k::last_used_at.eq(now))
         .execute(conn)?)
 }
+
+/// How many keys of the tenant are not revoked (the `limits.max_api_keys_per_tenant` quota).
+pub fn count_active(conn: &mut AnyConnection, tenant_id: &str) -> Result<u64, DbError> {
+    let n: i64 = k::api_keys
+        .filter(k::tenant_id.eq(tenant_id))
+        .filter(k::revoked_at.is_null())
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}

@@ -368,3 +368,13 @@ pub fn clear_refresh_token(
     .execute(conn)?;
     Ok(n == 1)
 }
+
+/// How many installs the tenant has across its accounts (the `limits.max_installs_per_tenant`
+/// quota).
+pub fn count(conn: &mut AnyConnection, tenant_id: &str) -> Result<u64, DbError> {
+    let n: i64 = i::installs
+        .filter(i::tenant_id.eq(tenant_id))
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}

@@ -34,3 +34,14 @@ pub fn delete_for_install(conn: &mut AnyConnection, install_id: &str) -> Result<
 pub fn purge_expired(conn: &mut AnyConnection, now: i64) -> Result<usize, DbError> {
     Ok(diesel::delete(o::oauth_states.filter(o::expires_at.le(now))).execute(conn)?)
 }
+
+/// How many of the tenant's authorization requests are still pending (not used, not expired
+/// at `now`): the `limits.max_pending_oauth_states_per_tenant` quota.
+pub fn count_pending(conn: &mut AnyConnection, tenant_id: &str, now: i64) -> Result<u64, DbError> {
+    let n: i64 = o::oauth_states
+        .filter(o::tenant_id.eq(tenant_id))
+        .filter(o::expires_at.gt(now))
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}

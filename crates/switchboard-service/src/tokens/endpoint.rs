@@ -48,6 +48,7 @@ pub struct OAuthTokenEndpoint {
     pub(crate) outbound: Outbound,
     pub(crate) redirect_uri: String,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) limits: Arc<crate::limits::OutboundLimits>,
 }
 
 impl TokenEndpoint for OAuthTokenEndpoint {
@@ -56,7 +57,19 @@ impl TokenEndpoint for OAuthTokenEndpoint {
         let client = resolved.token_client(&self.redirect_uri)?.ok_or_else(|| {
             ServiceError::internal("refresh requested for a static bearer install")
         })?;
-        let http = self.outbound.client();
+        let http = self.outbound.client_for(&client.token_url).map_err(|e| {
+            ServiceError::UpstreamNotAllowed(vec![crate::error::FieldError::new(
+                "token_url",
+                e.to_string(),
+            )])
+        })?;
+        self.limits
+            .acquire(
+                &resolved.connector,
+                crate::limits::Outgoing::Token,
+                &row.tenant_id,
+            )
+            .await?;
         let stored = open_tokens(&self.crypto, row)?;
         let result = match &resolved.auth {
             AuthDef::Oauth2AuthorizationCode(_) => match &stored.refresh {
