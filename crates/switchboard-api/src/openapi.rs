@@ -96,6 +96,11 @@ struct MethodOut {
     pages: u32,
 }
 
+/// The body of a replay: nothing to set (the handler reads none; an empty object is fine).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReplayIn {}
+
 /// One stub per route: utoipa reads the attributes, nothing calls the functions.
 #[allow(dead_code)]
 mod ops {
@@ -420,6 +425,7 @@ mod ops {
         path = "/v1/webhooks/{webhook}/deliveries/{event}/replay",
         tag = "webhooks",
         params(("webhook" = WebhookId, Path), ("event" = EventId, Path)),
+        request_body(content = Option<ReplayIn>, description = "Optional: an empty object"),
         responses((status = 202, body = DeliveryOut))
     )]
     fn replay_delivery() {}
