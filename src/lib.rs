@@ -1,5 +1,6 @@
 //! The `switchboard` binary's library half: the CLI, `Application::build` (used by `main` and
-//! by the integration tests alike), telemetry and the background token refresher.
+//! by the integration tests alike), telemetry, the background token refresher and the webhook
+//! dispatcher.
 
 pub mod cli;
 pub mod telemetry;
@@ -178,6 +179,10 @@ impl Application {
             .writer()
             .map(|w| actix_web::rt::spawn(self.metrics.in_scope(w)));
         let purge = spawn_audit_purge(self.services.clone());
+        let dispatcher = self.services.settings().webhooks.dispatch.then(|| {
+            let d = self.services.dispatcher.clone();
+            actix_web::rt::spawn(self.metrics.in_scope(d.run()))
+        });
         let metrics_server = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
             (handle, actix_web::rt::spawn(server))
@@ -202,6 +207,10 @@ impl Application {
         }
         upkeep.abort();
         purge.abort();
+        if let Some(h) = dispatcher {
+            // An attempt cut short is retried (by any replica) once its lease lapses.
+            h.abort();
+        }
         if let Some(task) = audit {
             // Graceful shutdown: what the last requests queued is written before exiting.
             self.services.audit.shutdown().await;

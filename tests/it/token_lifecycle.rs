@@ -1145,7 +1145,84 @@ async fn token_endpoint_backoff_between_attempts(backend: Backend) {
     assert_eq!(w.get_install(&ins).await["last_refresh_error"], Value::Null);
 }
 
+/// The token lifecycle's status changes reach a webhook receiver (verified with the Standard
+/// Webhooks reference library), in order: `install.authorized` from the callback,
+/// `install.refresh_failing` after `webhooks.refresh_failing_after` transient failures in a
+/// row (once), `install.recovered` when a refresh works again, `install.needs_reauthorization`
+/// on `invalid_grant`.
+async fn status_changes_send_webhooks(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.webhooks.poll_interval_ms = 10;
+        s.webhooks.refresh_failing_after = 2;
+    })
+    .await;
+    let w = World::with_app(app, &[]).await;
+    let receiver = crate::webhooks::Receiver::start();
+    let (_, secret) = crate::webhooks::create_webhook(
+        &w.app,
+        &receiver.url("t"),
+        json!([
+            "install.authorized",
+            "install.refresh_failing",
+            "install.recovered",
+            "install.needs_reauthorization"
+        ]),
+    )
+    .await;
+    receiver.configure("t", &secret, 0, false).await;
+    let ins = w.authorized_install("acme").await;
+
+    // Three transient failures (one event after the second), then a refresh that works.
+    w.expire_token(&ins).await;
+    w.oauth.fail_token_next(3, TokenFault::Status503);
+    for _ in 0..3 {
+        let (s, v) = w.call(&ins).await;
+        assert_problem(s, &v, 503, "upstream_unavailable");
+    }
+    let (s, v) = w.call(&ins).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // invalid_grant: needs re-authorization.
+    w.expire_token(&ins).await;
+    w.oauth.fail_token_next(1, TokenFault::InvalidGrant);
+    let (s, v) = w.call(&ins).await;
+    assert_problem(s, &v, 409, "install_not_authorized");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.accepted("t").await.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            receiver.received("t").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = receiver.received("t").await;
+    let types: Vec<&str> = got
+        .iter()
+        .map(|r| r["payload"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "install.authorized",
+            "install.refresh_failing",
+            "install.recovered",
+            "install.needs_reauthorization"
+        ]
+    );
+    assert!(got
+        .iter()
+        .all(|r| r["verified"] == true && r["status"] == 204));
+    assert!(got
+        .iter()
+        .all(|r| r["payload"]["data"]["install"] == ins.id.as_str()));
+    assert_eq!(got[3]["payload"]["data"]["status"], "needs_reauthorization");
+    assert_eq!(got[1]["payload"]["data"]["status"], "authorized");
+}
+
 crate::both_backends! {
+    webhooks_of_status_changes => status_changes_send_webhooks;
     token_endpoint_backoff => token_endpoint_backoff_between_attempts;
     background_refresher => background_refresher_keeps_idle_installs_alive;
     thousand_concurrent_expired_calls => thousand_concurrent_calls_refresh_once;

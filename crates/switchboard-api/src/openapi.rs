@@ -7,7 +7,9 @@
 use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
-use switchboard_core::{AccountId, ApiKeyId, ConnectorId, InstallId, MethodId, Problem};
+use switchboard_core::{
+    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem, WebhookId,
+};
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
@@ -18,6 +20,9 @@ use switchboard_service::keys::{ApiKeyCreated, ApiKeyList, TenantOut};
 use switchboard_service::methods::MethodIn;
 use switchboard_service::pagination::{AuditQuery, InstallsQuery, PageIn};
 use switchboard_service::setups::SetupOut;
+use switchboard_service::webhooks::{
+    DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut,
+};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -90,6 +95,11 @@ struct MethodOut {
     data: Value,
     pages: u32,
 }
+
+/// The body of a replay: nothing to set (the handler reads none; an empty object is fine).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ReplayIn {}
 
 /// One stub per route: utoipa reads the attributes, nothing calls the functions.
 #[allow(dead_code)]
@@ -358,6 +368,67 @@ mod ops {
         responses((status = 200, body = MethodOut))
     )]
     fn call_method() {}
+
+    /// Register a webhook endpoint (its signing secret is shown once)
+    #[utoipa::path(
+        post,
+        path = "/v1/webhooks",
+        tag = "webhooks",
+        request_body = WebhookIn,
+        responses((status = 201, body = WebhookCreated))
+    )]
+    fn create_webhook() {}
+
+    /// List webhook endpoints (never the secret)
+    #[utoipa::path(
+        get,
+        path = "/v1/webhooks",
+        tag = "webhooks",
+        params(PageIn),
+        responses((status = 200, body = WebhookList))
+    )]
+    fn list_webhooks() {}
+
+    /// Get a webhook endpoint
+    #[utoipa::path(
+        get,
+        path = "/v1/webhooks/{webhook}",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path)),
+        responses((status = 200, body = WebhookOut))
+    )]
+    fn get_webhook() {}
+
+    /// Delete a webhook endpoint and its deliveries
+    #[utoipa::path(
+        delete,
+        path = "/v1/webhooks/{webhook}",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path)),
+        responses((status = 204, description = "Deleted"))
+    )]
+    fn delete_webhook() {}
+
+    /// The endpoint's deliveries (attempts, status, errors) in event order
+    #[utoipa::path(
+        get,
+        path = "/v1/webhooks/{webhook}/deliveries",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path), PageIn),
+        responses((status = 200, body = DeliveryList))
+    )]
+    fn list_deliveries() {}
+
+    /// Deliver one event to the endpoint again
+    #[utoipa::path(
+        post,
+        path = "/v1/webhooks/{webhook}/deliveries/{event}/replay",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path), ("event" = EventId, Path)),
+        request_body(content = Option<ReplayIn>, description = "Optional: an empty object"),
+        responses((status = 202, body = DeliveryOut))
+    )]
+    fn replay_delivery() {}
 }
 
 #[derive(OpenApi)]
@@ -393,9 +464,24 @@ mod ops {
         ops::get_install,
         ops::delete_install,
         ops::authorize_install,
-        ops::call_method
+        ops::call_method,
+        ops::create_webhook,
+        ops::list_webhooks,
+        ops::get_webhook,
+        ops::delete_webhook,
+        ops::list_deliveries,
+        ops::replay_delivery
     ),
-    components(schemas(Problem, AccountId, InstallId, ApiKeyId, ConnectorId, MethodId)),
+    components(schemas(
+        Problem,
+        AccountId,
+        InstallId,
+        ApiKeyId,
+        ConnectorId,
+        MethodId,
+        WebhookId,
+        EventId
+    )),
     modifiers(&Conventions)
 )]
 struct ApiDoc;
@@ -521,6 +607,8 @@ mod tests {
                                     "install" => "InstallId",
                                     "method" => "MethodId",
                                     "connector" => "ConnectorId",
+                                    "webhook" => "WebhookId",
+                                    "event" => "EventId",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -570,8 +658,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 27);
-        assert_eq!(OPERATIONS.len(), 27);
+        assert_eq!(ops, 33);
+        assert_eq!(OPERATIONS.len(), 33);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
@@ -620,6 +708,8 @@ mod tests {
             "/v1/accounts/{account}/installs",
             "/v1/installs",
             "/v1/audit",
+            "/v1/webhooks",
+            "/v1/webhooks/{webhook}/deliveries",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();

@@ -34,6 +34,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub audit: AuditSettings,
     pub limits: LimitsSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +212,29 @@ impl LimitsSettings {
     }
 }
 
+/// Install-status webhooks: how the dispatcher polls the outbox, sends and retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Run the dispatcher in this process (every replica may; they share the queue).
+    pub dispatch: bool,
+    /// How often the dispatcher looks for due deliveries (events written here wake it at once).
+    pub poll_interval_ms: u64,
+    /// Timeout of one delivery request.
+    pub timeout_ms: u64,
+    /// Endpoints served at once by one dispatcher (each still gets one delivery at a time).
+    pub concurrency: usize,
+    /// The endpoint lease a dispatcher holds while delivering; must exceed `timeout_ms`.
+    pub lease_ttl_ms: u64,
+    /// First retry delay; doubles per failed attempt up to `retry_max_interval_secs`.
+    pub retry_initial_secs: u64,
+    pub retry_max_interval_secs: u64,
+    /// A delivery is retried for this long (from its event), then marked failed.
+    pub retry_for_secs: u64,
+    /// `install.refresh_failing` after this many consecutive transient refresh failures.
+    pub refresh_failing_after: u32,
+}
+
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,6 +329,25 @@ impl Settings {
         }
         if self.audit.retention_days == 0 {
             return invalid("audit.retention_days", "must be at least 1".into());
+        }
+        let wh = &self.webhooks;
+        if wh.poll_interval_ms == 0 || wh.concurrency == 0 || wh.refresh_failing_after == 0 {
+            return invalid(
+                "webhooks",
+                "poll_interval_ms, concurrency and refresh_failing_after must be at least 1".into(),
+            );
+        }
+        if wh.lease_ttl_ms <= wh.timeout_ms {
+            return invalid(
+                "webhooks.lease_ttl_ms",
+                "must exceed webhooks.timeout_ms".into(),
+            );
+        }
+        if wh.retry_initial_secs == 0 || wh.retry_max_interval_secs < wh.retry_initial_secs {
+            return invalid(
+                "webhooks.retry_initial_secs",
+                "must be at least 1 and at most webhooks.retry_max_interval_secs".into(),
+            );
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());

@@ -9,6 +9,10 @@ pub enum IdKind {
     ApiKey,
     Account,
     Install,
+    /// A webhook endpoint.
+    Webhook,
+    /// A webhook event (the Standard Webhooks `webhook-id`).
+    Message,
 }
 
 impl IdKind {
@@ -18,6 +22,8 @@ impl IdKind {
             Self::ApiKey => "key",
             Self::Account => "acc",
             Self::Install => "ins",
+            Self::Webhook => "whk",
+            Self::Message => "msg",
         }
     }
 
@@ -141,6 +147,10 @@ external_ids! {
     ConnectorId = "canvas",
     /// A method id of a connector (`get_patient`, …).
     MethodId = "get_patient",
+    /// A webhook endpoint id (`whk_…`).
+    WebhookId = "whk_Hc2mX0bQ9vYtR4kLw1NpZA",
+    /// A webhook event id (`msg_…`), the `webhook-id` of its deliveries.
+    EventId = "msg_Vt6qP1nW8sKc3JxR0mYbLA",
 }
 
 #[cfg(test)]

@@ -327,3 +327,87 @@ impl fmt::Debug for AuditKey {
             .finish()
     }
 }
+
+/// A tenant's webhook endpoint. `secret` is the sealed `whsec_…` signing secret (AAD
+/// `webhook:{id}:secret`); `Debug` shows only its size.
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = crate::schema::webhook_endpoints, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub tenant_id: String,
+    pub url: String,
+    /// Space-separated event types; empty: every type.
+    pub events: String,
+    pub secret: Vec<u8>,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+    /// The dispatcher delivering to this endpoint now (one at a time, any replica).
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+impl WebhookEndpoint {
+    /// The endpoint takes events of this type (its filter is empty or names the type).
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.trim().is_empty() || self.events.split_whitespace().any(|e| e == event_type)
+    }
+}
+
+impl fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("events", &self.events)
+            .field("secret", &Redacted(self.secret.len()))
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An outbox event as read back (`seq` orders events; `payload` is the JSON body sent).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = crate::schema::webhook_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct WebhookEvent {
+    pub seq: i64,
+    /// `msg_…`: the `webhook-id` of every delivery of this event (receivers deduplicate by it).
+    pub id: String,
+    pub tenant_id: String,
+    pub event_type: String,
+    pub install_id: Option<String>,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// An event to write in the transaction of the state change it reports (`seq` is assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = crate::schema::webhook_events)]
+pub struct NewWebhookEvent {
+    pub id: String,
+    pub tenant_id: String,
+    pub event_type: String,
+    pub install_id: Option<String>,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// One event for one endpoint: its attempts and where it stands (`pending`, `delivered`,
+/// `failed`).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = crate::schema::webhook_deliveries, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct WebhookDelivery {
+    pub endpoint_id: String,
+    pub event_seq: i64,
+    pub tenant_id: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    /// Retries stop (the delivery fails) once the retry window counted from here has passed;
+    /// the event's time, or the time of a replay.
+    pub retry_from: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+}

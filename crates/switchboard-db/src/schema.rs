@@ -122,10 +122,54 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Text,
+        tenant_id -> Text,
+        url -> Text,
+        events -> Text,
+        secret -> Binary,
+        created_at -> BigInt,
+        disabled_at -> Nullable<BigInt>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webhook_events (seq) {
+        seq -> BigInt,
+        id -> Text,
+        tenant_id -> Text,
+        event_type -> Text,
+        install_id -> Nullable<Text>,
+        payload -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (endpoint_id, event_seq) {
+        endpoint_id -> Text,
+        event_seq -> BigInt,
+        tenant_id -> Text,
+        state -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        retry_from -> BigInt,
+        last_status -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        last_attempt_at -> Nullable<BigInt>,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
 diesel::joinable!(oauth_states -> installs (install_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
+diesel::joinable!(webhook_deliveries -> webhook_events (event_seq));
 
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
@@ -137,4 +181,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     audit_keys,
     instances,
+    webhook_endpoints,
+    webhook_events,
+    webhook_deliveries,
 );

@@ -39,6 +39,13 @@ pub const AUDIT_DROPPED: &str = "switchboard_audit_dropped_total";
 /// Audit records waiting for the writer.
 pub const AUDIT_QUEUE_DEPTH: &str = "switchboard_audit_queue_depth";
 
+/// Webhook deliveries waiting (pending) in the outbox, every tenant.
+pub const WEBHOOK_QUEUE_DEPTH: &str = "switchboard_webhook_queue_depth";
+/// Webhook delivery attempts, by outcome ([`WebhookOutcome`]).
+pub const WEBHOOK_DELIVERIES: &str = "switchboard_webhook_deliveries_total";
+/// Latency of webhook delivery requests, by outcome.
+pub const WEBHOOK_DELIVERY_DURATION: &str = "switchboard_webhook_delivery_duration_seconds";
+
 /// Bucket bounds (seconds) of every duration histogram: 1 ms to 30 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -94,6 +101,52 @@ pub fn describe() {
         AUDIT_QUEUE_DEPTH,
         "Audit records waiting to be written, as of the last record queued."
     );
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook deliveries pending in the outbox (all tenants), sampled by the dispatcher."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts by outcome (delivered, retrying, failed)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_DURATION,
+        metrics::Unit::Seconds,
+        "Webhook delivery request latency, by outcome (delivered, retrying, failed)."
+    );
+}
+
+/// What a webhook delivery attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It did not; another attempt is scheduled.
+    Retrying,
+    /// It did not and the retry window is over: the delivery is marked failed.
+    Failed,
+}
+
+impl WebhookOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retrying => "retrying",
+            WebhookOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One webhook delivery attempt.
+pub fn webhook_delivery(outcome: WebhookOutcome, elapsed: Duration) {
+    counter!(WEBHOOK_DELIVERIES, "outcome" => outcome.as_str()).increment(1);
+    histogram!(WEBHOOK_DELIVERY_DURATION, "outcome" => outcome.as_str())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Pending webhook deliveries (all tenants).
+pub fn webhook_queue_depth(depth: i64) {
+    gauge!(WEBHOOK_QUEUE_DEPTH).set(depth as f64);
 }
 
 /// An audit record could not be queued (the buffer was full) and was dropped.

@@ -4,12 +4,14 @@
 
 use crate::cache::InstallCache;
 use crate::resolve::Resolver;
+use crate::webhooks::{EventType, InstallRef};
+use diesel::Connection;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::sync::Arc;
 use switchboard_core::{now_ms, ErrorCode, InstallStatus};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::{installs, oauth_states};
+use switchboard_db::repo::{installs, oauth_states, webhooks};
 use switchboard_db::Db;
 use switchboard_db::TokenWrite;
 use switchboard_outbound::Outbound;
@@ -98,6 +100,7 @@ pub struct CallbackService {
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) limits: Arc<crate::limits::OutboundLimits>,
+    pub(crate) outbox: Arc<crate::webhooks::Outbox>,
 }
 
 impl CallbackService {
@@ -275,22 +278,37 @@ impl CallbackService {
             };
             let id = install.id.clone();
             let has_refresh = sealed.refresh.is_some();
+            let event = self.outbox.install_event(
+                EventType::InstallAuthorized,
+                InstallRef {
+                    status: InstallStatus::Authorized.as_str(),
+                    ..InstallRef::from(install)
+                },
+            );
             let committed = self
                 .db
                 .run(move |conn| {
-                    if !has_refresh {
-                        // A new grant without a refresh token must not keep the old grant's one.
-                        installs::clear_refresh_token(conn, &id, version)?;
-                    }
-                    let committed = installs::store_tokens(conn, &id, version, &write)?;
-                    if committed && has_refresh {
-                        installs::set_refresh_expires_at(conn, &id, version + 1, lapse)?;
-                    }
-                    Ok(committed)
+                    // The tokens and `install.authorized` commit together or not at all.
+                    conn.transaction(|conn| {
+                        if !has_refresh {
+                            // A new grant without a refresh token must not keep the old
+                            // grant's one.
+                            installs::clear_refresh_token(conn, &id, version)?;
+                        }
+                        let committed = installs::store_tokens(conn, &id, version, &write)?;
+                        if committed && has_refresh {
+                            installs::set_refresh_expires_at(conn, &id, version + 1, lapse)?;
+                        }
+                        if committed {
+                            webhooks::emit(conn, &event)?;
+                        }
+                        Ok::<_, switchboard_db::DbError>(committed)
+                    })
                 })
                 .await
                 .map_err(|e| e.to_string())?;
             if committed {
+                self.outbox.committed();
                 self.cache.remove(&install.id);
                 tracing::info!(install = %install.id, "install authorized");
                 return Ok(());

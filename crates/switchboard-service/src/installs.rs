@@ -11,6 +11,7 @@ use crate::resolve::{Resolved, Resolver};
 use crate::return_url::{matches_prefix, tenant_prefix_allowed, validate_return_prefix};
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
+use crate::webhooks::{EventType, InstallRef};
 use diesel::Connection;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use switchboard_config::Settings;
 use switchboard_connector::{AuthDef, AuthKind, Connector};
 use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId, InstallStatus};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::{installs, oauth_states, tenants};
+use switchboard_db::repo::{installs, oauth_states, tenants, webhooks};
 use switchboard_db::{Db, NewInstall, NewOAuthState, TokenWrite};
 use switchboard_outbound::Outbound;
 
@@ -120,6 +121,7 @@ pub struct InstallService {
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) limits: Arc<crate::limits::OutboundLimits>,
+    pub(crate) outbox: Arc<crate::webhooks::Outbox>,
 }
 
 impl InstallService {
@@ -298,6 +300,21 @@ impl InstallService {
             }
         }
         let install_row = row;
+        // Created authorized (static bearer, client credentials): `install.authorized` with it.
+        let authorized = (install_row.status == InstallStatus::Authorized
+            || first_tokens.is_some())
+        .then(|| {
+            self.outbox.install_event(
+                EventType::InstallAuthorized,
+                InstallRef {
+                    tenant_id: &install_row.tenant_id,
+                    account_id: &install_row.account_id,
+                    install_id: &install_row.id,
+                    connector_id: &install_row.connector_id,
+                    status: InstallStatus::Authorized.as_str(),
+                },
+            )
+        });
         let limit = self.settings.limits.max_installs_per_tenant;
         let inserted = self
             .db
@@ -310,6 +327,9 @@ impl InstallService {
                     if let Some(write) = &first_tokens {
                         installs::store_tokens(conn, &install_row.id, 0, write)?;
                     }
+                    if let Some(event) = &authorized {
+                        webhooks::emit(conn, event)?;
+                    }
                     Ok(true)
                 })
             })
@@ -320,6 +340,7 @@ impl InstallService {
                 limit,
             });
         }
+        self.outbox.committed();
         let authorize_url = match &auth {
             AuthDef::Oauth2AuthorizationCode(_) => Some(
                 self.begin_authorization(&t.tenant_id, &id, &resolved, input.return_url.as_deref())
@@ -604,12 +625,26 @@ impl InstallService {
             row.account_id.clone(),
             row.id.clone(),
         );
+        let event = self.outbox.install_event(
+            EventType::InstallDeleted,
+            InstallRef {
+                status: "deleted",
+                ..InstallRef::from(&row)
+            },
+        );
         self.db
             .run(move |conn| {
-                oauth_states::delete_for_install(conn, &id)?;
-                installs::delete(conn, &tenant, &acc, &id)
+                conn.transaction(|conn| {
+                    oauth_states::delete_for_install(conn, &id)?;
+                    let deleted = installs::delete(conn, &tenant, &acc, &id)?;
+                    if deleted {
+                        webhooks::emit(conn, &event)?;
+                    }
+                    Ok(deleted)
+                })
             })
             .await?;
+        self.outbox.committed();
         self.cache.remove(&row.id);
         let target = crate::audit::Target {
             account_id: Some(row.account_id),

@@ -4,9 +4,11 @@
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, `pagination`, `limits`, then `resolve` on `settings` and `audit` on `pagination` and
-//! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
-//! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
+//! `return_url`, `pagination`, `limits`, then `resolve` on `settings`, `audit` on `pagination` and
+//! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`) <- `tokens` <- the services
+//! (`keys`, `setups`, `installs` + `accounts`, `callback`, `methods`, `connectors`; they record
+//! through `audit` and write webhook events through `webhooks::Outbox`) <- `Services` (this
+//! file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
@@ -28,6 +30,7 @@ pub mod settings;
 pub mod setups;
 pub mod tenant;
 pub mod tokens;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldError, ServiceError};
@@ -66,6 +69,9 @@ pub struct Services {
     pub tokens: Arc<Keeper>,
     /// The audit trail writer (the server spawns its task).
     pub audit: Arc<audit::AuditLog>,
+    pub webhooks: Arc<webhooks::WebhookService>,
+    /// The webhook dispatcher (the server spawns its task when `webhooks.dispatch`).
+    pub dispatcher: Arc<webhooks::Dispatcher>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -128,9 +134,13 @@ impl Services {
             outbound: outbound.clone(),
         });
         let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
+        let outbox = Arc::new(webhooks::Outbox::new(
+            clock.clone(),
+            settings.webhooks.refresh_failing_after,
+        ));
         let tokens = Arc::new(TokenKeeper::new(
             &settings.tokens,
-            tokens::DbTokenStore::new(db.clone()),
+            tokens::DbTokenStore::new(db.clone()).with_outbox(outbox.clone()),
             tokens::OAuthTokenEndpoint {
                 resolver: resolver.clone(),
                 crypto: crypto.clone(),
@@ -170,6 +180,7 @@ impl Services {
                 resolver: resolver.clone(),
                 cache: cache.clone(),
                 audit: audit.clone(),
+                outbox: outbox.clone(),
             }),
             installs: Arc::new(installs::InstallService {
                 settings: settings.clone(),
@@ -181,6 +192,7 @@ impl Services {
                 cache: cache.clone(),
                 audit: audit.clone(),
                 limits: outbound_limits.clone(),
+                outbox: outbox.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -190,7 +202,21 @@ impl Services {
                 cache: cache.clone(),
                 audit: audit.clone(),
                 limits: outbound_limits.clone(),
+                outbox: outbox.clone(),
             }),
+            webhooks: Arc::new(webhooks::WebhookService {
+                db: db.clone(),
+                crypto: crypto.clone(),
+                outbound: outbound.clone(),
+                outbox: outbox.clone(),
+            }),
+            dispatcher: Arc::new(webhooks::Dispatcher::new(
+                db.clone(),
+                crypto.clone(),
+                outbound.clone(),
+                outbox,
+                settings.webhooks.clone(),
+            )),
             methods: Arc::new(methods::MethodService {
                 settings: settings.clone(),
                 db: db.clone(),

@@ -5,12 +5,13 @@ use crate::error::ServiceError;
 use crate::resolve::Resolver;
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
+use diesel::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::setups;
+use switchboard_db::repo::{setups, webhooks};
 use switchboard_db::Db;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -30,6 +31,7 @@ pub struct SetupService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) outbox: Arc<crate::webhooks::Outbox>,
 }
 
 impl SetupService {
@@ -57,10 +59,18 @@ impl SetupService {
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
         let stored = settings::seal(&self.crypto, def, &values, &aad);
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
+        let event = self.outbox.setup_event(&tenant, &cid, "saved");
         let row = self
             .db
-            .run(move |conn| setups::upsert(conn, &tenant, &cid, &stored, now))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
+                    webhooks::emit(conn, &event)?;
+                    Ok(row)
+                })
+            })
             .await?;
+        self.outbox.committed();
         self.cache.clear();
         let target = crate::audit::Target {
             connector_id: Some(connector_id.to_string()),
@@ -108,10 +118,20 @@ impl SetupService {
     ) -> Result<(), ServiceError> {
         self.resolver.connector(connector_id)?;
         let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
+        let event = self.outbox.setup_event(&tenant, &cid, "deleted");
         let deleted = self
             .db
-            .run(move |conn| setups::delete(conn, &tenant, &cid))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let deleted = setups::delete(conn, &tenant, &cid)?;
+                    if deleted {
+                        webhooks::emit(conn, &event)?;
+                    }
+                    Ok(deleted)
+                })
+            })
             .await?;
+        self.outbox.committed();
         self.cache.clear();
         if deleted {
             let target = crate::audit::Target {

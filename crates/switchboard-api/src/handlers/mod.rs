@@ -10,6 +10,7 @@ mod installs;
 mod methods;
 mod setups;
 mod tenant;
+mod webhooks;
 
 use crate::ApiError;
 use actix_web::http::header;
@@ -83,6 +84,21 @@ pub fn routes() -> Scope {
                 .route(
                     "/accounts/{account}/installs/{install}/methods/{method}",
                     web::post().to(methods::call_method),
+                )
+                .route("/webhooks", web::post().to(webhooks::create_webhook))
+                .route("/webhooks", web::get().to(webhooks::list_webhooks))
+                .route("/webhooks/{webhook}", web::get().to(webhooks::get_webhook))
+                .route(
+                    "/webhooks/{webhook}",
+                    web::delete().to(webhooks::delete_webhook),
+                )
+                .route(
+                    "/webhooks/{webhook}/deliveries",
+                    web::get().to(webhooks::list_deliveries),
+                )
+                .route(
+                    "/webhooks/{webhook}/deliveries/{event}/replay",
+                    web::post().to(webhooks::replay_delivery),
                 ),
         )
 }

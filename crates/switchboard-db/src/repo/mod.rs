@@ -11,3 +11,4 @@ pub mod oauth_states;
 pub mod page;
 pub mod setups;
 pub mod tenants;
+pub mod webhooks;

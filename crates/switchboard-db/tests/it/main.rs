@@ -12,3 +12,4 @@ mod migrate;
 mod pages;
 mod repos;
 mod schema;
+mod webhooks;

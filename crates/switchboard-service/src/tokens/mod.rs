@@ -387,6 +387,16 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
         failure
     }
 
+    /// Failed attempts in a row recorded on `version` of the install's tokens.
+    fn consecutive_failures(&self, install_id: &str, version: i64) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(install_id)
+            .filter(|f| f.version == version)
+            .map_or(0, |f| f.consecutive)
+    }
+
     fn clear_failure(&self, install_id: &str) {
         self.failures
             .lock()
@@ -632,7 +642,10 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                 };
                 tracing::warn!(install = %row.id, error = %message, "token refresh failed");
                 metrics::token_refresh(RefreshOutcome::TransientError);
-                self.store.set_refresh_error(&row.id, &message, now).await?;
+                let consecutive = self.consecutive_failures(&row.id, row.token_version) + 1;
+                self.store
+                    .refresh_failed(&row.id, &message, now, consecutive)
+                    .await?;
                 let failure =
                     self.record_failure(&row.id, row.token_version, e.is_transient(), message);
                 // The current access token may still be valid (we refresh ahead of expiry).

@@ -2,10 +2,13 @@
 //! and its fenced token write. [`DbTokenStore`] is the database; tests use a fake.
 
 use crate::error::ServiceError;
+use crate::webhooks::{EventType, InstallRef, Outbox};
+use diesel::Connection;
 use std::future::Future;
+use std::sync::Arc;
 use switchboard_core::InstallStatus;
-use switchboard_db::repo::{installs, instances, lease};
-use switchboard_db::{Db, Install, TokenWrite};
+use switchboard_db::repo::{installs, instances, lease, webhooks};
+use switchboard_db::{AnyConnection, Db, DbError, Install, TokenWrite};
 
 /// The install rows of the token lifecycle.
 pub trait TokenStore: Send + Sync + 'static {
@@ -50,6 +53,20 @@ pub trait TokenStore: Send + Sync + 'static {
         message: &str,
         now: i64,
     ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+
+    /// Records a transient refresh failure, the `consecutive`-th in a row on this token
+    /// version (the database store also sends `install.refresh_failing` once enough have
+    /// piled up). By default [`TokenStore::set_refresh_error`].
+    fn refresh_failed(
+        &self,
+        install_id: &str,
+        message: &str,
+        now: i64,
+        consecutive: u32,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send {
+        let _ = consecutive;
+        self.set_refresh_error(install_id, message, now)
+    }
 
     fn set_status(
         &self,
@@ -108,16 +125,48 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<usize, ServiceError>> + Send;
 }
 
-/// The token store on the database (one `Db::run` per operation).
+/// The token store on the database (one `Db::run` per operation). With an outbox, status
+/// changes write their webhook event in the same transaction.
 #[derive(Clone)]
 pub struct DbTokenStore {
     db: Db,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl DbTokenStore {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, outbox: None }
     }
+
+    /// Writes `install.needs_reauthorization`, `install.refresh_failing` and
+    /// `install.recovered` events through `outbox`.
+    pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    fn wake(&self) {
+        if let Some(o) = &self.outbox {
+            o.committed();
+        }
+    }
+}
+
+/// Writes `kind` for the install (as it is now, in this transaction) unless its latest event
+/// is already of that type.
+fn emit_once(
+    conn: &mut AnyConnection,
+    outbox: &Outbox,
+    install_id: &str,
+    kind: EventType,
+) -> Result<(), DbError> {
+    if webhooks::latest_install_event(conn, install_id)?.as_deref() == Some(kind.as_str()) {
+        return Ok(());
+    }
+    if let Some(row) = installs::find_by_id(conn, install_id)? {
+        webhooks::emit(conn, &outbox.install_event(kind, InstallRef::from(&row)))?;
+    }
+    Ok(())
 }
 
 impl TokenStore for DbTokenStore {
@@ -170,10 +219,51 @@ impl TokenStore for DbTokenStore {
         write: TokenWrite,
     ) -> Result<bool, ServiceError> {
         let id = install_id.to_owned();
-        Ok(self
+        let outbox = self.outbox.clone();
+        let committed = self
             .db
-            .run(move |conn| installs::store_tokens(conn, &id, version, &write))
-            .await?)
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let committed = installs::store_tokens(conn, &id, version, &write)?;
+                    // A refresh that works again after `install.refresh_failing` was sent.
+                    if let Some(outbox) = outbox.as_deref().filter(|_| committed) {
+                        let latest = webhooks::latest_install_event(conn, &id)?;
+                        if latest.as_deref() == Some(EventType::InstallRefreshFailing.as_str()) {
+                            emit_once(conn, outbox, &id, EventType::InstallRecovered)?;
+                        }
+                    }
+                    Ok::<_, DbError>(committed)
+                })
+            })
+            .await?;
+        self.wake();
+        Ok(committed)
+    }
+
+    async fn refresh_failed(
+        &self,
+        install_id: &str,
+        message: &str,
+        now: i64,
+        consecutive: u32,
+    ) -> Result<(), ServiceError> {
+        let Some(outbox) = self.outbox.clone() else {
+            return self.set_refresh_error(install_id, message, now).await;
+        };
+        let (id, m) = (install_id.to_owned(), message.to_owned());
+        self.db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    installs::set_refresh_error(conn, &id, &m, now)?;
+                    if consecutive >= outbox.refresh_failing_after {
+                        emit_once(conn, &outbox, &id, EventType::InstallRefreshFailing)?;
+                    }
+                    Ok::<_, DbError>(())
+                })
+            })
+            .await?;
+        self.wake();
+        Ok(())
     }
 
     async fn set_refresh_error(
@@ -197,9 +287,21 @@ impl TokenStore for DbTokenStore {
         now: i64,
     ) -> Result<(), ServiceError> {
         let (id, msg) = (install_id.to_owned(), last_error.map(str::to_owned));
+        let outbox = self.outbox.clone();
         self.db
-            .run(move |conn| installs::set_status(conn, &id, status, msg.as_deref(), now))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let changed = installs::set_status(conn, &id, status, msg.as_deref(), now)?;
+                    if let Some(outbox) = outbox.as_deref().filter(|_| changed) {
+                        if status == InstallStatus::NeedsReauthorization {
+                            emit_once(conn, outbox, &id, EventType::InstallNeedsReauthorization)?;
+                        }
+                    }
+                    Ok::<_, DbError>(())
+                })
+            })
             .await?;
+        self.wake();
         Ok(())
     }
 

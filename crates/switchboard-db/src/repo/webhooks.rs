@@ -1,0 +1,368 @@
+//! Webhooks: tenants' endpoints, the outbox of events (written with the state change they
+//! report, in the caller's transaction), the per-endpoint delivery queue the dispatcher works
+//! through under an endpoint lease, and the delivery history the API pages.
+//!
+//! Ordering: deliveries of one endpoint go out in `seq` order, one at a time (the endpoint's
+//! lease), so events of one install reach a receiver in the order they were written. On
+//! PostgreSQL [`emit`] takes a transaction-scoped advisory lock per tenant before taking a
+//! `seq`, so a tenant's events commit in `seq` order (a later `seq` is never visible before an
+//! earlier one); SQLite has a single writer anyway.
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+
+use crate::models::{NewWebhookEvent, WebhookDelivery, WebhookEndpoint, WebhookEvent};
+use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
+use crate::schema::webhook_deliveries::dsl as d;
+use crate::schema::webhook_endpoints::dsl as e;
+use crate::schema::webhook_events::dsl as ev;
+use crate::{AnyConnection, DbError};
+
+/// Delivery states.
+pub const PENDING: &str = "pending";
+pub const DELIVERED: &str = "delivered";
+pub const FAILED: &str = "failed";
+
+pub fn insert_endpoint(
+    conn: &mut AnyConnection,
+    new: &WebhookEndpoint,
+) -> Result<WebhookEndpoint, DbError> {
+    Ok(diesel::insert_into(e::webhook_endpoints)
+        .values(new)
+        .returning(crate::schema::webhook_endpoints::all_columns)
+        .get_result(conn)?)
+}
+
+pub fn find_endpoint(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<WebhookEndpoint>, DbError> {
+    Ok(e::webhook_endpoints
+        .filter(e::tenant_id.eq(tenant_id))
+        .filter(e::id.eq(id))
+        .select(WebhookEndpoint::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Unscoped: the dispatcher reaches an endpoint through its queue.
+pub fn find_endpoint_by_id(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<WebhookEndpoint>, DbError> {
+    Ok(e::webhook_endpoints
+        .find(id)
+        .select(WebhookEndpoint::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// One page of the tenant's endpoints in `(created_at, id)` order.
+pub fn list_endpoints(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<WebhookEndpoint>, DbError> {
+    let query = e::webhook_endpoints
+        .filter(e::tenant_id.eq(tenant_id))
+        .into_boxed::<AnyBackend>();
+    let rows = after_key!(query, e::created_at, e::id, after)
+        .order((e::created_at.asc(), e::id.asc()))
+        .limit(fetch_count(limit))
+        .select(WebhookEndpoint::as_select())
+        .load(conn)?;
+    Ok(Page::from_rows(rows, limit, |r: &WebhookEndpoint| After {
+        created_at: r.created_at,
+        id: r.id.clone(),
+    }))
+}
+
+/// Deletes the endpoint and its deliveries. False if the tenant has no such endpoint.
+pub fn delete_endpoint(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<bool, DbError> {
+    diesel::delete(
+        d::webhook_deliveries
+            .filter(d::tenant_id.eq(tenant_id))
+            .filter(d::endpoint_id.eq(id)),
+    )
+    .execute(conn)?;
+    let n = diesel::delete(
+        e::webhook_endpoints
+            .filter(e::tenant_id.eq(tenant_id))
+            .filter(e::id.eq(id)),
+    )
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Writes `event` to the outbox and one pending delivery per enabled endpoint of its tenant
+/// whose filter takes its type. Call it inside the transaction of the state change (so the
+/// event exists exactly when the change committed). Returns the deliveries queued.
+pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, DbError> {
+    if let AnyConnection::Postgresql(pg) = conn {
+        // Serialise the tenant's event writers until commit: seq order = commit order.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
+            .execute(pg)?;
+    }
+    let seq: i64 = diesel::insert_into(ev::webhook_events)
+        .values(event)
+        .returning(ev::seq)
+        .get_result(conn)?;
+    let endpoints: Vec<WebhookEndpoint> = e::webhook_endpoints
+        .filter(e::tenant_id.eq(&event.tenant_id))
+        .filter(e::disabled_at.is_null())
+        .select(WebhookEndpoint::as_select())
+        .load(conn)?;
+    let rows: Vec<WebhookDelivery> = endpoints
+        .iter()
+        .filter(|ep| ep.wants(&event.event_type))
+        .map(|ep| WebhookDelivery {
+            endpoint_id: ep.id.clone(),
+            event_seq: seq,
+            tenant_id: event.tenant_id.clone(),
+            state: PENDING.to_owned(),
+            attempts: 0,
+            next_attempt_at: event.created_at,
+            retry_from: event.created_at,
+            last_status: None,
+            last_error: None,
+            last_attempt_at: None,
+            delivered_at: None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // A multi-row INSERT exists per backend only (not on `AnyConnection`'s backend).
+    let query = diesel::insert_into(d::webhook_deliveries).values(rows.as_slice());
+    Ok(match conn {
+        AnyConnection::Postgresql(c) => query.execute(c)?,
+        AnyConnection::Sqlite(c) => query.execute(c)?,
+    })
+}
+
+/// The type of the install's latest event, if it has one (`install.recovered` follows an
+/// `install.refresh_failing` only).
+pub fn latest_install_event(
+    conn: &mut AnyConnection,
+    install_id: &str,
+) -> Result<Option<String>, DbError> {
+    Ok(ev::webhook_events
+        .filter(ev::install_id.eq(install_id))
+        .order(ev::seq.desc())
+        .select(ev::event_type)
+        .first(conn)
+        .optional()?)
+}
+
+/// Endpoints with a pending delivery due at `now` whose lease is free, at most `limit`.
+pub fn due_endpoints(
+    conn: &mut AnyConnection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    Ok(d::webhook_deliveries
+        .inner_join(e::webhook_endpoints)
+        .filter(d::state.eq(PENDING))
+        .filter(d::next_attempt_at.le(now))
+        .filter(e::lease_until.is_null().or(e::lease_until.le(now)))
+        .select(d::endpoint_id)
+        .distinct()
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Takes the endpoint's delivery lease for `owner` until `now + ttl_ms` (or extends it). True
+/// if `owner` holds it.
+pub fn claim_endpoint(
+    conn: &mut AnyConnection,
+    id: &str,
+    owner: &str,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        e::webhook_endpoints.filter(e::id.eq(id)).filter(
+            e::lease_until
+                .is_null()
+                .or(e::lease_until.le(now))
+                .or(e::lease_owner.eq(owner)),
+        ),
+    )
+    .set((
+        e::lease_owner.eq(owner),
+        e::lease_until.eq(now.saturating_add(ttl_ms)),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn release_endpoint(conn: &mut AnyConnection, id: &str, owner: &str) -> Result<bool, DbError> {
+    let n = diesel::update(
+        e::webhook_endpoints
+            .filter(e::id.eq(id))
+            .filter(e::lease_owner.eq(owner)),
+    )
+    .set((
+        e::lease_owner.eq(None::<String>),
+        e::lease_until.eq(None::<i64>),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// The endpoint's oldest pending delivery with its event (the head of its queue).
+pub fn head(
+    conn: &mut AnyConnection,
+    endpoint_id: &str,
+) -> Result<Option<(WebhookDelivery, WebhookEvent)>, DbError> {
+    Ok(d::webhook_deliveries
+        .inner_join(ev::webhook_events)
+        .filter(d::endpoint_id.eq(endpoint_id))
+        .filter(d::state.eq(PENDING))
+        .order(d::event_seq.asc())
+        .select((WebhookDelivery::as_select(), WebhookEvent::as_select()))
+        .first(conn)
+        .optional()?)
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub at: i64,
+    /// `delivered`, `failed`, or `pending` (with `next_attempt_at`).
+    pub state: &'static str,
+    pub next_attempt_at: i64,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Records an attempt on the delivery `(endpoint_id, seq)`, fenced by the endpoint lease: the
+/// write happens (and the lease is extended to `lease_until`) only while `owner` holds it.
+/// False: the lease was lost (another dispatcher owns the queue now; nothing was written).
+pub fn record_attempt(
+    conn: &mut AnyConnection,
+    endpoint_id: &str,
+    seq: i64,
+    owner: &str,
+    lease_until: i64,
+    attempt: &Attempt,
+) -> Result<bool, DbError> {
+    conn.transaction(|conn| {
+        let held = diesel::update(
+            e::webhook_endpoints
+                .filter(e::id.eq(endpoint_id))
+                .filter(e::lease_owner.eq(owner)),
+        )
+        .set(e::lease_until.eq(lease_until))
+        .execute(conn)?;
+        if held != 1 {
+            return Ok(false);
+        }
+        diesel::update(
+            d::webhook_deliveries
+                .filter(d::endpoint_id.eq(endpoint_id))
+                .filter(d::event_seq.eq(seq)),
+        )
+        .set((
+            d::state.eq(attempt.state),
+            d::attempts.eq(d::attempts + 1),
+            d::next_attempt_at.eq(attempt.next_attempt_at),
+            d::last_status.eq(attempt.status),
+            d::last_error.eq(attempt.error.as_deref()),
+            d::last_attempt_at.eq(attempt.at),
+            d::delivered_at.eq((attempt.state == DELIVERED).then_some(attempt.at)),
+        ))
+        .execute(conn)?;
+        Ok(true)
+    })
+}
+
+/// One page of an endpoint's deliveries (with their events), newest event last, in `seq`
+/// order after `after` (whose `created_at` holds a `seq`).
+pub fn list_deliveries(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    endpoint_id: &str,
+    after: Option<&After>,
+    limit: i64,
+) -> Result<Page<(WebhookDelivery, WebhookEvent)>, DbError> {
+    let mut query = d::webhook_deliveries
+        .inner_join(ev::webhook_events)
+        .filter(d::tenant_id.eq(tenant_id))
+        .filter(d::endpoint_id.eq(endpoint_id))
+        .into_boxed::<AnyBackend>();
+    if let Some(a) = after {
+        query = query.filter(d::event_seq.gt(a.created_at));
+    }
+    let rows = query
+        .order(d::event_seq.asc())
+        .limit(fetch_count(limit))
+        .select((WebhookDelivery::as_select(), WebhookEvent::as_select()))
+        .load(conn)?;
+    Ok(Page::from_rows(
+        rows,
+        limit,
+        |(dl, evt): &(WebhookDelivery, WebhookEvent)| After {
+            created_at: dl.event_seq,
+            id: evt.id.clone(),
+        },
+    ))
+}
+
+/// Puts the delivery of event `event_id` to the endpoint back in its queue, due at `now`, with
+/// a new retry window. None if the tenant's endpoint has no delivery of that event.
+pub fn replay(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    endpoint_id: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<Option<(WebhookDelivery, WebhookEvent)>, DbError> {
+    conn.transaction(|conn| {
+        let Some(event) = ev::webhook_events
+            .filter(ev::tenant_id.eq(tenant_id))
+            .filter(ev::id.eq(event_id))
+            .select(WebhookEvent::as_select())
+            .first(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let n = diesel::update(
+            d::webhook_deliveries
+                .filter(d::tenant_id.eq(tenant_id))
+                .filter(d::endpoint_id.eq(endpoint_id))
+                .filter(d::event_seq.eq(event.seq)),
+        )
+        .set((
+            d::state.eq(PENDING),
+            d::next_attempt_at.eq(now),
+            d::retry_from.eq(now),
+        ))
+        .execute(conn)?;
+        if n != 1 {
+            return Ok(None);
+        }
+        let delivery = d::webhook_deliveries
+            .filter(d::endpoint_id.eq(endpoint_id))
+            .filter(d::event_seq.eq(event.seq))
+            .select(WebhookDelivery::as_select())
+            .first(conn)?;
+        Ok(Some((delivery, event)))
+    })
+}
+
+/// Pending deliveries of every tenant (the queue-depth gauge).
+pub fn pending_count(conn: &mut AnyConnection) -> Result<i64, DbError> {
+    Ok(d::webhook_deliveries
+        .filter(d::state.eq(PENDING))
+        .count()
+        .get_result(conn)?)
+}
