@@ -23,7 +23,7 @@ async fn documented_operations(app: &TestApp) -> Vec<(Method, String)> {
             ops.push((verb.to_uppercase().parse().unwrap(), path.clone()));
         }
     }
-    assert_eq!(ops.len(), 27, "{ops:?}");
+    assert_eq!(ops.len(), 29, "{ops:?}");
     ops
 }
 
@@ -155,7 +155,8 @@ async fn typed_ids_reject_every_bad_path_segment(backend: Backend) {
 async fn a_bad_key_is_401_before_a_bad_id(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     for (method, template) in documented_operations(&app).await {
-        if !template.contains('{') {
+        // The public JWK Set route takes no key: nothing to authenticate first.
+        if !template.contains('{') || !template.starts_with("/v1/") {
             continue;
         }
         let path = template

@@ -33,6 +33,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub audit: AuditSettings,
+    pub backend_services: BackendServicesSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +140,25 @@ impl AuditSettings {
     /// The retention as milliseconds.
     pub fn retention_ms(&self) -> i64 {
         i64::try_from(self.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
+    }
+}
+
+/// SMART Backend Services keys: the setup key rotation schedule and the hosted JWK Set's
+/// cache lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendServicesSettings {
+    /// After `POST .../setup/keys/rotate` the new key is published this long before it signs,
+    /// and the old key stays published this long after it stopped signing.
+    pub key_overlap_secs: u64,
+    /// `Cache-Control: public, max-age` of `GET /jwks/{id}.json`; must be below the overlap so
+    /// a verifier's cached copy holds the next key before it is used.
+    pub jwks_max_age_secs: u64,
+}
+
+impl BackendServicesSettings {
+    pub fn key_overlap_ms(&self) -> i64 {
+        i64::try_from(self.key_overlap_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 }
 
@@ -290,6 +310,12 @@ impl Settings {
             return invalid(
                 "metrics.token",
                 "must be empty or at least 16 characters without whitespace".into(),
+            );
+        }
+        if self.backend_services.key_overlap_secs <= self.backend_services.jwks_max_age_secs {
+            return invalid(
+                "backend_services.key_overlap_secs",
+                "must exceed backend_services.jwks_max_age_secs (verifiers must see the next key before it signs)".into(),
             );
         }
         if self.log.level.trim().is_empty() {

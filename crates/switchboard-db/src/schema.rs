@@ -112,6 +112,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    setup_signing_keys (kid) {
+        kid -> Text,
+        tenant_id -> Text,
+        connector_id -> Text,
+        jwks_id -> Text,
+        alg -> Text,
+        public_jwk -> Text,
+        private_key -> Binary,
+        origin -> Text,
+        active_from -> BigInt,
+        retire_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
@@ -126,4 +142,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     oauth_states,
     audit_events,
     audit_keys,
+    setup_signing_keys,
 );

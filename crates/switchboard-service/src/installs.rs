@@ -118,6 +118,7 @@ pub struct InstallService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) keys: Arc<crate::signing_keys::SetupKeys>,
 }
 
 impl InstallService {
@@ -193,19 +194,35 @@ impl InstallService {
             AuthDef::StaticBearer(_) => {
                 row.status = InstallStatus::Authorized;
             }
-            AuthDef::Oauth2ClientCredentials(c) => {
-                // The first token is fetched before anything is written: a bad secret leaves no
-                // install behind.
+            AuthDef::Oauth2ClientCredentials(_) | AuthDef::Oauth2BackendServices(_) => {
+                // The first token is fetched before anything is written: a bad secret (or a
+                // refused assertion) leaves no install behind.
                 let client = resolved
                     .token_client(&self.redirect_uri)?
                     .ok_or_else(|| ServiceError::internal("client credentials without client"))?;
-                let scopes = resolved.render(&c.scopes, None)?;
+                let scopes = resolved.requested_scopes()?;
                 self.resolver
                     .check_upstream_url("token_url", &client.token_url)?;
-                let tokens = client
-                    .client_credentials(self.outbound.client(), &scopes)
-                    .await
-                    .map_err(crate::tokens::first_token_error)?;
+                let tokens = match &auth {
+                    AuthDef::Oauth2BackendServices(_) => {
+                        let assertion = self
+                            .keys
+                            .assertion(&t.tenant_id, &resolved, &client)
+                            .await?;
+                        client
+                            .client_credentials_with_assertion(
+                                self.outbound.client(),
+                                &scopes,
+                                &assertion,
+                            )
+                            .await
+                            .map_err(crate::signing_keys::first_token_error)?
+                    }
+                    _ => client
+                        .client_credentials(self.outbound.client(), &scopes)
+                        .await
+                        .map_err(crate::tokens::first_token_error)?,
+                };
                 let sealed = crate::sealing::seal_tokens(&self.crypto, &id, &tokens, now_ms());
                 first_tokens = Some(TokenWrite {
                     access_token: sealed.access,

@@ -4,8 +4,8 @@
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, `pagination`, then `resolve` on `settings` and `audit` on `pagination` and
-//! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
+//! `return_url`, `pagination`, then `resolve` on `settings`, `audit` on `pagination` and
+//! `tenant`, and `signing_keys` on `resolve` and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
 //! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
@@ -25,6 +25,7 @@ mod return_url;
 pub mod sealing;
 pub mod settings;
 pub mod setups;
+pub mod signing_keys;
 pub mod tenant;
 pub mod tokens;
 
@@ -65,6 +66,8 @@ pub struct Services {
     pub tokens: Arc<Keeper>,
     /// The audit trail writer (the server spawns its task).
     pub audit: Arc<audit::AuditLog>,
+    /// SMART Backend Services setup keys (the public JWK Set route reads them).
+    pub setup_keys: Arc<signing_keys::SetupKeys>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -126,6 +129,14 @@ impl Services {
             catalog: catalog.clone(),
             outbound: outbound.clone(),
         });
+        let keys = Arc::new(signing_keys::SetupKeys {
+            db: db.clone(),
+            crypto: crypto.clone(),
+            clock: clock.clone(),
+            overlap_ms: settings.backend_services.key_overlap_ms(),
+            jwks_max_age_secs: settings.backend_services.jwks_max_age_secs,
+            public_url: settings.server.public_url.trim_end_matches('/').to_owned(),
+        });
         let tokens = Arc::new(TokenKeeper::new(
             &settings.tokens,
             tokens::DbTokenStore::new(db.clone()),
@@ -135,6 +146,7 @@ impl Services {
                 outbound: outbound.clone(),
                 redirect_uri: redirect_uri.clone(),
                 clock: clock.clone(),
+                keys: keys.clone(),
             },
             clock,
             cache.clone(),
@@ -157,6 +169,7 @@ impl Services {
                 resolver: resolver.clone(),
                 cache: cache.clone(),
                 audit: audit.clone(),
+                keys: keys.clone(),
             }),
             installs: Arc::new(installs::InstallService {
                 settings: settings.clone(),
@@ -167,6 +180,7 @@ impl Services {
                 resolver: resolver.clone(),
                 cache: cache.clone(),
                 audit: audit.clone(),
+                keys: keys.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -191,6 +205,7 @@ impl Services {
             }),
             tokens,
             audit,
+            setup_keys: keys,
             settings,
             db,
             catalog,

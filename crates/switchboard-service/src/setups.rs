@@ -5,6 +5,7 @@ use crate::error::ServiceError;
 use crate::resolve::Resolver;
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
+use diesel::Connection as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_crypto::KeyRing;
 use switchboard_db::repo::setups;
 use switchboard_db::Db;
+
+use crate::signing_keys::{RotateIn, SetupKeys, SetupKeysOut, SigningKeyIn};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SetupOut {
@@ -21,6 +24,22 @@ pub struct SetupOut {
     pub settings: Value,
     pub created_at: String,
     pub updated_at: String,
+    /// Connectors with `oauth2_backend_services`: the hosted JWK Set URL to register with the
+    /// EHR and the setup's keys (public facts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_keys: Option<Vec<crate::signing_keys::SigningKeyOut>>,
+}
+
+impl SetupOut {
+    fn with_keys(mut self, keys: Option<crate::signing_keys::SetupKeysOut>) -> Self {
+        if let Some(k) = keys {
+            self.jwks_url = Some(k.jwks_url);
+            self.signing_keys = Some(k.signing_keys);
+        }
+        self
+    }
 }
 
 /// Tenants' connector setups. A change drops every prepared install (they embed the setup).
@@ -30,6 +49,7 @@ pub struct SetupService {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) cache: Arc<InstallCache>,
     pub(crate) audit: Arc<crate::audit::AuditLog>,
+    pub(crate) keys: Arc<SetupKeys>,
 }
 
 impl SetupService {
@@ -41,16 +61,41 @@ impl SetupService {
         connector_id: &ConnectorId,
         input: &Map<String, Value>,
     ) -> Result<SetupOut, ServiceError> {
+        self.put_setup_with_key(t, connector_id, input, None).await
+    }
+
+    /// [`Self::put_setup`] with the setup's `signing_key` (backend-services connectors): a key
+    /// is generated when the setup has none, an uploaded key replaces the set. A bad key is a
+    /// 422 and nothing is written.
+    pub async fn put_setup_with_key(
+        &self,
+        t: &TenantCtx,
+        connector_id: &ConnectorId,
+        input: &Map<String, Value>,
+        signing_key: Option<&SigningKeyIn>,
+    ) -> Result<SetupOut, ServiceError> {
         let connector = self.resolver.connector(connector_id)?;
         let def = &connector.def;
         let values = settings::validate_input(def, input, Layer::Setup)?;
+        let plan = self
+            .keys
+            .plan(&t.tenant_id, &connector, signing_key)
+            .await?;
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
         let stored = settings::seal(&self.crypto, def, &values, &aad);
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
+        let keys = self.keys.clone();
         let row = self
             .db
-            .run(move |conn| setups::upsert(conn, &tenant, &cid, &stored, now))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
+                    keys.apply(conn, &tenant, &cid, &plan, now)?;
+                    Ok(row)
+                })
+            })
             .await?;
+        let key_view = self.keys.view(&t.tenant_id, connector_id).await?;
         self.cache.clear();
         let target = crate::audit::Target {
             connector_id: Some(connector_id.to_string()),
@@ -63,7 +108,10 @@ impl SetupService {
             settings: settings::masked(def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
-        })
+            jwks_url: None,
+            signing_keys: None,
+        }
+        .with_keys(key_view))
     }
 
     pub async fn get_setup(
@@ -83,12 +131,35 @@ impl SetupService {
             &row.settings,
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
+        let key_view = self.keys.view(&t.tenant_id, connector_id).await?;
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(&connector.def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
-        })
+            jwks_url: None,
+            signing_keys: None,
+        }
+        .with_keys(key_view))
+    }
+
+    /// `POST /v1/connectors/{c}/setup/keys/rotate`: publishes a new key now; it signs after
+    /// `backend_services.key_overlap_secs`, and the old key leaves the JWK Set one overlap later.
+    pub async fn rotate_keys(
+        &self,
+        t: &TenantCtx,
+        connector_id: &ConnectorId,
+        input: &RotateIn,
+    ) -> Result<SetupKeysOut, ServiceError> {
+        let connector = self.resolver.connector(connector_id)?;
+        let out = self.keys.rotate(&t.tenant_id, &connector, input).await?;
+        let target = crate::audit::Target {
+            connector_id: Some(connector_id.to_string()),
+            ..Default::default()
+        };
+        self.audit
+            .admin(&t.tenant_id, Some(t), "setup.keys_rotated", 200, target)?;
+        Ok(out)
     }
 
     pub async fn delete_setup(
@@ -100,7 +171,12 @@ impl SetupService {
         let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let deleted = self
             .db
-            .run(move |conn| setups::delete(conn, &tenant, &cid))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    SetupKeys::delete_all(conn, &tenant, &cid)?;
+                    setups::delete(conn, &tenant, &cid)
+                })
+            })
             .await?;
         self.cache.clear();
         if deleted {

@@ -9,4 +9,5 @@ pub mod lease;
 pub mod oauth_states;
 pub mod page;
 pub mod setups;
+pub mod signing_keys;
 pub mod tenants;
