@@ -89,10 +89,10 @@ fn use_test_connectors(s: &mut Settings) {
     }
     for (id, kind, aud) in [
         ("testbackend", "oauth2_backend_services", ""),
-        // The alias of the auth type, and an `aud` that is not the token URL.
+        // An `aud` that is not the token URL.
         (
             "testbackend_aud",
-            "private_key_jwt",
+            "oauth2_backend_services",
             r#"audience = "https://elsewhere.example/token""#,
         ),
     ] {
@@ -505,7 +505,9 @@ async fn count(app: &TestApp) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 async fn refused_assertions_are_clear_install_errors(backend: Backend) {
-    let clock = ManualClock::new(switchboard_core::now_ms());
+    // The setups' keys are made ten minutes back, so that an assertion can be signed in the
+    // past with them below.
+    let clock = ManualClock::new(switchboard_core::now_ms() - 600_000);
     let app = spawn(backend, Some(clock.clone())).await;
     let op = provider(15, 3600);
     let fhir = FakeFhir::builder()
@@ -532,6 +534,7 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
     )
     .await;
     assert_ne!(setup["jwks_url"], other["jwks_url"]);
+    clock.set(switchboard_core::now_ms());
     op.register_jwt_client("sb-victim", other["jwks_url"].as_str().unwrap(), "RS384")
         .await
         .unwrap();
@@ -586,8 +589,8 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
     );
     assert_eq!(count(&app).await, 1);
 
-    // Expired: signed ten minutes ago (exp = iat + 240 s).
-    clock.set(switchboard_core::now_ms() - 600_000);
+    // Expired: signed nine minutes ago (exp = iat + 240 s).
+    clock.set(switchboard_core::now_ms() - 540_000);
     let (s, v) = create_install(&app, "testbackend").await;
     assert_problem(s, &v, 422, "credentials_rejected");
     assert!(

@@ -139,6 +139,12 @@ const configuration = {
   },
   pkce: { required: () => true },
   clockTolerance,
+  // oidc-provider refuses to fetch from special-use addresses (its SSRF guard); the clients'
+  // jwks_uri here is Switchboard on 127.0.0.1, so the test server fetches without the guard.
+  fetch: (url, options) => {
+    const { dispatcher: _guard, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   routes: { token: tokenPath },
   enabledJWA: {
     clientAuthSigningAlgValues: [

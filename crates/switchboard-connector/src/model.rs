@@ -173,8 +173,7 @@ pub enum AuthDef {
     StaticBearer(StaticBearerDef),
     /// SMART Backend Services: client credentials authenticated by a JWT assertion
     /// (`private_key_jwt`, RFC 7523) signed RS384 or ES384 with the setup's key, published at
-    /// the setup's hosted JWKS URL. `type = "private_key_jwt"` is accepted as an alias.
-    #[serde(alias = "private_key_jwt")]
+    /// the setup's hosted JWKS URL.
     Oauth2BackendServices(BackendServicesDef),
 }
 
@@ -213,7 +212,7 @@ impl AuthKind {
             "oauth2_authorization_code" => Self::Oauth2AuthorizationCode,
             "oauth2_client_credentials" => Self::Oauth2ClientCredentials,
             "static_bearer" => Self::StaticBearer,
-            "oauth2_backend_services" | "private_key_jwt" => Self::Oauth2BackendServices,
+            "oauth2_backend_services" => Self::Oauth2BackendServices,
             _ => return None,
         })
     }

@@ -90,7 +90,7 @@ impl SetupService {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
-                    keys.apply(conn, &tenant, &cid, &plan, now)?;
+                    keys.apply(conn, &tenant, &cid, &plan)?;
                     Ok(row)
                 })
             })

@@ -198,18 +198,19 @@ impl SetupKeys {
         ))
     }
 
-    /// Applies a plan inside the setup's write transaction.
+    /// Applies a plan inside the setup's write transaction. The new key signs from now by the
+    /// keys' clock (the one the schedule is read with).
     pub(crate) fn apply(
         &self,
         conn: &mut AnyConnection,
         tenant_id: &str,
         connector_id: &str,
         plan: &KeyPlan,
-        now: i64,
     ) -> Result<(), DbError> {
         let KeyPlan::Replace(material, origin) = plan else {
             return Ok(());
         };
+        let now = self.now();
         let existing = repo::list(conn, tenant_id, connector_id)?;
         let jwks_id = existing
             .first()
