@@ -451,7 +451,7 @@ async fn key_rotation_keeps_installs_working(backend: Backend) {
     let (_, got) = app.get("/v1/connectors/testbackend/setup").await;
     assert_eq!(statuses(&got), [(new.clone(), "active".into())]);
     let (_, _, jwks) = fetch_jwks(&app, &jwks_url).await;
-    assert_eq!(kids(&jwks), [new.clone()]);
+    assert_eq!(kids(&jwks), vec![new.clone()]);
     for id in [&first, &second] {
         let (s, v) = call_patient(&app, id, &patient).await;
         assert_eq!(s, StatusCode::OK, "phase 3 refresh: {v}");
