@@ -14,7 +14,7 @@ async fn smoke(backend: crate::support::Backend) {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["canvas", "epic", "medplum"]);
+    assert_eq!(ids, ["canvas", "epic", "epic_backend", "medplum"]);
     let (s, v) = app
         .post("/v1/accounts", json!({"id": "acme", "name": "Acme"}))
         .await;

@@ -12,6 +12,7 @@ mod accounts;
 mod api_basics;
 mod api_keys;
 mod audit;
+mod backend_services;
 mod cli;
 mod connectors;
 mod db_outage;

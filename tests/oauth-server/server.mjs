@@ -15,8 +15,15 @@
 //     "fhir_user": "Practitioner/123",            // fhirUser claim of every account
 //     "patient": "pat-0001", "encounter": null,   // SMART launch context added to token responses
 //     "access_token_ttl": 3600,
-//     "extra_scopes": ["user/*.read"]
+//     "extra_scopes": ["user/*.read"],
+//     "clock_tolerance": 15,                      // seconds of skew accepted in client assertions
+//     "token_path": "/token"                      // e.g. "/oauth2/token" for an Epic-like layout
 //   }
+// Clients authenticating with `private_key_jwt` (RS384/ES384 allowed) are registered at run time
+// by the test (their `jwks_uri` is a URL known only once Switchboard runs):
+//   POST /test/clients                  JSON client metadata (client_id, jwks_uri, ...) -> 201
+//   POST /test/clients/{id}/jwks-stale  the cached JWK Set of the client counts as expired, as a
+//                                       verifier's cache does once its max-age has passed -> 204
 // When ready it prints ONE JSON line on stdout:
 //   {"ready":true,"issuer":"http://127.0.0.1:PORT","authorization_endpoint":...,...}
 // It exits when its standard input closes (the parent test process is gone).
@@ -51,6 +58,8 @@ const fhirUser = settings.fhir_user ?? 'Practitioner/prac-0001';
 const launchPatient = settings.patient === undefined ? 'pat-0001' : settings.patient;
 const launchEncounter = settings.encounter ?? null;
 const accessTokenTtl = Number(settings.access_token_ttl ?? 3600);
+const clockTolerance = Number(settings.clock_tolerance ?? 15);
+const tokenPath = settings.token_path ?? '/token';
 
 const clients = (settings.clients ?? []).map((c) => {
   const grantTypes = c.grant_types ?? ['authorization_code', 'refresh_token'];
@@ -129,6 +138,19 @@ const configuration = {
     introspection: { enabled: true },
   },
   pkce: { required: () => true },
+  clockTolerance,
+  // oidc-provider refuses to fetch from special-use addresses (its SSRF guard); the clients'
+  // jwks_uri here is Switchboard on 127.0.0.1, so the test server fetches without the guard.
+  fetch: (url, options) => {
+    const { dispatcher: _guard, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
+  routes: { token: tokenPath },
+  enabledJWA: {
+    clientAuthSigningAlgValues: [
+      'HS256', 'RS256', 'RS384', 'PS256', 'ES256', 'ES384', 'Ed25519', 'EdDSA',
+    ],
+  },
   rotateRefreshToken: true,
   // OIDC drops `offline_access` unless `prompt=consent` is sent; SMART clients rarely send it, so
   // every authorization_code grant of a client allowed to refresh gets a refresh token.
@@ -177,13 +199,53 @@ server.listen(port, '127.0.0.1', () => {
     ctx.body = { ...ctx.body, ...extra };
   });
 
-  server.on('request', provider.callback());
+  const providerCallback = provider.callback();
+
+  async function readJson(req) {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    return JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+  }
+
+  // Test-only administration (see the header).
+  async function testAdmin(req, res) {
+    const reply = (status, body) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(body === undefined ? '' : JSON.stringify(body));
+    };
+    try {
+      const stale = req.url.match(/^\/test\/clients\/([^/]+)\/jwks-stale$/);
+      if (req.method === 'POST' && req.url === '/test/clients') {
+        const metadata = await readJson(req);
+        await provider.Client.validate(metadata);
+        await provider.Client.adapter.upsert(metadata.client_id, metadata);
+        return reply(201, { client_id: metadata.client_id });
+      }
+      if (req.method === 'POST' && stale) {
+        const client = await provider.Client.find(decodeURIComponent(stale[1]));
+        if (!client) return reply(404, { error: 'no such client' });
+        client.asymmetricKeyStore.freshUntil = 0;
+        return reply(204);
+      }
+      return reply(404, { error: 'no such test route' });
+    } catch (err) {
+      return reply(400, { error: String(err?.error_description ?? err?.message ?? err) });
+    }
+  }
+
+  server.on('request', (req, res) => {
+    if (req.url.startsWith('/test/')) {
+      testAdmin(req, res);
+    } else {
+      providerCallback(req, res);
+    }
+  });
 
   process.stdout.write(`${JSON.stringify({
     ready: true,
     issuer,
     authorization_endpoint: `${issuer}/auth`,
-    token_endpoint: `${issuer}/token`,
+    token_endpoint: `${issuer}${tokenPath}`,
     revocation_endpoint: `${issuer}/token/revocation`,
     introspection_endpoint: `${issuer}/token/introspection`,
     jwks_uri: `${issuer}/jwks`,

@@ -24,6 +24,10 @@ pub struct ApiKeyIn {
 pub struct SetupIn {
     #[schema(value_type = Object)]
     pub(crate) settings: Map<String, Value>,
+    /// Connectors with `oauth2_backend_services`: the algorithm of the generated key, or the
+    /// tenant's own private key.
+    #[serde(default)]
+    pub(crate) signing_key: Option<switchboard_service::signing_keys::SigningKeyIn>,
 }
 
 /// `PATCH /v1/tenant`.

@@ -23,6 +23,7 @@ use switchboard_service::setups::SetupOut;
 use switchboard_service::webhooks::{
     DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut,
 };
+use switchboard_service::signing_keys::{RotateIn, SetupKeysOut};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -38,6 +39,14 @@ use crate::bodies::{ApiKeyIn, SetupIn, TenantPatch};
 #[allow(dead_code)]
 struct Status {
     status: String,
+}
+
+/// A JWK Set (RFC 7517 §5): public keys only.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct JwkSet {
+    #[schema(value_type = Vec<Object>)]
+    keys: Vec<Value>,
 }
 
 #[derive(ToSchema)]
@@ -221,6 +230,27 @@ mod ops {
         responses((status = 204, description = "Deleted"))
     )]
     fn delete_setup() {}
+
+    /// Rotate the setup's backend-services key (publish now, sign after the overlap)
+    #[utoipa::path(
+        post,
+        path = "/v1/connectors/{connector}/setup/keys/rotate",
+        tag = "setups",
+        params(("connector" = ConnectorId, Path)),
+        request_body(content = Option<RotateIn>, description = "Optional: the new key's alg"),
+        responses((status = 200, body = SetupKeysOut))
+    )]
+    fn rotate_setup_keys() {}
+
+    /// A setup's public JWK Set (no authentication; cacheable)
+    #[utoipa::path(
+        get,
+        path = "/jwks/{jwks_id}.json",
+        tag = "setups",
+        params(("jwks_id" = String, Path, description = "The opaque id in the setup's jwks_url")),
+        responses((status = 200, body = JwkSet))
+    )]
+    fn jwks() {}
 
     /// Create an API key (plaintext shown once)
     #[utoipa::path(
@@ -451,6 +481,8 @@ mod ops {
         ops::put_setup,
         ops::get_setup,
         ops::delete_setup,
+        ops::rotate_setup_keys,
+        ops::jwks,
         ops::create_api_key,
         ops::list_api_keys,
         ops::revoke_api_key,
@@ -658,8 +690,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 33);
-        assert_eq!(OPERATIONS.len(), 33);
+        assert_eq!(ops, 35);
+        assert_eq!(OPERATIONS.len(), 35);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

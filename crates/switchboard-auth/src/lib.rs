@@ -1,7 +1,8 @@
 //! switchboard-auth: the OAuth 2.0 / SMART App Launch protocol client. PKCE and `state`
 //! (RFC 7636), the authorization URL, the RFC 9207 issuer check, token-endpoint calls (code
 //! exchange, refresh, client credentials) with client authentication (RFC 6749 §2.3.1), token
-//! response parsing with SMART launch context, and RFC 7009 revocation. Pure protocol: no
+//! response parsing with SMART launch context, RFC 7009 revocation, and SMART Backend Services
+//! keys and client assertions (`signing`: RS384/ES384 `private_key_jwt`). Pure protocol: no
 //! database, no server, no retries; the service layer stores results and orchestrates.
 //!
 //! The caller's decision hangs on [`AuthError::is_invalid_grant`] (the grant is dead:
@@ -19,6 +20,7 @@ mod error;
 mod id_token;
 mod pkce;
 mod response;
+pub mod signing;
 mod token;
 
 pub use authorize::{authorize_url, check_issuer, AuthorizeRequest};

@@ -136,6 +136,42 @@ impl TokenClient {
         self.token_request(http, params, &[]).await
     }
 
+    /// Client credentials authenticated by a signed JWT (RFC 7523 §2.2, SMART Backend
+    /// Services): `client_assertion_type` and `client_assertion` in the body, neither a client
+    /// secret nor Basic authentication, no `client_id` (the assertion's `sub` names the
+    /// client). `scope` only when `scopes` is not blank. Each assertion is used once.
+    pub async fn client_credentials_with_assertion(
+        &self,
+        http: &reqwest::Client,
+        scopes: &str,
+        assertion: &SecretString,
+    ) -> Result<TokenResponse, AuthError> {
+        let scopes = crate::authorize::normalize_scopes(scopes);
+        let assertion = assertion.expose_secret();
+        let mut params = vec![("grant_type", "client_credentials")];
+        if !scopes.is_empty() {
+            params.push(("scope", &scopes));
+        }
+        params.push((
+            "client_assertion_type",
+            crate::signing::CLIENT_ASSERTION_TYPE,
+        ));
+        params.push(("client_assertion", assertion));
+        let (body, _) = self.build_form_with(params, true, false)?;
+        let answer = post_form(http, &self.token_url, body, None).await?;
+        if !answer.is_success() {
+            let err = classify_error(&answer, &self.sent_secrets(&[assertion]));
+            tracing::debug!(status = answer.status, error = %err, "token endpoint refused the assertion");
+            return Err(err);
+        }
+        match &answer.body {
+            Some(body) => parse_token_response(body),
+            None => Err(AuthError::Protocol(format!(
+                "token response larger than {MAX_RESPONSE_BYTES} bytes"
+            ))),
+        }
+    }
+
     /// RFC 7009 revocation, authenticated like the token requests. Any 2xx is success (the
     /// server answers 200 for unknown or already invalid tokens too).
     pub async fn revoke(
@@ -187,8 +223,19 @@ impl TokenClient {
     /// The form body (protocol params, client auth, extras) and the Basic header, if any.
     fn build_form<'a>(
         &'a self,
+        params: Vec<(&'a str, &'a str)>,
+        with_extras: bool,
+    ) -> Result<(String, Option<HeaderValue>), AuthError> {
+        self.build_form_with(params, with_extras, true)
+    }
+
+    /// [`Self::build_form`]; `client_auth = false` when `params` authenticate the client
+    /// themselves (a client assertion).
+    fn build_form_with<'a>(
+        &'a self,
         mut params: Vec<(&'a str, &'a str)>,
         with_extras: bool,
+        client_auth: bool,
     ) -> Result<(String, Option<HeaderValue>), AuthError> {
         if self.client_id.is_empty() {
             return Err(AuthError::Misconfigured("client_id is empty".into()));
@@ -200,6 +247,7 @@ impl TokenClient {
             .filter(|s| !s.is_empty());
         let mut basic = None;
         match self.client_auth {
+            _ if !client_auth => {}
             ClientAuth::ClientSecretBasic => {
                 let secret = secret.ok_or_else(|| {
                     AuthError::Misconfigured("client_secret_basic needs a client secret".into())
@@ -221,7 +269,14 @@ impl TokenClient {
             for (name, value) in &self.extra_params {
                 let name = name.as_str();
                 let taken = params[..set].iter().any(|(n, _)| *n == name)
-                    || matches!(name, "grant_type" | "client_id" | "client_secret");
+                    || matches!(
+                        name,
+                        "grant_type"
+                            | "client_id"
+                            | "client_secret"
+                            | "client_assertion"
+                            | "client_assertion_type"
+                    );
                 if taken {
                     if params[..set].contains(&(name, value.as_str())) {
                         continue;

@@ -35,6 +35,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub limits: LimitsSettings,
     pub webhooks: WebhookSettings,
+    pub backend_services: BackendServicesSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +234,25 @@ pub struct WebhookSettings {
     pub retry_for_secs: u64,
     /// `install.refresh_failing` after this many consecutive transient refresh failures.
     pub refresh_failing_after: u32,
+}
+
+/// SMART Backend Services keys: the setup key rotation schedule and the hosted JWK Set's
+/// cache lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendServicesSettings {
+    /// After `POST .../setup/keys/rotate` the new key is published this long before it signs,
+    /// and the old key stays published this long after it stopped signing.
+    pub key_overlap_secs: u64,
+    /// `Cache-Control: public, max-age` of `GET /jwks/{id}.json`; must be below the overlap so
+    /// a verifier's cached copy holds the next key before it is used.
+    pub jwks_max_age_secs: u64,
+}
+
+impl BackendServicesSettings {
+    pub fn key_overlap_ms(&self) -> i64 {
+        i64::try_from(self.key_overlap_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
 }
 
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
@@ -438,6 +458,12 @@ impl Settings {
             return invalid(
                 "metrics.token",
                 "must be empty or at least 16 characters without whitespace".into(),
+            );
+        }
+        if self.backend_services.key_overlap_secs <= self.backend_services.jwks_max_age_secs {
+            return invalid(
+                "backend_services.key_overlap_secs",
+                "must exceed backend_services.jwks_max_age_secs (verifiers must see the next key before it signs)".into(),
             );
         }
         if self.log.level.trim().is_empty() {

@@ -190,6 +190,10 @@ pub enum AuthDef {
     Oauth2ClientCredentials(ClientCredentialsDef),
     /// A static bearer token from a secret setting (e.g. Canvas sandbox dashboard token).
     StaticBearer(StaticBearerDef),
+    /// SMART Backend Services: client credentials authenticated by a JWT assertion
+    /// (`private_key_jwt`, RFC 7523) signed RS384 or ES384 with the setup's key, published at
+    /// the setup's hosted JWKS URL.
+    Oauth2BackendServices(BackendServicesDef),
 }
 
 impl AuthDef {
@@ -198,6 +202,7 @@ impl AuthDef {
             Self::Oauth2AuthorizationCode(_) => AuthKind::Oauth2AuthorizationCode,
             Self::Oauth2ClientCredentials(_) => AuthKind::Oauth2ClientCredentials,
             Self::StaticBearer(_) => AuthKind::StaticBearer,
+            Self::Oauth2BackendServices(_) => AuthKind::Oauth2BackendServices,
         }
     }
 }
@@ -208,6 +213,7 @@ pub enum AuthKind {
     Oauth2AuthorizationCode,
     Oauth2ClientCredentials,
     StaticBearer,
+    Oauth2BackendServices,
 }
 
 impl AuthKind {
@@ -216,6 +222,7 @@ impl AuthKind {
             Self::Oauth2AuthorizationCode => "oauth2_authorization_code",
             Self::Oauth2ClientCredentials => "oauth2_client_credentials",
             Self::StaticBearer => "static_bearer",
+            Self::Oauth2BackendServices => "oauth2_backend_services",
         }
     }
 
@@ -224,6 +231,7 @@ impl AuthKind {
             "oauth2_authorization_code" => Self::Oauth2AuthorizationCode,
             "oauth2_client_credentials" => Self::Oauth2ClientCredentials,
             "static_bearer" => Self::StaticBearer,
+            "oauth2_backend_services" => Self::Oauth2BackendServices,
             _ => return None,
         })
     }
@@ -291,6 +299,34 @@ pub struct ClientCredentialsDef {
 pub struct StaticBearerDef {
     /// Template of the token, normally a secret setting: `{{settings.api_token}}`.
     pub token: String,
+}
+
+/// SMART Backend Services (client credentials with a signed JWT assertion). The key is the
+/// setup's (generated on setup save or uploaded), never a setting; the signing algorithm is the
+/// setup's (`signing_key.alg`, default RS384).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendServicesDef {
+    /// Template of the token endpoint; also the assertion's `aud` unless `audience` is set.
+    pub token_url: String,
+    /// Template of the client id: the assertion's `iss` and `sub`.
+    pub client_id: String,
+    /// Space-separated scopes (a template); `scope` is sent only when not blank.
+    #[serde(default)]
+    pub scopes: String,
+    /// Template of the assertion's `aud` when it is not the token URL (e.g. an audience the
+    /// provider allow-lists for a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Put the setup's hosted JWKS URL in the assertion header as `jku` (Epic recommends it
+    /// together with `kid` when the app is registered with a JWK Set URL).
+    #[serde(default)]
+    pub jku: bool,
+    /// Extra token-request parameters (values are templates).
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
 }
 
 /// How the client authenticates at the token endpoint.
@@ -495,6 +531,7 @@ impl AuthDef {
         match self {
             Self::Oauth2AuthorizationCode(a) => Some(&a.token_url),
             Self::Oauth2ClientCredentials(c) => Some(&c.token_url),
+            Self::Oauth2BackendServices(b) => Some(&b.token_url),
             Self::StaticBearer(_) => None,
         }
     }
@@ -504,6 +541,7 @@ impl AuthDef {
         match self {
             Self::Oauth2AuthorizationCode(a) => &a.scopes,
             Self::Oauth2ClientCredentials(c) => &c.scopes,
+            Self::Oauth2BackendServices(b) => &b.scopes,
             Self::StaticBearer(_) => "",
         }
     }
@@ -547,6 +585,20 @@ impl AuthDef {
                 }
             }
             Self::StaticBearer(b) => out.push(("token".into(), &b.token)),
+            Self::Oauth2BackendServices(b) => {
+                out.push(("token_url".into(), &b.token_url));
+                out.push(("client_id".into(), &b.client_id));
+                out.push(("scopes".into(), &b.scopes));
+                if let Some(s) = &b.audience {
+                    out.push(("audience".into(), s));
+                }
+                for (k, v) in &b.token_params {
+                    out.push((format!("token_params.{k}"), v));
+                }
+                if let Some(s) = &b.revocation_url {
+                    out.push(("revocation_url".into(), s));
+                }
+            }
         }
         out
     }

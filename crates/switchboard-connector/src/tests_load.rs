@@ -107,7 +107,7 @@ fn shipped_connectors_load_clean() {
     };
     assert_eq!(
         catalog.ids().collect::<Vec<_>>(),
-        ["canvas", "epic", "medplum"]
+        ["canvas", "epic", "epic_backend", "medplum"]
     );
     for c in catalog.iter() {
         assert!(c.method("get_patient").is_some(), "{}", c.id());

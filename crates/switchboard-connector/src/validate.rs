@@ -459,6 +459,26 @@ impl Checker<'_> {
                 AuthDef::StaticBearer(b) => {
                     self.template(at.key("token"), &b.token, SECRET_ONLY);
                 }
+                AuthDef::Oauth2BackendServices(b) => {
+                    self.template(at.key("token_url"), &b.token_url, URL);
+                    self.template(at.key("client_id"), &b.client_id, PLAIN);
+                    self.template(at.key("scopes"), &b.scopes, PLAIN);
+                    if let Some(a) = &b.audience {
+                        self.template(at.key("audience"), a, URL);
+                    }
+                    self.token_params(&at, &b.token_params, false);
+                    for k in b.token_params.keys() {
+                        if matches!(k.as_str(), "client_assertion" | "client_assertion_type") {
+                            self.issue(
+                                at.key("token_params").key(k),
+                                format!("token parameter `{k}` is set by the host"),
+                            );
+                        }
+                    }
+                    if let Some(r) = &b.revocation_url {
+                        self.template(at.key("revocation_url"), r, URL);
+                    }
+                }
             }
         }
     }

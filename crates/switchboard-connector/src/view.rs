@@ -130,6 +130,17 @@ fn auth_view(def: &ConnectorDef, a: &AuthDef) -> Value {
             "needs_user": false,
             "settings": settings,
         }),
+        AuthDef::Oauth2BackendServices(c) => json!({
+            "type": kind.as_str(),
+            "needs_user": false,
+            "scopes": c.scopes,
+            "client_auth": "private_key_jwt",
+            "signing_algs": ["RS384", "ES384"],
+            "token_url": c.token_url,
+            "jku": c.jku,
+            "revocation": c.revocation_url.is_some(),
+            "settings": settings,
+        }),
     }
 }
 

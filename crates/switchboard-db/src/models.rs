@@ -11,6 +11,7 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 use switchboard_core::InstallStatus;
 
+use crate::schema::setup_signing_keys;
 use crate::schema::{
     accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states, tenants,
 };
@@ -410,4 +411,45 @@ pub struct WebhookDelivery {
     pub last_error: Option<String>,
     pub last_attempt_at: Option<i64>,
     pub delivered_at: Option<i64>,
+}
+
+/// A SMART Backend Services key of a connector setup: public JWK in clear, private key sealed.
+/// `Debug` shows only the size of the sealed key.
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = setup_signing_keys, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct SigningKeyRow {
+    /// The JWK `kid`: random, public.
+    pub kid: String,
+    pub tenant_id: String,
+    pub connector_id: String,
+    /// Opaque id of the setup's hosted JWK Set (`/jwks/{jwks_id}.json`).
+    pub jwks_id: String,
+    /// `RS384` or `ES384`.
+    pub alg: String,
+    /// JSON object of the public JWK members.
+    pub public_jwk: String,
+    /// PKCS#8 PEM sealed with the key ring (AAD `signing_key:{tenant}:{connector}:{kid}`).
+    pub private_key: Vec<u8>,
+    /// `generated` or `uploaded`.
+    pub origin: String,
+    /// Epoch ms from which the key signs (the newest such key of the set wins).
+    pub active_from: i64,
+    /// Epoch ms from which the key is no longer published; None while not retiring.
+    pub retire_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl fmt::Debug for SigningKeyRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKeyRow")
+            .field("kid", &self.kid)
+            .field("tenant_id", &self.tenant_id)
+            .field("connector_id", &self.connector_id)
+            .field("alg", &self.alg)
+            .field("private_key", &Redacted(self.private_key.len()))
+            .field("origin", &self.origin)
+            .field("active_from", &self.active_from)
+            .field("retire_at", &self.retire_at)
+            .finish_non_exhaustive()
+    }
 }

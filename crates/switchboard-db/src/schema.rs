@@ -149,6 +149,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    setup_signing_keys (kid) {
+        kid -> Text,
+        tenant_id -> Text,
+        connector_id -> Text,
+        jwks_id -> Text,
+        alg -> Text,
+        public_jwk -> Text,
+        private_key -> Binary,
+        origin -> Text,
+        active_from -> BigInt,
+        retire_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
     webhook_deliveries (endpoint_id, event_seq) {
         endpoint_id -> Text,
         event_seq -> BigInt,
@@ -184,4 +200,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_endpoints,
     webhook_events,
     webhook_deliveries,
+    setup_signing_keys,
 );

@@ -34,7 +34,7 @@ pub struct Prepared {
 impl Prepared {
     pub fn can_refresh(&self) -> bool {
         match self.auth_kind {
-            AuthKind::Oauth2ClientCredentials => true,
+            AuthKind::Oauth2ClientCredentials | AuthKind::Oauth2BackendServices => true,
             AuthKind::Oauth2AuthorizationCode => self.has_refresh_token,
             AuthKind::StaticBearer => false,
         }

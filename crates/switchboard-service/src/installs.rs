@@ -122,6 +122,7 @@ pub struct InstallService {
     pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) limits: Arc<crate::limits::OutboundLimits>,
     pub(crate) outbox: Arc<crate::webhooks::Outbox>,
+    pub(crate) keys: Arc<crate::signing_keys::SetupKeys>,
 }
 
 impl InstallService {
@@ -266,23 +267,39 @@ impl InstallService {
             AuthDef::StaticBearer(_) => {
                 row.status = InstallStatus::Authorized;
             }
-            AuthDef::Oauth2ClientCredentials(c) => {
-                // The first token is fetched before anything is written: a bad secret leaves no
-                // install behind.
+            AuthDef::Oauth2ClientCredentials(_) | AuthDef::Oauth2BackendServices(_) => {
+                // The first token is fetched before anything is written: a bad secret (or a
+                // refused assertion) leaves no install behind.
                 let client = resolved
                     .token_client(&self.redirect_uri)?
                     .ok_or_else(|| ServiceError::internal("client credentials without client"))?;
-                let scopes = resolved.render(&c.scopes, None)?;
+                let scopes = resolved.requested_scopes()?;
                 self.resolver
                     .check_upstream_url("token_url", &client.token_url)?;
                 let http = self.outbound_for("token_url", &client.token_url)?;
                 self.limits
                     .acquire(&connector, Outgoing::Token, &t.tenant_id)
                     .await?;
-                let tokens = client
-                    .client_credentials(http, &scopes)
-                    .await
-                    .map_err(crate::tokens::first_token_error)?;
+                let tokens = match &auth {
+                    AuthDef::Oauth2BackendServices(_) => {
+                        let assertion = self
+                            .keys
+                            .assertion(&t.tenant_id, &resolved, &client)
+                            .await?;
+                        client
+                            .client_credentials_with_assertion(
+                                http,
+                                &scopes,
+                                &assertion,
+                            )
+                            .await
+                            .map_err(crate::signing_keys::first_token_error)?
+                    }
+                    _ => client
+                        .client_credentials(http, &scopes)
+                        .await
+                        .map_err(crate::tokens::first_token_error)?,
+                };
                 let sealed = crate::sealing::seal_tokens(&self.crypto, &id, &tokens, now_ms());
                 first_tokens = Some(TokenWrite {
                     access_token: sealed.access,

@@ -5,10 +5,10 @@
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, `pagination`, `limits`, then `resolve` on `settings`, `audit` on `pagination` and
-//! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`) <- `tokens` <- the services
-//! (`keys`, `setups`, `installs` + `accounts`, `callback`, `methods`, `connectors`; they record
-//! through `audit` and write webhook events through `webhooks::Outbox`) <- `Services` (this
-//! file).
+//! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
+//! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
+//! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
+//! through `webhooks::Outbox`) <- `Services` (this file).
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
@@ -28,6 +28,7 @@ mod return_url;
 pub mod sealing;
 pub mod settings;
 pub mod setups;
+pub mod signing_keys;
 pub mod tenant;
 pub mod tokens;
 pub mod webhooks;
@@ -72,6 +73,8 @@ pub struct Services {
     pub webhooks: Arc<webhooks::WebhookService>,
     /// The webhook dispatcher (the server spawns its task when `webhooks.dispatch`).
     pub dispatcher: Arc<webhooks::Dispatcher>,
+    /// SMART Backend Services setup keys (the public JWK Set route reads them).
+    pub setup_keys: Arc<signing_keys::SetupKeys>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -138,6 +141,14 @@ impl Services {
             clock.clone(),
             settings.webhooks.refresh_failing_after,
         ));
+        let keys = Arc::new(signing_keys::SetupKeys {
+            db: db.clone(),
+            crypto: crypto.clone(),
+            clock: clock.clone(),
+            overlap_ms: settings.backend_services.key_overlap_ms(),
+            jwks_max_age_secs: settings.backend_services.jwks_max_age_secs,
+            public_url: settings.server.public_url.trim_end_matches('/').to_owned(),
+        });
         let tokens = Arc::new(TokenKeeper::new(
             &settings.tokens,
             tokens::DbTokenStore::new(db.clone()).with_outbox(outbox.clone()),
@@ -148,6 +159,7 @@ impl Services {
                 redirect_uri: redirect_uri.clone(),
                 clock: clock.clone(),
                 limits: outbound_limits.clone(),
+                keys: keys.clone(),
             },
             clock,
             cache.clone(),
@@ -181,6 +193,7 @@ impl Services {
                 cache: cache.clone(),
                 audit: audit.clone(),
                 outbox: outbox.clone(),
+                keys: keys.clone(),
             }),
             installs: Arc::new(installs::InstallService {
                 settings: settings.clone(),
@@ -193,6 +206,7 @@ impl Services {
                 audit: audit.clone(),
                 limits: outbound_limits.clone(),
                 outbox: outbox.clone(),
+                keys: keys.clone(),
             }),
             callback: Arc::new(callback::CallbackService {
                 db: db.clone(),
@@ -233,6 +247,7 @@ impl Services {
             }),
             tokens,
             audit,
+            setup_keys: keys,
             settings,
             db,
             catalog,

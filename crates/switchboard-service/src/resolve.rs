@@ -60,6 +60,14 @@ impl Resolved {
                 c.client_auth,
                 &c.token_params,
             ),
+            AuthDef::Oauth2BackendServices(b) => (
+                &b.token_url,
+                &b.client_id,
+                None,
+                // The client authenticates with the assertion (signing_keys), not with these.
+                switchboard_connector::model::ClientAuth::None,
+                &b.token_params,
+            ),
             AuthDef::StaticBearer(_) => return Ok(None),
         };
         let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
@@ -90,6 +98,7 @@ impl Resolved {
         match &self.auth {
             AuthDef::Oauth2AuthorizationCode(a) => self.render(&a.scopes, None),
             AuthDef::Oauth2ClientCredentials(c) => self.render(&c.scopes, None),
+            AuthDef::Oauth2BackendServices(b) => self.render(&b.scopes, None),
             AuthDef::StaticBearer(_) => Ok(String::new()),
         }
     }
@@ -98,6 +107,7 @@ impl Resolved {
         let t = match &self.auth {
             AuthDef::Oauth2AuthorizationCode(a) => a.revocation_url.as_ref(),
             AuthDef::Oauth2ClientCredentials(c) => c.revocation_url.as_ref(),
+            AuthDef::Oauth2BackendServices(b) => b.revocation_url.as_ref(),
             AuthDef::StaticBearer(_) => None,
         };
         match t {

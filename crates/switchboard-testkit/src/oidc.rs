@@ -139,6 +139,10 @@ pub struct OidcOptions {
     pub encounter: Option<String>,
     /// Access-token lifetime in seconds (default 3600).
     pub access_token_ttl: u64,
+    /// Clock skew accepted in client assertions, seconds (default 15, oidc-provider's).
+    pub clock_tolerance_secs: u64,
+    /// Path of the token endpoint (default `/token`; `/oauth2/token` lays it out like Epic).
+    pub token_path: Option<String>,
 }
 
 impl Default for OidcOptions {
@@ -148,6 +152,8 @@ impl Default for OidcOptions {
             patient: Some("pat-0001".to_owned()),
             encounter: None,
             access_token_ttl: 3600,
+            clock_tolerance_secs: 15,
+            token_path: None,
         }
     }
 }
@@ -259,6 +265,8 @@ impl OidcProvider {
             "patient": options.patient,
             "encounter": options.encounter,
             "access_token_ttl": options.access_token_ttl,
+            "clock_tolerance": options.clock_tolerance_secs,
+            "token_path": options.token_path,
         });
         let mut file = tempfile::NamedTempFile::new().context("temp config file")?;
         file.write_all(config.to_string().as_bytes())?;
@@ -362,6 +370,57 @@ impl OidcProvider {
     /// `{issuer}/.well-known/openid-configuration`
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.issuer)
+    }
+
+    /// Registers a client at run time (test route of `server.mjs`), e.g. a `private_key_jwt`
+    /// client whose `jwks_uri` is Switchboard's hosted JWK Set URL.
+    pub async fn register_client(&self, metadata: Value) -> anyhow::Result<()> {
+        let res = reqwest::Client::new()
+            .post(format!("{}/test/clients", self.issuer))
+            .json(&metadata)
+            .send()
+            .await?;
+        if res.status() != reqwest::StatusCode::CREATED {
+            bail!("client registration failed: {}", res.text().await?);
+        }
+        Ok(())
+    }
+
+    /// A `private_key_jwt` client (`client_credentials` only) whose keys are read from
+    /// `jwks_uri`, signing with `alg`.
+    pub async fn register_jwt_client(
+        &self,
+        client_id: &str,
+        jwks_uri: &str,
+        alg: &str,
+    ) -> anyhow::Result<()> {
+        self.register_client(json!({
+            "client_id": client_id,
+            "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": alg,
+            "jwks_uri": jwks_uri,
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": DEFAULT_SCOPE,
+        }))
+        .await
+    }
+
+    /// Marks the client's cached JWK Set as expired: its next assertion with an unknown `kid`
+    /// makes the provider fetch `jwks_uri` again (as a verifier does once `max-age` passed).
+    pub async fn expire_client_jwks(&self, client_id: &str) -> anyhow::Result<()> {
+        let res = reqwest::Client::new()
+            .post(format!(
+                "{}/test/clients/{client_id}/jwks-stale",
+                self.issuer
+            ))
+            .send()
+            .await?;
+        if res.status() != reqwest::StatusCode::NO_CONTENT {
+            bail!("jwks-stale failed: {}", res.status());
+        }
+        Ok(())
     }
 
     /// What the provider wrote on stderr so far (warnings, crashes).

@@ -28,6 +28,9 @@ pub fn routes() -> Scope {
         .route("/metrics", web::get().to(health::metrics))
         .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
         .route("/connector/callback", web::get().to(callback::callback))
+        .route("/jwks/{jwks_id}.json", web::get().to(setups::jwks))
+        // Any other name under /jwks/ is an unknown JWK Set (404), not an unknown route.
+        .route("/jwks/{jwks_file}", web::get().to(setups::jwks_unknown))
         .service(
             web::scope("/v1")
                 .route("/tenant", web::get().to(tenant::get_tenant))
@@ -48,6 +51,10 @@ pub fn routes() -> Scope {
                 .route(
                     "/connectors/{connector}/setup",
                     web::delete().to(setups::delete_setup),
+                )
+                .route(
+                    "/connectors/{connector}/setup/keys/rotate",
+                    web::post().to(setups::rotate_setup_keys),
                 )
                 .route("/api-keys", web::post().to(api_keys::create_api_key))
                 .route("/api-keys", web::get().to(api_keys::list_api_keys))

@@ -10,5 +10,6 @@ pub mod lease;
 pub mod oauth_states;
 pub mod page;
 pub mod setups;
+pub mod signing_keys;
 pub mod tenants;
 pub mod webhooks;

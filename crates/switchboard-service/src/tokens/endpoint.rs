@@ -49,6 +49,7 @@ pub struct OAuthTokenEndpoint {
     pub(crate) redirect_uri: String,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Arc<crate::limits::OutboundLimits>,
+    pub(crate) keys: Arc<crate::signing_keys::SetupKeys>,
 }
 
 impl TokenEndpoint for OAuthTokenEndpoint {
@@ -79,6 +80,16 @@ impl TokenEndpoint for OAuthTokenEndpoint {
             AuthDef::Oauth2ClientCredentials(c) => {
                 let scopes = resolved.render(&c.scopes, None)?;
                 client.client_credentials(http, &scopes).await
+            }
+            AuthDef::Oauth2BackendServices(b) => {
+                let scopes = resolved.render(&b.scopes, None)?;
+                let assertion = self
+                    .keys
+                    .assertion(&row.tenant_id, &resolved, &client)
+                    .await?;
+                client
+                    .client_credentials_with_assertion(http, &scopes, &assertion)
+                    .await
             }
             AuthDef::StaticBearer(_) => {
                 return Err(ServiceError::internal("static bearer tokens are not refreshed").into())
