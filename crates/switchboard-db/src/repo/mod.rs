@@ -8,5 +8,6 @@ pub mod installs;
 pub mod lease;
 pub mod oauth_states;
 pub mod page;
+pub mod rotation;
 pub mod setups;
 pub mod tenants;
