@@ -193,7 +193,7 @@ async fn keys(command: KeysCommand, settings: Settings) -> Result<(), String> {
                 return Ok(());
             }
             let report = if reencrypt_only {
-                custody.reencrypt(&opts, false).await
+                custody.reencrypt(&opts).await
             } else {
                 custody.rotate(&opts).await
             }

@@ -18,6 +18,7 @@ mod db_outage;
 mod error_codes;
 mod fhir_reads;
 mod installs;
+mod keys;
 mod lists;
 mod methods;
 mod metrics;

@@ -435,19 +435,26 @@ impl Custody {
             tracing::info!(kid = %target, "made the new key primary");
             tokio::time::sleep(opts.reload_wait).await;
         }
-        self.reencrypt(opts, resumed).await
+        self.finish(opts, resumed).await
     }
 
     /// Re-encrypts every registered column to the ring's primary key and verifies (the third
     /// and fourth steps of a rotation; alone, `keys rotate --reencrypt-only`).
-    pub async fn reencrypt(
+    /// An unfinished re-encryption to the current primary key is resumed.
+    pub async fn reencrypt(&self, opts: &RotateOptions) -> Result<RotateReport, CustodyError> {
+        let primary = self.ring.primary_kid();
+        let progress = self.progress().await?;
+        let resumed = unfinished_target(&progress).as_deref() == Some(primary.as_str());
+        self.finish(opts, resumed).await
+    }
+
+    async fn finish(
         &self,
         opts: &RotateOptions,
         resumed: bool,
     ) -> Result<RotateReport, CustodyError> {
         let primary = self.ring.primary_kid();
         let progress = self.progress().await?;
-        let resumed = resumed || unfinished_target(&progress).is_some();
         if unfinished_target(&progress).as_deref() != Some(primary.as_str()) {
             let (cols, k) = (Self::columns(), primary.clone());
             self.db
