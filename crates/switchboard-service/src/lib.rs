@@ -6,7 +6,9 @@
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, `pagination`, then `resolve` on `settings` and `audit` on `pagination` and
 //! `tenant`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`, `callback`,
-//! `methods`, `connectors`; they record through `audit`) <- `Services` (this file).
+//! `methods`, `connectors`; they record through `audit`) <- `Services` (this file). Key
+//! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
+//! only the database and the key ring.
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
