@@ -212,16 +212,30 @@ fn spawn_key_reload(services: Services) -> tokio::task::JoinHandle<()> {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(services.settings().secrets.reload_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The digest of the file last parsed: an unchanged file is not parsed again.
+        let mut seen = None;
         loop {
             tick.tick().await;
             let svc = services.clone();
-            match tokio::task::spawn_blocking(move || svc.reload_key_ring()).await {
-                Ok(Ok(Some(primary))) => {
-                    tracing::info!(primary = %primary, "reloaded the encryption key ring")
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let result = svc.reload_key_ring(&mut seen);
+                (result, seen)
+            })
+            .await;
+            match reloaded {
+                Ok((result, digest)) => {
+                    seen = digest;
+                    match result {
+                        Ok(Some(primary)) => {
+                            tracing::info!(primary = %primary, "reloaded the encryption key ring")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reload the encryption key ring")
+                        }
+                    }
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reload the encryption key ring"),
-                Err(_) => {}
+                Err(_) => seen = None,
             }
         }
     })

@@ -217,6 +217,18 @@ fn ring_kids(path: &Path) -> Vec<String> {
     KeyRing::load(path).unwrap().kids().collect()
 }
 
+/// Until the server's ring (reloaded from its key file every 100 ms) satisfies `ok`.
+async fn reloaded(app: &TestApp, ok: impl Fn(&KeyRing) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(app.services.key_ring()) {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not reload its key ring"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Until a call through `app` succeeds (its ring reloads from the key file on an interval).
 async fn eventually_ok(w: &World, account: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -294,7 +306,7 @@ async fn rotation_reencrypts_every_registered_column(backend: Backend) {
     let (s, v) = w.app.get("/v1/audit?limit=500").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(
-        v.to_string().contains("keys.rotated"),
+        v.to_string().contains("\"keys.rotated:k2\""),
         "no keys.rotated record: {v}"
     );
 
@@ -406,8 +418,11 @@ async fn rotation_killed_halfway_resumes_and_prune_waits(backend: Backend) {
     assert_eq!(ring_kids(&key_file), ["k1", "k2"]);
 
     // Stage and promote k3 without re-encrypting: prune names what is still under k2.
+    // Each step waits for the server's reload, as the procedure says.
     assert!(run(keys_cli(&w.app, &key_file, &["rotate", "--stage"])).ok);
+    reloaded(&w.app, |r| r.contains("k3")).await;
     assert!(run(keys_cli(&w.app, &key_file, &["rotate", "--promote", "k3"])).ok);
+    reloaded(&w.app, |r| r.primary_kid() == "k3").await;
     let out = run(keys_cli(&w.app, &key_file, &["prune"]));
     assert!(!out.ok, "prune must refuse");
     assert!(
@@ -428,7 +443,8 @@ async fn rotation_killed_halfway_resumes_and_prune_waits(backend: Backend) {
     assert_eq!(out["removed"], json!(["k1", "k2"]), "{out}");
     assert_eq!(ring_kids(&key_file), ["k3"]);
 
-    // The running server reloaded the file on its own and still serves the install.
+    // The running server reloads the file on its own and still serves the install.
+    reloaded(&w.app, |r| r.kids().collect::<Vec<_>>() == ["k3"]).await;
     eventually_ok(&w, "acme", &a).await;
     let (s, v) = w
         .app

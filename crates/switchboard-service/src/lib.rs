@@ -236,13 +236,29 @@ impl Services {
     }
 
     /// Re-reads the key file and swaps in its ring when it changed (the server calls this every
-    /// `secrets.reload_interval_ms`). Returns the new primary key id when it swapped.
-    pub fn reload_key_ring(&self) -> Result<Option<String>, switchboard_crypto::CryptoError> {
+    /// `secrets.reload_interval_ms`). `seen` is the SHA-256 of the file last parsed: an
+    /// unchanged file is not parsed again. Returns the new primary key id when it swapped.
+    pub fn reload_key_ring(
+        &self,
+        seen: &mut Option<[u8; 32]>,
+    ) -> Result<Option<String>, switchboard_crypto::CryptoError> {
+        use sha2::Digest as _;
         let rotation::KeySource::File(path) = rotation::KeySource::of(&self.settings.secrets)
         else {
             return Ok(None);
         };
-        let fresh = KeyRing::load(&path)?;
+        let bytes = secrecy::zeroize::Zeroizing::new(std::fs::read(&path).map_err(|source| {
+            switchboard_crypto::CryptoError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?);
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes.as_slice()).into();
+        if *seen == Some(digest) {
+            return Ok(None);
+        }
+        let fresh = KeyRing::from_json(&bytes, &path)?;
+        *seen = Some(digest);
         if fresh.same_keys(&self.key_ring) {
             return Ok(None);
         }

@@ -530,10 +530,12 @@ impl Custody {
             })
             .await?;
         let rewritten: i64 = report.rewritten.values().sum();
-        let kid = primary.clone();
-        self.db
-            .run(move |c| repo::record_rotation(c, &kid, rewritten, switchboard_core::now_ms()))
-            .await?;
+        if rewritten > 0 {
+            let kid = primary.clone();
+            self.db
+                .run(move |c| repo::record_rotation(c, &kid, switchboard_core::now_ms()))
+                .await?;
+        }
         tracing::info!(kid = %primary, rewritten, "key rotation complete");
         Ok(report)
     }

@@ -280,16 +280,11 @@ pub fn mark_verified(conn: &mut AnyConnection, column: &str) -> Result<(), DbErr
     Ok(())
 }
 
-/// Records a completed rotation in every tenant's audit trail (an administrative change made
-/// by the operator: no API key, no request): the tenants' secrets were re-encrypted.
-pub fn record_rotation(
-    conn: &mut AnyConnection,
-    kid: &str,
-    rewritten: i64,
-    now: i64,
-) -> Result<usize, DbError> {
+/// Records a completed rotation to key `kid` in every tenant's audit trail as
+/// `keys.rotated:{kid}` (an administrative change made by the operator: no API key, no
+/// request): the tenants' secrets were re-encrypted.
+pub fn record_rotation(conn: &mut AnyConnection, kid: &str, now: i64) -> Result<usize, DbError> {
     use crate::schema::tenants::dsl as t;
-    let _ = (kid, rewritten);
     let tenants: Vec<String> = t::tenants.select(t::id).load(conn)?;
     let events: Vec<crate::AuditEvent> = tenants
         .into_iter()
@@ -298,7 +293,7 @@ pub fn record_rotation(
             tenant_id,
             at: now,
             kind: "admin".to_owned(),
-            action: "keys.rotated".to_owned(),
+            action: format!("keys.rotated:{kid}"),
             api_key_id: None,
             account_id: None,
             install_id: None,

@@ -11,4 +11,5 @@ mod lease;
 mod migrate;
 mod pages;
 mod repos;
+mod rotation;
 mod schema;
