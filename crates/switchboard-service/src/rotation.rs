@@ -253,7 +253,7 @@ fn rewrap(
     let fail = |kid: &str, e: CryptoError| match e {
         CryptoError::UnknownKey(kid) => CustodyError::MissingKey {
             kid,
-            source_name: "the rotation's".to_owned(),
+            source_name: "in use".to_owned(),
         },
         e => CustodyError::Undecryptable {
             column: reg.column.name(),
