@@ -225,6 +225,7 @@ impl Services {
             db: self.db.clone(),
             source: rotation::KeySource::of(&self.settings.secrets),
             ring: self.key_ring.clone(),
+            audit: self.settings.audit.enabled,
         }
     }
 

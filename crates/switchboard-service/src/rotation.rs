@@ -365,6 +365,8 @@ pub struct Custody {
     pub db: Db,
     pub source: KeySource,
     pub ring: Arc<KeyRing>,
+    /// `audit.enabled`: a completed rotation is recorded in every tenant's trail.
+    pub audit: bool,
 }
 
 const VERIFIED: i64 = 2;
@@ -530,7 +532,7 @@ impl Custody {
             })
             .await?;
         let rewritten: i64 = report.rewritten.values().sum();
-        if rewritten > 0 {
+        if rewritten > 0 && self.audit {
             let kid = primary.clone();
             self.db
                 .run(move |c| repo::record_rotation(c, &kid, switchboard_core::now_ms()))
