@@ -73,6 +73,8 @@ impl Application {
             .migrate()
             .await
             .map_err(|e| AppError::Migrate(e.to_string()))?;
+        // Refuses a ring lacking a key id the database uses (naming it).
+        services.check_key_ring().await?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let workers = match services.settings().server.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -183,6 +185,7 @@ impl Application {
             let d = self.services.dispatcher.clone();
             actix_web::rt::spawn(self.metrics.in_scope(d.run()))
         });
+        let key_reload = spawn_key_reload(self.services.clone());
         let metrics_server = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
             (handle, actix_web::rt::spawn(server))
@@ -211,6 +214,7 @@ impl Application {
             // An attempt cut short is retried (by any replica) once its lease lapses.
             h.abort();
         }
+        key_reload.abort();
         if let Some(task) = audit {
             // Graceful shutdown: what the last requests queued is written before exiting.
             self.services.audit.shutdown().await;
@@ -232,6 +236,42 @@ fn spawn_metrics_upkeep(metrics: Metrics) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             metrics.upkeep();
+        }
+    })
+}
+
+/// Re-reads the key file every `secrets.reload_interval_ms` and swaps in a changed ring, so
+/// `switchboard keys rotate` reaches every replica without a restart. A file that cannot be
+/// read or parsed keeps the current ring (warned).
+fn spawn_key_reload(services: Services) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(services.settings().secrets.reload_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The digest of the file last parsed: an unchanged file is not parsed again.
+        let mut seen = None;
+        loop {
+            tick.tick().await;
+            let svc = services.clone();
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let result = svc.reload_key_ring(&mut seen);
+                (result, seen)
+            })
+            .await;
+            match reloaded {
+                Ok((result, digest)) => {
+                    seen = digest;
+                    match result {
+                        Ok(Some(primary)) => {
+                            tracing::info!(primary = %primary, "reloaded the encryption key ring")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reload the encryption key ring")
+                        }
+                    }
+                }
+                Err(_) => seen = None,
+            }
         }
     })
 }

@@ -20,6 +20,7 @@ mod error_codes;
 mod fhir_reads;
 mod installs;
 mod limits;
+mod keys;
 mod lists;
 mod methods;
 mod metrics;

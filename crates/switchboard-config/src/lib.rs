@@ -68,10 +68,37 @@ pub struct ConnectorsSettings {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
     pub key_file: PathBuf,
+    /// The key ring document itself (what the key file holds), for containers
+    /// (`SWITCHBOARD__SECRETS__KEY`); empty: read `key_file`. When set, the file is not used.
+    pub key: String,
+    /// How often a running server re-reads `key_file` and swaps in a changed key ring.
+    pub reload_interval_ms: u64,
+}
+
+impl SecretsSettings {
+    /// The key ring document from `secrets.key`, when one is configured.
+    pub fn inline_key(&self) -> Option<&str> {
+        Some(self.key.trim()).filter(|k| !k.is_empty())
+    }
+
+    pub fn reload_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reload_interval_ms)
+    }
+}
+
+impl std::fmt::Debug for SecretsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `key` holds key material: only say whether it is set.
+        f.debug_struct("SecretsSettings")
+            .field("key_file", &self.key_file)
+            .field("key", &self.inline_key().map(|_| "<set>"))
+            .field("reload_interval_ms", &self.reload_interval_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +395,9 @@ impl Settings {
                 "webhooks.retry_initial_secs",
                 "must be at least 1 and at most webhooks.retry_max_interval_secs".into(),
             );
+        }
+        if self.secrets.reload_interval_ms == 0 {
+            return invalid("secrets.reload_interval_ms", "must be at least 1".into());
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());

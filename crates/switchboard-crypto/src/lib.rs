@@ -16,6 +16,7 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -75,16 +76,25 @@ impl Key {
 }
 
 /// A set of AES-256-GCM keys by key id, one of which (the primary) encrypts new values.
+///
+/// The keys sit behind a lock so a running server can swap in a reloaded ring
+/// ([`KeyRing::replace`]) while every service keeps its `Arc<KeyRing>`: each encryption or
+/// decryption works on one consistent snapshot (primary and keys together).
 pub struct KeyRing {
+    state: RwLock<Arc<Ring>>,
+}
+
+struct Ring {
     primary: String,
     keys: BTreeMap<String, Key>,
 }
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ring = self.snapshot();
         f.debug_struct("KeyRing")
-            .field("primary", &self.primary)
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("primary", &ring.primary)
+            .field("kids", &ring.keys.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -106,10 +116,107 @@ impl KeyRing {
     pub fn generate() -> KeyRing {
         let mut keys = BTreeMap::new();
         keys.insert("k1".to_owned(), Key::generate());
-        KeyRing {
+        KeyRing::from_ring(Ring {
             primary: "k1".to_owned(),
             keys,
+        })
+    }
+
+    fn from_ring(ring: Ring) -> KeyRing {
+        KeyRing {
+            state: RwLock::new(Arc::new(ring)),
         }
+    }
+
+    fn snapshot(&self) -> Arc<Ring> {
+        // A poisoned lock still holds a whole ring (the swap is one assignment).
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in the keys of `other` (a reloaded key file): every holder of this ring encrypts
+    /// and decrypts with them from now on. Values in flight finish on the ring they started with.
+    pub fn replace(&self, other: KeyRing) {
+        let next = other.snapshot();
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// True when both rings hold the same key ids with the same keys and the same primary.
+    pub fn same_keys(&self, other: &KeyRing) -> bool {
+        let (a, b) = (self.snapshot(), other.snapshot());
+        a.primary == b.primary
+            && a.keys.len() == b.keys.len()
+            && a.keys
+                .iter()
+                .zip(b.keys.iter())
+                .all(|((ka, va), (kb, vb))| ka == kb && va.raw.as_slice() == vb.raw.as_slice())
+    }
+
+    /// Parses a key ring document (the key file's JSON) held in memory, e.g. the value of
+    /// `SWITCHBOARD__SECRETS__KEY`; `source` names it in errors.
+    pub fn from_json(bytes: &[u8], source: &Path) -> Result<KeyRing, CryptoError> {
+        parse_ring(bytes, source)
+    }
+
+    /// A copy of this ring with one more, fresh key that is NOT primary (the first step of a
+    /// rotation: replicas learn to decrypt it before anything is encrypted under it).
+    pub fn with_new_key(&self) -> (KeyRing, String) {
+        let ring = self.snapshot();
+        let kid = next_kid(&ring.keys);
+        let mut keys = copy_keys(&ring.keys);
+        keys.insert(kid.clone(), Key::generate());
+        (
+            KeyRing::from_ring(Ring {
+                primary: ring.primary.clone(),
+                keys,
+            }),
+            kid,
+        )
+    }
+
+    /// A copy of this ring with `kid` (which must be in it) as the primary key.
+    pub fn with_primary(&self, kid: &str) -> Result<KeyRing, CryptoError> {
+        let ring = self.snapshot();
+        if !ring.keys.contains_key(kid) {
+            return Err(CryptoError::UnknownKey(kid.to_owned()));
+        }
+        Ok(KeyRing::from_ring(Ring {
+            primary: kid.to_owned(),
+            keys: copy_keys(&ring.keys),
+        }))
+    }
+
+    /// A copy of this ring without the keys `retired` (never the primary).
+    pub fn without(&self, retired: &[String]) -> KeyRing {
+        let ring = self.snapshot();
+        let mut keys = copy_keys(&ring.keys);
+        for kid in retired.iter().filter(|k| **k != ring.primary) {
+            keys.remove(kid);
+        }
+        KeyRing::from_ring(Ring {
+            primary: ring.primary.clone(),
+            keys,
+        })
+    }
+
+    /// True when `kid` is in the ring.
+    pub fn contains(&self, kid: &str) -> bool {
+        self.snapshot().keys.contains_key(kid)
+    }
+
+    /// Replaces the key file at `path` atomically (0600, temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), CryptoError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|source| io_err(parent, source))?;
+        }
+        self.publish(path, Publish::Replace)
+    }
+
+    /// The key ring document (what the key file holds), for an operator who deploys the ring
+    /// through `SWITCHBOARD__SECRETS__KEY`. It contains key material: print it only where the
+    /// operator asked for it.
+    pub fn to_document(&self) -> Zeroizing<String> {
+        let json = self.to_json();
+        Zeroizing::new(String::from_utf8_lossy(&json).into_owned())
     }
 
     /// Loads the key file at `path`, or creates it (parent directories included) with one fresh
@@ -145,55 +252,7 @@ impl KeyRing {
     pub fn load(path: &Path) -> Result<KeyRing, CryptoError> {
         let bytes = Zeroizing::new(fs::read(path).map_err(|source| io_err(path, source))?);
         warn_if_too_open(path);
-        let invalid = |reason: String| CryptoError::InvalidKeyFile {
-            path: path.to_owned(),
-            reason,
-        };
-        // serde_json's messages can quote the input: report only the category and position.
-        let mut file: KeyFileIn = serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(format!(
-                "not a key ring JSON document ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        let mut keys = BTreeMap::new();
-        let mut failure = None;
-        for (kid, encoded) in file.keys.iter_mut() {
-            if failure.is_none() {
-                if !valid_kid(kid) {
-                    failure = Some(format!(
-                        "key id {kid:?} must be 1..={MAX_KID_LEN} characters of [A-Za-z0-9_-]"
-                    ));
-                } else {
-                    match decode_key(encoded) {
-                        Some(raw) => {
-                            keys.insert(kid.clone(), Key::from_raw(raw));
-                        }
-                        None => {
-                            failure = Some(format!(
-                                "key {kid:?} is not base64 of exactly {KEY_LEN} bytes"
-                            ))
-                        }
-                    }
-                }
-            }
-            encoded.zeroize();
-        }
-        if let Some(reason) = failure {
-            return Err(invalid(reason));
-        }
-        if !keys.contains_key(&file.primary) {
-            return Err(invalid(format!(
-                "primary key id {:?} is not among the keys",
-                file.primary
-            )));
-        }
-        Ok(KeyRing {
-            primary: file.primary,
-            keys,
-        })
+        parse_ring(&bytes, path)
     }
 
     /// Adds a fresh key as the new primary to the key file at `path` (created when absent),
@@ -203,30 +262,34 @@ impl KeyRing {
     /// Run one rotation at a time: two concurrent rotations of the same file would each add a
     /// different key and the last writer would win.
     pub fn rotate(path: &Path) -> Result<(KeyRing, String), CryptoError> {
-        let mut ring = Self::load_or_create(path)?;
-        let kid = ring.next_kid();
-        ring.keys.insert(kid.clone(), Key::generate());
-        ring.primary = kid.clone();
+        let (added, kid) = Self::load_or_create(path)?.with_new_key();
+        let ring = added.with_primary(&kid)?;
         ring.publish(path, Publish::Replace)?;
         tracing::info!(path = %path.display(), kid = %kid, "rotated the encryption key");
         Ok((ring, kid))
     }
 
     /// The key id new values are encrypted with.
-    pub fn primary_kid(&self) -> &str {
-        &self.primary
+    pub fn primary_kid(&self) -> String {
+        self.snapshot().primary.clone()
     }
 
     /// Every key id in the ring, sorted.
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
+    pub fn kids(&self) -> impl Iterator<Item = String> {
+        self.snapshot()
+            .keys
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// Encrypts `plaintext` under the primary key, bound to `aad` (e.g.
     /// `install:{id}:access_token`): decrypting with any other AAD fails.
     pub fn encrypt(&self, plaintext: &[u8], aad: impl AsRef<[u8]>) -> Vec<u8> {
-        let key = &self.keys[&self.primary];
-        let kid = self.primary.as_bytes();
+        let ring = self.snapshot();
+        let key = &ring.keys[&ring.primary];
+        let kid = ring.primary.as_bytes();
         let mut out = Vec::with_capacity(2 + kid.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.push(FORMAT_VERSION);
         out.push(kid.len() as u8);
@@ -252,7 +315,8 @@ impl KeyRing {
     /// Decrypts a value produced by [`KeyRing::encrypt`] with whichever key it names.
     pub fn decrypt(&self, blob: &[u8], aad: impl AsRef<[u8]>) -> Result<Vec<u8>, CryptoError> {
         let parsed = Parsed::new(blob).ok_or(CryptoError::Malformed)?;
-        let key = self
+        let ring = self.snapshot();
+        let key = ring
             .keys
             .get(parsed.kid)
             .ok_or_else(|| CryptoError::UnknownKey(parsed.kid.to_owned()))?;
@@ -317,7 +381,7 @@ impl KeyRing {
     /// True when `blob` was not encrypted with the primary key (or cannot be parsed): it should
     /// be decrypted and encrypted again after a rotation.
     pub fn needs_reencrypt(&self, blob: &[u8]) -> bool {
-        blob_kid(blob) != Some(self.primary.as_str())
+        blob_kid(blob) != Some(self.snapshot().primary.as_str())
     }
 
     /// [`KeyRing::needs_reencrypt`] for a base64 value.
@@ -328,27 +392,15 @@ impl KeyRing {
         }
     }
 
-    fn next_kid(&self) -> String {
-        let highest = self
-            .keys
-            .keys()
-            .filter_map(|k| k.strip_prefix('k')?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        (highest + 1..)
-            .map(|n| format!("k{n}"))
-            .find(|k| !self.keys.contains_key(k))
-            .expect("an unused key id")
-    }
-
     fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        let encoded: BTreeMap<&str, Zeroizing<String>> = self
+        let ring = self.snapshot();
+        let encoded: BTreeMap<&str, Zeroizing<String>> = ring
             .keys
             .iter()
             .map(|(kid, key)| (kid.as_str(), Zeroizing::new(B64.encode(key.raw.as_slice()))))
             .collect();
         let file = KeyFileOut {
-            primary: &self.primary,
+            primary: &ring.primary,
             keys: encoded
                 .iter()
                 .map(|(kid, b64)| (*kid, b64.as_str()))
@@ -426,6 +478,76 @@ impl<'a> Parsed<'a> {
             sealed,
         })
     }
+}
+
+fn parse_ring(bytes: &[u8], path: &Path) -> Result<KeyRing, CryptoError> {
+    let invalid = |reason: String| CryptoError::InvalidKeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    // serde_json's messages can quote the input: report only the category and position.
+    let mut file: KeyFileIn = serde_json::from_slice(bytes).map_err(|e| {
+        invalid(format!(
+            "not a key ring JSON document ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let mut keys = BTreeMap::new();
+    let mut failure = None;
+    for (kid, encoded) in file.keys.iter_mut() {
+        if failure.is_none() {
+            if !valid_kid(kid) {
+                failure = Some(format!(
+                    "key id {kid:?} must be 1..={MAX_KID_LEN} characters of [A-Za-z0-9_-]"
+                ));
+            } else {
+                match decode_key(encoded) {
+                    Some(raw) => {
+                        keys.insert(kid.clone(), Key::from_raw(raw));
+                    }
+                    None => {
+                        failure = Some(format!(
+                            "key {kid:?} is not base64 of exactly {KEY_LEN} bytes"
+                        ))
+                    }
+                }
+            }
+        }
+        encoded.zeroize();
+    }
+    if let Some(reason) = failure {
+        return Err(invalid(reason));
+    }
+    if !keys.contains_key(&file.primary) {
+        return Err(invalid(format!(
+            "primary key id {:?} is not among the keys",
+            file.primary
+        )));
+    }
+    Ok(KeyRing::from_ring(Ring {
+        primary: file.primary,
+        keys,
+    }))
+}
+
+fn copy_keys(keys: &BTreeMap<String, Key>) -> BTreeMap<String, Key> {
+    keys.iter()
+        .map(|(kid, key)| (kid.clone(), Key::from_raw(key.raw.clone())))
+        .collect()
+}
+
+fn next_kid(keys: &BTreeMap<String, Key>) -> String {
+    let highest = keys
+        .keys()
+        .filter_map(|k| k.strip_prefix('k')?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (highest + 1..)
+        .map(|n| format!("k{n}"))
+        .find(|k| !keys.contains_key(k))
+        .expect("an unused key id")
 }
 
 /// The key id a ciphertext names, if it is in the current format.
@@ -712,5 +834,46 @@ mod tests {
         let shown = format!("{ring:?}");
         assert!(shown.contains("k1"));
         assert!(!shown.contains(key));
+    }
+
+    #[test]
+    fn staged_promoted_pruned_and_swapped_in_place() {
+        let (_dir, path, ring) = temp_ring();
+        let old = ring.encrypt(b"old", b"aad");
+        let (staged, kid) = ring.with_new_key();
+        assert_eq!(kid, "k2");
+        // Staged: decrypts under k2 but still encrypts under k1.
+        assert_eq!(staged.primary_kid(), "k1");
+        assert!(staged.contains("k2"));
+        assert_eq!(blob_kid(&staged.encrypt(b"x", b"")), Some("k1"));
+        staged.save(&path).unwrap();
+        let promoted = KeyRing::load(&path).unwrap().with_primary("k2").unwrap();
+        assert!(matches!(staged.with_primary("k9"), Err(CryptoError::UnknownKey(k)) if k == "k9"));
+        let new = promoted.reencrypt(&old, b"aad").unwrap();
+        assert_eq!(blob_kid(&new), Some("k2"));
+
+        // Swapped in place: holders of `ring` now use the promoted keys.
+        let shared = std::sync::Arc::new(ring);
+        assert!(!shared.same_keys(&promoted));
+        shared.replace(promoted.with_primary("k2").unwrap());
+        assert!(shared.same_keys(&promoted));
+        assert_eq!(shared.decrypt(&new, b"aad").unwrap(), b"old");
+        assert_eq!(blob_kid(&shared.encrypt(b"y", b"")), Some("k2"));
+
+        let pruned = promoted.without(&["k1".to_owned(), "k2".to_owned()]);
+        assert_eq!(pruned.kids().collect::<Vec<_>>(), ["k2"]);
+        assert!(
+            matches!(pruned.decrypt(&old, b"aad"), Err(CryptoError::UnknownKey(k)) if k == "k1")
+        );
+
+        // The document round-trips (SWITCHBOARD__SECRETS__KEY) and names only key ids in errors.
+        let doc = promoted.to_document();
+        let again = KeyRing::from_json(doc.as_bytes(), Path::new("env")).unwrap();
+        assert!(again.same_keys(&promoted));
+        let err = KeyRing::from_json(b"{}", Path::new("SWITCHBOARD__SECRETS__KEY")).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD__SECRETS__KEY"),
+            "{err}"
+        );
     }
 }

@@ -180,6 +180,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    key_rotation (column_name) {
+        column_name -> Text,
+        target_kid -> Text,
+        cursor -> Nullable<Text>,
+        done -> BigInt,
+        rewritten -> BigInt,
+        started_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
@@ -201,4 +213,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_events,
     webhook_deliveries,
     setup_signing_keys,
+    key_rotation,
 );

@@ -8,7 +8,9 @@
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
 //! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
-//! through `webhooks::Outbox`) <- `Services` (this file).
+//! through `webhooks::Outbox`) <- `Services` (this file). Key
+//! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
+//! only the database and the key ring.
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
@@ -25,6 +27,7 @@ pub mod methods;
 pub mod pagination;
 pub mod resolve;
 mod return_url;
+pub mod rotation;
 pub mod sealing;
 pub mod settings;
 pub mod setups;
@@ -52,6 +55,8 @@ pub enum StartupError {
     Db(#[from] switchboard_db::DbError),
     #[error("encryption key ring: {0}")]
     Crypto(#[from] switchboard_crypto::CryptoError),
+    #[error("encryption key ring: {0}")]
+    Custody(#[from] rotation::CustodyError),
     #[error("connector definitions are invalid:\n{0}")]
     Connectors(String),
     #[error("outbound HTTP client: {0}")]
@@ -78,6 +83,8 @@ pub struct Services {
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
+    /// The one key ring every service encrypts with (swapped in place on reload).
+    key_ring: Arc<KeyRing>,
 }
 
 impl Services {
@@ -103,7 +110,7 @@ impl Services {
         db: Db,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
-        let crypto = Arc::new(KeyRing::load_or_create(&settings.secrets.key_file)?);
+        let crypto = Arc::new(rotation::load_ring(&settings.secrets, &db)?);
         let catalog =
             switchboard_connector::load_dir(&settings.connectors.dir).map_err(|diags| {
                 StartupError::Connectors(
@@ -169,6 +176,7 @@ impl Services {
             crypto.clone(),
             &settings.audit,
         ));
+        let crypto_for_services = crypto.clone();
         Ok(Self {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
@@ -234,7 +242,7 @@ impl Services {
             methods: Arc::new(methods::MethodService {
                 settings: settings.clone(),
                 db: db.clone(),
-                crypto,
+                crypto: crypto.clone(),
                 outbound,
                 resolver,
                 cache,
@@ -251,6 +259,7 @@ impl Services {
             settings,
             db,
             catalog,
+            key_ring: crypto_for_services,
         })
     }
 
@@ -260,6 +269,60 @@ impl Services {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The key ring shared by every service.
+    pub fn key_ring(&self) -> &Arc<KeyRing> {
+        &self.key_ring
+    }
+
+    /// Key custody (`keys rotate|status|prune`) on this process's database and key ring.
+    pub fn custody(&self) -> rotation::Custody {
+        rotation::Custody {
+            db: self.db.clone(),
+            source: rotation::KeySource::of(&self.settings.secrets),
+            ring: self.key_ring.clone(),
+            audit: self.settings.audit.enabled,
+        }
+    }
+
+    /// Refuses a key ring lacking a key id the database uses (run after migrating).
+    pub async fn check_key_ring(&self) -> Result<(), StartupError> {
+        let source = rotation::KeySource::of(&self.settings.secrets);
+        rotation::check_ring(&self.db, &self.key_ring, &source).await?;
+        Ok(())
+    }
+
+    /// Re-reads the key file and swaps in its ring when it changed (the server calls this every
+    /// `secrets.reload_interval_ms`). `seen` is the SHA-256 of the file last parsed: an
+    /// unchanged file is not parsed again. Returns the new primary key id when it swapped.
+    pub fn reload_key_ring(
+        &self,
+        seen: &mut Option<[u8; 32]>,
+    ) -> Result<Option<String>, switchboard_crypto::CryptoError> {
+        use sha2::Digest as _;
+        let rotation::KeySource::File(path) = rotation::KeySource::of(&self.settings.secrets)
+        else {
+            return Ok(None);
+        };
+        let bytes = secrecy::zeroize::Zeroizing::new(std::fs::read(&path).map_err(|source| {
+            switchboard_crypto::CryptoError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?);
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes.as_slice()).into();
+        if *seen == Some(digest) {
+            return Ok(None);
+        }
+        let fresh = KeyRing::from_json(&bytes, &path)?;
+        *seen = Some(digest);
+        if fresh.same_keys(&self.key_ring) {
+            return Ok(None);
+        }
+        let primary = fresh.primary_kid();
+        self.key_ring.replace(fresh);
+        Ok(Some(primary))
     }
 
     /// Applies pending migrations (serialised across replicas on PostgreSQL).

@@ -9,6 +9,7 @@ pub mod instances;
 pub mod lease;
 pub mod oauth_states;
 pub mod page;
+pub mod rotation;
 pub mod setups;
 pub mod signing_keys;
 pub mod tenants;

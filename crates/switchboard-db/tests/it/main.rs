@@ -11,5 +11,6 @@ mod lease;
 mod migrate;
 mod pages;
 mod repos;
+mod rotation;
 mod schema;
 mod webhooks;
