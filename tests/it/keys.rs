@@ -252,6 +252,21 @@ async fn rotation_reencrypts_every_registered_column(backend: Backend) {
     let _pending = w.install("pending", false).await;
     let (s, body) = w.call(&w.app.base, "acme", &a).await;
     assert_eq!(s, 200, "{body}");
+    // A backend-services setup (its generated private signing key) and a webhook endpoint (its
+    // signing secret) hold ciphertexts too.
+    let (s, v) = w
+        .app
+        .put(
+            "/v1/connectors/epic_backend/setup",
+            json!({"settings": {"endpoint": "http://127.0.0.1:9/", "client_id": "backend-app"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = w
+        .app
+        .post("/v1/webhooks", json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     let before = raw_kids(&w.app).await;
     assert_eq!(used(&before), BTreeSet::from(["k1".to_owned()]));
     for col in [
@@ -259,6 +274,8 @@ async fn rotation_reencrypts_every_registered_column(backend: Backend) {
         "installs.access_token",
         "installs.refresh_token",
         "oauth_states.verifier",
+        "setup_signing_keys.private_key",
+        "webhook_endpoints.secret",
     ] {
         assert!(before[col]["k1"] >= 1, "{col}: {before:?}");
     }
