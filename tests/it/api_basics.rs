@@ -14,7 +14,18 @@ async fn smoke(backend: crate::support::Backend) {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["canvas", "epic", "medplum"]);
+    // Issue 11 added athenahealth, oracle_health and the generic smart connector.
+    assert_eq!(
+        ids,
+        [
+            "athenahealth",
+            "canvas",
+            "epic",
+            "medplum",
+            "oracle_health",
+            "smart"
+        ]
+    );
     let (s, v) = app
         .post("/v1/accounts", json!({"id": "acme", "name": "Acme"}))
         .await;

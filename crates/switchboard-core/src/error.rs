@@ -50,6 +50,10 @@ error_codes! {
     UpstreamNotAllowed      => ("upstream_not_allowed", 422, "Upstream address not allowed by policy"),
     ServiceUnavailable      => ("service_unavailable", 503, "Service unavailable"),
     Internal                => ("internal_error", 500, "Internal server error"),
+    // Issue 11: SMART discovery, the issuer check everywhere, granted scopes.
+    DiscoveryFailed         => ("discovery_failed", 422, "SMART discovery failed"),
+    IssuerUnknown           => ("issuer_unknown", 422, "The authorization server's issuer is unknown"),
+    InsufficientScope       => ("insufficient_scope", 403, "The install was not granted the scope this method needs"),
 }
 
 impl std::fmt::Display for ErrorCode {

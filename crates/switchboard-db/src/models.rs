@@ -12,7 +12,8 @@ use diesel::sql_types::Text;
 use switchboard_core::InstallStatus;
 
 use crate::schema::{
-    accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states, tenants,
+    accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states,
+    smart_discovery, tenants,
 };
 
 struct Redacted(usize);
@@ -326,4 +327,16 @@ impl fmt::Debug for AuditKey {
             .field("created_at", &self.created_at)
             .finish()
     }
+}
+
+/// A cached SMART discovery document of one FHIR base (public metadata, shown as is).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = smart_discovery, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Discovery {
+    pub tenant_id: String,
+    pub connector_id: String,
+    pub fhir_base: String,
+    pub document: String,
+    pub fetched_at: i64,
+    pub expires_at: i64,
 }

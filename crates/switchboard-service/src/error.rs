@@ -58,6 +58,16 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// Discovery was needed and failed: the message names the URL and the status.
+    #[error("{0}")]
+    DiscoveryFailed(String),
+    /// An authorization-code install cannot start: no issuer is declared or discovered. The
+    /// message names the setting to fix.
+    #[error("{0}")]
+    IssuerUnknown(String),
+    /// The install's granted scopes do not cover the method's declared scope (named).
+    #[error("{0}")]
+    InsufficientScope(String),
     /// Anything else: logged with its cause, shown to the caller as a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +96,9 @@ impl ServiceError {
             Self::Upstream { code, .. } => *code,
             Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::DiscoveryFailed(_) => ErrorCode::DiscoveryFailed,
+            Self::IssuerUnknown(_) => ErrorCode::IssuerUnknown,
+            Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
         }
     }
 }

@@ -125,6 +125,8 @@ impl Services {
             crypto: crypto.clone(),
             catalog: catalog.clone(),
             outbound: outbound.clone(),
+            discovery_ttl_ms: i64::try_from(settings.oauth.discovery_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         });
         let tokens = Arc::new(TokenKeeper::new(
             &settings.tokens,

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::setups;
+use switchboard_db::repo::{discovery, setups};
 use switchboard_db::Db;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -21,6 +21,56 @@ pub struct SetupOut {
     pub settings: Value,
     pub created_at: String,
     pub updated_at: String,
+    /// What SMART discovery found for the setup's FHIR base (connectors with `[discovery]` that
+    /// leave an endpoint or the issuer to it); null when not read.
+    pub discovered: Option<DiscoveredOut>,
+}
+
+/// A SMART discovery document as `GET .../setup` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiscoveredOut {
+    pub issuer: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub introspection_endpoint: Option<String>,
+    pub capabilities: Vec<String>,
+    pub code_challenge_methods_supported: Vec<String>,
+    pub grant_types_supported: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    /// RFC 9207: the server puts `iss` in authorization responses (then a missing `iss` is
+    /// refused).
+    pub authorization_response_iss_parameter_supported: bool,
+    pub fetched_at: String,
+}
+
+impl DiscoveredOut {
+    fn from_row(row: &switchboard_db::Discovery) -> Option<Self> {
+        let d: switchboard_auth::SmartConfiguration = serde_json::from_str(&row.document).ok()?;
+        Some(Self {
+            issuer: d.issuer,
+            authorization_endpoint: d.authorization_endpoint,
+            token_endpoint: d.token_endpoint,
+            revocation_endpoint: d.revocation_endpoint,
+            introspection_endpoint: d.introspection_endpoint,
+            capabilities: d.capabilities,
+            code_challenge_methods_supported: d.code_challenge_methods_supported,
+            grant_types_supported: d.grant_types_supported,
+            scopes_supported: d.scopes_supported,
+            authorization_response_iss_parameter_supported: d
+                .authorization_response_iss_parameter_supported,
+            fetched_at: ms_to_rfc3339(row.fetched_at),
+        })
+    }
+}
+
+/// Whether some auth type of the connector leaves an endpoint or the issuer to discovery.
+fn wants_discovery(def: &switchboard_connector::ConnectorDef) -> bool {
+    def.discovery.is_some()
+        && def.auth.iter().any(|a| {
+            a.needs_discovery()
+                || matches!(a, switchboard_connector::AuthDef::Oauth2AuthorizationCode(c) if c.issuer.is_none())
+        })
 }
 
 /// Tenants' connector setups. A change drops every prepared install (they embed the setup).
@@ -44,6 +94,12 @@ impl SetupService {
         let connector = self.resolver.connector(connector_id)?;
         let def = &connector.def;
         let values = settings::validate_input(def, input, Layer::Setup)?;
+        // Discovery before anything is written: a failure is a 422 naming the URL and status.
+        let discovered_base = if wants_discovery(def) {
+            self.discover_for(t, &connector, &values).await?
+        } else {
+            None
+        };
         let aad = settings::setup_aad(&t.tenant_id, connector_id);
         let stored = settings::seal(&self.crypto, def, &values, &aad);
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
@@ -58,12 +114,62 @@ impl SetupService {
         };
         self.audit
             .admin(&t.tenant_id, Some(t), "setup.saved", 200, target)?;
+        let discovered = match discovered_base {
+            Some(base) => self.cached(t, connector_id, &base).await?,
+            None => None,
+        };
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
+            discovered,
         })
+    }
+
+    /// Reads discovery for the FHIR base the setup values form (when they form one: a base
+    /// left to install overrides is discovered when the install is created). Returns the base.
+    async fn discover_for(
+        &self,
+        t: &TenantCtx,
+        connector: &switchboard_connector::Connector,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<String>, ServiceError> {
+        let merged =
+            switchboard_connector::merge_settings(&connector.def, values, &Default::default());
+        let Ok(ctx) = connector.context(merged) else {
+            return Ok(None);
+        };
+        let Some(base) = ctx
+            .fhir_base
+            .as_deref()
+            .and_then(|b| url::Url::parse(b).ok())
+        else {
+            return Ok(None);
+        };
+        self.resolver.check_upstream_url("fhir_base", &base)?;
+        self.resolver
+            .discovery(&t.tenant_id, connector, &base, &ctx, true)
+            .await?;
+        Ok(Some(base.to_string()))
+    }
+
+    async fn cached(
+        &self,
+        t: &TenantCtx,
+        connector_id: &ConnectorId,
+        base: &str,
+    ) -> Result<Option<DiscoveredOut>, ServiceError> {
+        let (tenant, cid, base) = (
+            t.tenant_id.clone(),
+            connector_id.to_string(),
+            base.to_owned(),
+        );
+        let row = self
+            .db
+            .run(move |conn| discovery::find(conn, &tenant, &cid, &base))
+            .await?;
+        Ok(row.as_ref().and_then(DiscoveredOut::from_row))
     }
 
     pub async fn get_setup(
@@ -83,11 +189,27 @@ impl SetupService {
             &row.settings,
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
+        let discovered = if connector.def.discovery.is_some() {
+            let merged =
+                switchboard_connector::merge_settings(&connector.def, &values, &Default::default());
+            let base = connector
+                .context(merged)
+                .ok()
+                .and_then(|c| c.fhir_base)
+                .and_then(|b| url::Url::parse(&b).ok());
+            match base {
+                Some(base) => self.cached(t, connector_id, base.as_str()).await?,
+                None => None,
+            }
+        } else {
+            None
+        };
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(&connector.def, &values),
             created_at: ms_to_rfc3339(row.created_at),
             updated_at: ms_to_rfc3339(row.updated_at),
+            discovered,
         })
     }
 
@@ -100,7 +222,10 @@ impl SetupService {
         let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
         let deleted = self
             .db
-            .run(move |conn| setups::delete(conn, &tenant, &cid))
+            .run(move |conn| {
+                discovery::delete_for(conn, &tenant, &cid)?;
+                setups::delete(conn, &tenant, &cid)
+            })
             .await?;
         self.cache.clear();
         if deleted {

@@ -71,6 +71,15 @@ impl TokenEndpoint for OAuthTokenEndpoint {
                 return Err(ServiceError::internal("static bearer tokens are not refreshed").into())
             }
         };
+        if let (Err(e), Some(_)) = (&result, &resolved.discovered) {
+            // An endpoint error (gone, moved, unreachable) on a discovered token endpoint: the
+            // next use reads discovery again.
+            if endpoint_error(e) {
+                self.resolver
+                    .discovery_stale(&row.tenant_id, &row.connector_id)
+                    .await;
+            }
+        }
         let tokens = result.map_err(RequestError::Auth)?;
         Ok(seal_tokens(
             &self.crypto,
@@ -78,5 +87,16 @@ impl TokenEndpoint for OAuthTokenEndpoint {
             &tokens,
             self.clock.now_ms(),
         ))
+    }
+}
+
+/// A token-endpoint failure that says the endpoint itself is wrong (404, 405, 410, or no
+/// answer at all), not the grant or the client.
+fn endpoint_error(e: &AuthError) -> bool {
+    match e {
+        AuthError::OAuth { status, .. } => matches!(status, 404 | 405 | 410),
+        AuthError::Transient { status, .. } => status.is_none(),
+        AuthError::InvalidUrl(_) => true,
+        _ => false,
     }
 }
