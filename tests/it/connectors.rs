@@ -66,7 +66,9 @@ async fn connector_catalogue(backend: Backend) {
         auth("medplum"),
         json!(["oauth2_authorization_code", "oauth2_client_credentials"])
     );
-    assert_eq!(list[1]["name"], "Epic");
+    // Issue 11: athenahealth now sorts first, so Epic is found by id rather than position.
+    let epic_entry = list.iter().find(|c| c["id"] == "epic").unwrap();
+    assert_eq!(epic_entry["name"], "Epic");
 
     // The full definition: settings fields and method parameter schemas.
     let r = req(&app, Method::GET, "/v1/connectors/epic", None).await;

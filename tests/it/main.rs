@@ -26,4 +26,5 @@ mod openapi;
 mod operational;
 mod security;
 mod setups;
+mod smart;
 mod token_lifecycle;

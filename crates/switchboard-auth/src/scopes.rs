@@ -23,7 +23,7 @@ pub struct ResourceScope {
 pub fn parse_scope(token: &str) -> Option<ResourceScope> {
     let token = token.split('?').next().unwrap_or(token);
     let (smart, rest) = match token.split_once('/') {
-        Some((ctx, rest)) if matches!(ctx, "patient" | "user" | "system") => (true, rest),
+        Some(("patient" | "user" | "system", rest)) => (true, rest),
         Some(_) => return None,
         None => (false, token),
     };
