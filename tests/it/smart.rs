@@ -11,7 +11,7 @@ use crate::support::{assert_problem, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use switchboard_testkit::fhir::FakeFhir;
+use switchboard_testkit::fhir::{FakeFhir, Fault};
 use switchboard_testkit::oauth::{FakeOAuth, OAuthClient};
 use switchboard_testkit::oidc::OidcProvider;
 use url::Url;
@@ -349,6 +349,58 @@ async fn no_issuer_is_422_at_install(backend: Backend) {
     assert_eq!(oauth.authorize_request_count(), 0);
 }
 
+/// With a zero TTL every use reads discovery again; when that read fails, a working install
+/// keeps its last document (a discovery outage never breaks calls), while a setup being saved
+/// reports the failure.
+async fn stale_discovery_is_kept_when_rereading_fails(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.oauth.discovery_ttl_secs = 0).await;
+    app.create_account(ACCOUNT).await;
+    let (_oauth, fhir) = servers(&app, "/as/", "/fhir/R4/", false, |o| {
+        Some(o.smart_configuration())
+    });
+    let settings = json!({ "fhir_base_url": fhir.base_url(), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET });
+    let (s, v) = put_setup(&app, "smart", settings.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, created) = app
+        .post(
+            &installs_path(),
+            json!({ "connector": "smart", "auth_type": "oauth2_client_credentials" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "authorized", "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let discovery_reads = |f: &FakeFhir| {
+        f.requests()
+            .iter()
+            .filter(|r| r.path().ends_with("/.well-known/smart-configuration"))
+            .count()
+    };
+    let before = discovery_reads(&fhir);
+    let requests_before = fhir.request_count();
+    fhir.fail_next(Fault::Status(503));
+    let (s, v) = app
+        .post(
+            &method_path(&id, "get_patient"),
+            json!({ "params": { "id": fhir.patient_ids()[0] } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        discovery_reads(&fhir),
+        before + 1,
+        "the stale document was re-read"
+    );
+    assert_eq!(fhir.pending_faults(), 0);
+    // The 503 went to that discovery read (no retried Patient read): one read, one GET.
+    assert_eq!(fhir.request_count(), requests_before + 2);
+    // Saving the setup forces a read: its failure is reported, nothing is written.
+    fhir.fail_next(Fault::Status(503));
+    let (s, v) = put_setup(&app, "smart", settings).await;
+    assert_problem(s, &v, 422, "discovery_failed");
+    assert!(v["detail"].as_str().unwrap().contains("503"), "{v}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Canvas and Medplum against servers that send `iss`
 // ---------------------------------------------------------------------------------------------
@@ -628,6 +680,7 @@ crate::both_backends! {
     smart_missing_iss_refused_when_advertised_no_code_redeemed => smart_missing_iss_refused_when_advertised;
     smart_discovery_down_is_422_at_setup => discovery_down_is_422_at_setup;
     smart_no_issuer_is_422_at_install => no_issuer_is_422_at_install;
+    smart_stale_discovery_is_kept_when_rereading_fails => stale_discovery_is_kept_when_rereading_fails;
     smart_canvas_and_medplum_complete_with_iss_and_refuse_a_wrong_one => canvas_and_medplum_with_iss;
     smart_oracle_health_provider_code_flow => oracle_health_provider_flow;
     smart_athenahealth_client_credentials_and_practice_searches => athenahealth_practice_searches;

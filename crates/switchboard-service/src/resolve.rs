@@ -286,15 +286,21 @@ impl Resolver {
             fhir_base.to_string(),
         );
         let now = switchboard_core::now_ms();
+        // A stale document is kept as a fallback: a discovery outage must not break installs
+        // that already work (only a forced read, i.e. a setup being saved, reports it).
+        let mut stale = None;
         if !refresh {
             let (t, c, b) = (tenant.clone(), cid.clone(), base.clone());
             let cached = self
                 .db
                 .run(move |conn| discovery::find(conn, &t, &c, &b))
                 .await?;
-            if let Some(row) = cached.filter(|r| r.expires_at > now) {
+            if let Some(row) = cached {
                 if let Ok(cfg) = serde_json::from_str::<SmartConfiguration>(&row.document) {
-                    return Ok(cfg);
+                    if row.expires_at > now {
+                        return Ok(cfg);
+                    }
+                    stale = Some(cfg);
                 }
             }
         }
@@ -312,11 +318,19 @@ impl Resolver {
             def.openid_configuration,
             |u| outbound.check_url(u).map_err(|e| e.to_string()),
         )
-        .await
-        .map_err(|e| {
-            tracing::warn!(connector = %cid, error = %e, "SMART discovery failed");
-            ServiceError::DiscoveryFailed(format!("SMART discovery failed: {e}"))
-        })?;
+        .await;
+        let cfg = match cfg {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::warn!(connector = %cid, error = %e, "SMART discovery failed");
+                return match stale {
+                    Some(cfg) => Ok(cfg),
+                    None => Err(ServiceError::DiscoveryFailed(format!(
+                        "SMART discovery failed: {e}"
+                    ))),
+                };
+            }
+        };
         let row = switchboard_db::Discovery {
             tenant_id: tenant,
             connector_id: cid,
