@@ -11,7 +11,19 @@ async fn connector_catalogue(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let list = r.json["connectors"].as_array().unwrap();
     let ids: Vec<&str> = list.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["canvas", "epic", "epic_backend", "medplum"]);
+    // Issue 11 added athenahealth, epic_backend, oracle_health and the generic smart connector.
+    assert_eq!(
+        ids,
+        [
+            "athenahealth",
+            "canvas",
+            "epic",
+            "epic_backend",
+            "medplum",
+            "oracle_health",
+            "smart"
+        ]
+    );
     for c in list {
         let keys: BTreeSet<String> = c.as_object().unwrap().keys().cloned().collect();
         for k in ["id", "name", "version", "auth_types", "methods"] {
@@ -55,7 +67,9 @@ async fn connector_catalogue(backend: Backend) {
         auth("medplum"),
         json!(["oauth2_authorization_code", "oauth2_client_credentials"])
     );
-    assert_eq!(list[1]["name"], "Epic");
+    // Issue 11: athenahealth now sorts first, so Epic is found by id rather than position.
+    let epic_entry = list.iter().find(|c| c["id"] == "epic").unwrap();
+    assert_eq!(epic_entry["name"], "Epic");
 
     // The full definition: settings fields and method parameter schemas.
     let r = req(&app, Method::GET, "/v1/connectors/epic", None).await;

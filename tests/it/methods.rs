@@ -31,8 +31,8 @@ const RETURN_URL: &str = "https://console.example/done";
 /// Requests under `/oauth2/` go to a FakeOAuth, everything else to a FakeFhir, forwarded as
 /// received (method, raw path and query, headers, body; redirects are passed back, never
 /// followed). Epic's `endpoint` and Medplum's `base_url` point here.
-struct Front {
-    origin: String,
+pub(crate) struct Front {
+    pub(crate) origin: String,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -51,7 +51,7 @@ const HOP_BY_HOP: [&str; 5] = [
 ];
 
 impl Front {
-    fn start(oauth_origin: &str, fhir_origin: &str) -> Front {
+    pub(crate) fn start(oauth_origin: &str, fhir_origin: &str) -> Front {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let targets = web::Data::new(FrontTargets {

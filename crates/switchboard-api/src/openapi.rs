@@ -20,10 +20,10 @@ use switchboard_service::keys::{ApiKeyCreated, ApiKeyList, TenantOut};
 use switchboard_service::methods::MethodIn;
 use switchboard_service::pagination::{AuditQuery, InstallsQuery, PageIn};
 use switchboard_service::setups::SetupOut;
+use switchboard_service::signing_keys::{RotateIn, SetupKeysOut};
 use switchboard_service::webhooks::{
     DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut,
 };
-use switchboard_service::signing_keys::{RotateIn, SetupKeysOut};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};

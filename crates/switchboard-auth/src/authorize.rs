@@ -114,6 +114,22 @@ pub fn check_issuer(expected: Option<&str>, received: Option<&str>) -> Result<()
     }
 }
 
+/// [`check_issuer`], and when `iss_required` (the server advertises
+/// `authorization_response_iss_parameter_supported`, RFC 9207 §2.4) a missing `iss` is refused
+/// too.
+pub fn check_issuer_required(
+    expected: Option<&str>,
+    received: Option<&str>,
+    iss_required: bool,
+) -> Result<(), AuthError> {
+    if iss_required && received.is_none() {
+        return Err(AuthError::IssuerMismatch(
+            "`iss` missing although the authorization server advertises it",
+        ));
+    }
+    check_issuer(expected, received)
+}
+
 /// Collapses any run of whitespace (template newlines, double spaces) into one space (RFC 6749
 /// §3.3: scope tokens are separated by single spaces).
 pub(crate) fn normalize_scopes(scopes: &str) -> String {
@@ -286,6 +302,15 @@ mod tests {
             authorize_url(&r),
             Err(AuthError::Misconfigured(_))
         ));
+    }
+
+    #[test]
+    fn issuer_required_when_advertised() {
+        let iss = "https://as.example";
+        assert!(check_issuer_required(Some(iss), None, false).is_ok());
+        assert!(check_issuer_required(Some(iss), None, true).is_err());
+        assert!(check_issuer_required(Some(iss), Some(iss), true).is_ok());
+        assert!(check_issuer_required(Some(iss), Some("https://other"), false).is_err());
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct SecuritySettings {
 #[serde(deny_unknown_fields)]
 pub struct OAuthSettings {
     pub state_ttl_secs: u64,
+    /// How long a SMART discovery document (`.well-known/smart-configuration`) is used before it
+    /// is read again (issue 11).
+    pub discovery_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

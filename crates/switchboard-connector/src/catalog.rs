@@ -169,6 +169,34 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// The `[discovery]` headers rendered for one install (empty without `[discovery]`).
+    pub fn render_discovery_headers(
+        &self,
+        ctx: &TemplateContext,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        let Some(d) = &self.def.discovery else {
+            return Ok(Vec::new());
+        };
+        d.headers
+            .iter()
+            .map(|(k, v)| crate::template::render_str(v, ctx).map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// The `search_params` rendered for one install.
+    pub fn render_search_params(
+        &self,
+        ctx: &TemplateContext,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        self.def
+            .search_params
+            .iter()
+            .map(|(k, v)| crate::template::render_str(v, ctx).map(|v| (k.clone(), v)))
+            .collect()
+    }
+}
+
 impl Deref for Connector {
     type Target = ConnectorDef;
 

@@ -57,5 +57,5 @@ pub use schema::{json_schema, json_schema_pretty};
 pub use settings::{
     check_url, merge_settings, missing_for_auth, settings_used_by_auth, MAX_SETTING_LEN,
 };
-pub use template::{render_str, Template, TemplateContext, TemplateError, Variable};
+pub use template::{render_str, Filter, Template, TemplateContext, TemplateError, Variable};
 pub use view::{public_view, summary};

@@ -40,6 +40,29 @@ pub struct ConnectorDef {
     /// limit / `limits.replicas` of the host configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ConnectorLimits>,
+    /// SMART discovery (`[discovery]`): the host reads `{fhir_base}.well-known/smart-configuration`
+    /// for this connector. Endpoints and the issuer an `[[auth]]` entry leaves undeclared come
+    /// from it (declared ones win); without this table every endpoint must be declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryDef>,
+    /// Query parameters added to every search (methods with `paging = "fhir_bundle"`), values
+    /// are templates: athenahealth's `ah-practice = "Organization/a-1.Practice-{{settings.practice_id}}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub search_params: BTreeMap<String, String>,
+}
+
+/// `[discovery]`: how the host reads the SMART configuration of an install's FHIR base.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryDef {
+    /// Headers sent with the discovery request (values are templates), e.g. Epic's
+    /// `Epic-Client-ID = "{{settings.client_id}}"` (Epic can override endpoints per client).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Also read `{issuer}/.well-known/openid-configuration` when the SMART configuration names
+    /// an issuer, to fill endpoints it lacks.
+    #[serde(default)]
+    pub openid_configuration: bool,
 }
 
 /// A connector's `[limits]`: how fast Switchboard may call the vendor. A call that would exceed
@@ -240,10 +263,12 @@ impl AuthKind {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthCodeDef {
-    /// Template of the authorization endpoint.
-    pub authorize_url: String,
-    /// Template of the token endpoint.
-    pub token_url: String,
+    /// Template of the authorization endpoint; absent = discovered (needs `[discovery]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+    /// Template of the token endpoint; absent = discovered (needs `[discovery]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
     /// Template of the client id (usually `{{settings.client_id}}`).
     pub client_id: String,
     /// Template of the client secret; absent for public clients (`client_auth = "none"`).
@@ -269,8 +294,9 @@ pub struct AuthCodeDef {
     /// is then refreshed once per `tokens.idle_check_interval_secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_idle_secs: Option<u64>,
-    /// Expected RFC 9207 `iss` of authorization responses (template). When a callback carries
-    /// `iss` it must equal this, byte for byte, or the code is not redeemed.
+    /// Expected RFC 9207 `iss` of authorization responses (template; absent = the discovered
+    /// `issuer`). When a callback carries `iss` it must equal this, byte for byte, or the code is
+    /// not redeemed; without any known issuer the code flow cannot start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     /// RFC 7009 revocation endpoint (template), used when an install is deleted.
@@ -281,7 +307,9 @@ pub struct AuthCodeDef {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCredentialsDef {
-    pub token_url: String,
+    /// Template of the token endpoint; absent = discovered (needs `[discovery]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
     pub client_id: String,
     pub client_secret: String,
     #[serde(default)]
@@ -519,6 +547,24 @@ impl ConnectorDef {
         self.auth.iter().find(|a| a.kind() == kind)
     }
 
+    /// The setting keys the FHIR base template uses (what locates the server).
+    pub fn fhir_base_settings(&self) -> Vec<&str> {
+        match crate::template::Template::parse(&self.fhir_base) {
+            Ok(t) => {
+                let mut keys: Vec<&str> = Vec::new();
+                for k in t.setting_keys() {
+                    if let Some(s) = self.setting(k) {
+                        if !keys.contains(&s.key.as_str()) {
+                            keys.push(s.key.as_str());
+                        }
+                    }
+                }
+                keys
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The default auth type: the first one declared (the loader rejects files without any).
     pub fn default_auth(&self) -> Option<&AuthDef> {
         self.auth.first()
@@ -526,11 +572,21 @@ impl ConnectorDef {
 }
 
 impl AuthDef {
-    /// Template of the token endpoint (`None` for a static bearer token).
+    /// Whether this entry leaves an endpoint to discovery (an undeclared issuer alone does not:
+    /// it is looked up when the code flow starts, and its absence is reported there).
+    pub fn needs_discovery(&self) -> bool {
+        match self {
+            Self::Oauth2AuthorizationCode(a) => a.authorize_url.is_none() || a.token_url.is_none(),
+            Self::Oauth2ClientCredentials(c) => c.token_url.is_none(),
+            Self::Oauth2BackendServices(_) | Self::StaticBearer(_) => false,
+        }
+    }
+
+    /// Template of the token endpoint (`None` for a static bearer token or a discovered one).
     pub fn token_url(&self) -> Option<&str> {
         match self {
-            Self::Oauth2AuthorizationCode(a) => Some(&a.token_url),
-            Self::Oauth2ClientCredentials(c) => Some(&c.token_url),
+            Self::Oauth2AuthorizationCode(a) => a.token_url.as_deref(),
+            Self::Oauth2ClientCredentials(c) => c.token_url.as_deref(),
             Self::Oauth2BackendServices(b) => Some(&b.token_url),
             Self::StaticBearer(_) => None,
         }
@@ -552,8 +608,12 @@ impl AuthDef {
         let mut out: Vec<(String, &str)> = Vec::new();
         match self {
             Self::Oauth2AuthorizationCode(a) => {
-                out.push(("authorize_url".into(), &a.authorize_url));
-                out.push(("token_url".into(), &a.token_url));
+                if let Some(u) = &a.authorize_url {
+                    out.push(("authorize_url".into(), u));
+                }
+                if let Some(u) = &a.token_url {
+                    out.push(("token_url".into(), u));
+                }
                 out.push(("client_id".into(), &a.client_id));
                 if let Some(s) = &a.client_secret {
                     out.push(("client_secret".into(), s));
@@ -573,7 +633,9 @@ impl AuthDef {
                 }
             }
             Self::Oauth2ClientCredentials(c) => {
-                out.push(("token_url".into(), &c.token_url));
+                if let Some(u) = &c.token_url {
+                    out.push(("token_url".into(), u));
+                }
                 out.push(("client_id".into(), &c.client_id));
                 out.push(("client_secret".into(), &c.client_secret));
                 out.push(("scopes".into(), &c.scopes));

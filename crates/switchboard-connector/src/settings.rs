@@ -303,7 +303,7 @@ mod tests {
                 }),
                 crate::model::AuthDef::Oauth2ClientCredentials(
                     crate::model::ClientCredentialsDef {
-                        token_url: "{{settings.endpoint}}token".into(),
+                        token_url: Some("{{settings.endpoint}}token".into()),
                         client_id: "{{settings.client_id}}".into(),
                         client_secret: "{{settings.api_token}}".into(),
                         scopes: "{{settings.system_scopes}}".into(),
@@ -318,6 +318,8 @@ mod tests {
             include: vec![],
             methods: vec![],
             limits: None,
+            discovery: None,
+            search_params: BTreeMap::new(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! parameters from a tenant's setup and an install's overrides.
 //!
 //! Syntax: literal text with `{{settings.KEY}}`, `{{fhir_base}}` and `{{redirect_uri}}`
-//! (whitespace inside the braces is allowed). Rendering is plain concatenation, no escaping:
+//! (whitespace inside the braces is allowed), each optionally followed by filters:
+//! `{{ settings.instance_url | trim_end_slash }}` (see [`Filter`]). Rendering is plain concatenation, no escaping:
 //! templates build URLs from URL-typed settings (validated and normalised on input), and any
 //! escaping here would double-encode them. Every `{{` must close and every `}}` must open, so a
 //! typo is a load-time error instead of a literal brace in a token URL.
@@ -31,6 +32,29 @@ impl fmt::Display for Variable {
     }
 }
 
+/// A filter applied to a variable's value: `{{ VARIABLE | filter }}`, left to right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Filter {
+    /// `trim_end_slash`: removes every trailing `/` (Canvas's issuer is its instance URL without
+    /// the `/` the URL setting is normalised to end with).
+    TrimEndSlash,
+}
+
+impl Filter {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "trim_end_slash" => Some(Self::TrimEndSlash),
+            _ => None,
+        }
+    }
+
+    fn apply(self, value: &str) -> String {
+        match self {
+            Self::TrimEndSlash => value.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
 /// Why a template did not parse or render. Messages name setting keys, never setting values,
 /// so they are safe for logs and API error details.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +67,8 @@ pub enum TemplateError {
     EmptyVariable { offset: usize },
     #[error("unknown variable `{name}` (expected `settings.KEY`, `fhir_base` or `redirect_uri`)")]
     UnknownVariable { name: String },
+    #[error("unknown filter `{name}` (expected `trim_end_slash`)")]
+    UnknownFilter { name: String },
     #[error("setting `{key}` has no value")]
     MissingSetting { key: String },
     #[error("`{{{{{variable}}}}}` is not available here")]
@@ -83,7 +109,7 @@ impl TemplateContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
-    Var(Variable),
+    Var(Variable, Vec<Filter>),
 }
 
 /// A parsed template. Parse once (the [`crate::Connector`] wrapper does so at load time), render
@@ -122,11 +148,19 @@ impl Template {
             if inner.contains("{{") {
                 return Err(TemplateError::Unclosed { offset: offset + o });
             }
-            let var = parse_variable(inner.trim(), offset + o)?;
+            let mut pieces = inner.split('|');
+            let var = parse_variable(pieces.next().unwrap_or_default().trim(), offset + o)?;
+            let filters = pieces
+                .map(|f| {
+                    Filter::parse(f.trim()).ok_or_else(|| TemplateError::UnknownFilter {
+                        name: f.trim().to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             if !literal.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut literal)));
             }
-            parts.push(Part::Var(var));
+            parts.push(Part::Var(var, filters));
             let consumed = o + 2 + end + 2;
             rest = &rest[consumed..];
             offset += consumed;
@@ -148,7 +182,7 @@ impl Template {
     /// The variables used, in order of appearance (repeats included).
     pub fn variables(&self) -> impl Iterator<Item = &Variable> + '_ {
         self.parts.iter().filter_map(|p| match p {
-            Part::Var(v) => Some(v),
+            Part::Var(v, _) => Some(v),
             Part::Literal(_) => None,
         })
     }
@@ -171,28 +205,37 @@ impl Template {
     pub fn render(&self, ctx: &TemplateContext) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.source.len() + 64);
         for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Var(Variable::Setting(key)) => match ctx.settings.get(key) {
-                    Some(value) => out.push_str(value),
+            let (var, filters) = match part {
+                Part::Literal(s) => {
+                    out.push_str(s);
+                    continue;
+                }
+                Part::Var(v, f) => (v, f),
+            };
+            let value = match var {
+                Variable::Setting(key) => match ctx.settings.get(key) {
+                    Some(value) => value,
                     None => return Err(TemplateError::MissingSetting { key: key.clone() }),
                 },
-                Part::Var(Variable::FhirBase) => match &ctx.fhir_base {
-                    Some(v) => out.push_str(v),
-                    None => {
-                        return Err(TemplateError::Unavailable {
-                            variable: "fhir_base",
-                        })
-                    }
-                },
-                Part::Var(Variable::RedirectUri) => match &ctx.redirect_uri {
-                    Some(v) => out.push_str(v),
-                    None => {
-                        return Err(TemplateError::Unavailable {
+                Variable::FhirBase => ctx.fhir_base.as_ref().ok_or(TemplateError::Unavailable {
+                    variable: "fhir_base",
+                })?,
+                Variable::RedirectUri => {
+                    ctx.redirect_uri
+                        .as_ref()
+                        .ok_or(TemplateError::Unavailable {
                             variable: "redirect_uri",
-                        })
-                    }
-                },
+                        })?
+                }
+            };
+            if filters.is_empty() {
+                out.push_str(value);
+            } else {
+                let mut v = value.clone();
+                for f in filters {
+                    v = f.apply(&v);
+                }
+                out.push_str(&v);
             }
         }
         Ok(out)
@@ -364,6 +407,31 @@ mod tests {
             TemplateError::UnknownVariable { name: "foo".into() }.to_string(),
             "unknown variable `foo` (expected `settings.KEY`, `fhir_base` or `redirect_uri`)"
         );
+    }
+
+    #[test]
+    fn filters_trim_a_trailing_slash() {
+        let t = Template::parse("{{ settings.endpoint | trim_end_slash }}").unwrap();
+        assert_eq!(t.render(&ctx()).unwrap(), "https://x.org/root");
+        let t = Template::parse("{{fhir_base|trim_end_slash}}/x").unwrap();
+        assert_eq!(
+            t.render(&ctx().with_fhir_base("https://f/R4//")).unwrap(),
+            "https://f/R4/x"
+        );
+        // Without a trailing slash the value is unchanged; filters keep the variable list.
+        let t = Template::parse("{{settings.client_secret | trim_end_slash}}").unwrap();
+        assert_eq!(t.render(&ctx()).unwrap(), "s3cr3t-value");
+        assert_eq!(t.setting_keys().collect::<Vec<_>>(), ["client_secret"]);
+        assert_eq!(
+            Template::parse("{{settings.endpoint | upper}}").unwrap_err(),
+            TemplateError::UnknownFilter {
+                name: "upper".into()
+            }
+        );
+        assert!(matches!(
+            Template::parse("{{ | trim_end_slash}}"),
+            Err(TemplateError::EmptyVariable { .. })
+        ));
     }
 
     #[test]

@@ -105,9 +105,18 @@ fn shipped_connectors_load_clean() {
         Ok(c) => c,
         Err(d) => panic!("shipped connectors have problems:\n{}", show(&d)),
     };
+    // Issue 11 added athenahealth, oracle_health and the generic smart connector.
     assert_eq!(
         catalog.ids().collect::<Vec<_>>(),
-        ["canvas", "epic", "epic_backend", "medplum"]
+        [
+            "athenahealth",
+            "canvas",
+            "epic",
+            "epic_backend",
+            "medplum",
+            "oracle_health",
+            "smart"
+        ]
     );
     for c in catalog.iter() {
         assert!(c.method("get_patient").is_some(), "{}", c.id());
@@ -117,7 +126,14 @@ fn shipped_connectors_load_clean() {
 
 #[test]
 fn shipped_connectors_reference_the_schema() {
-    for name in ["epic.toml", "canvas.toml", "medplum.toml"] {
+    for name in [
+        "epic.toml",
+        "canvas.toml",
+        "medplum.toml",
+        "oracle_health.toml",
+        "athenahealth.toml",
+        "smart.toml",
+    ] {
         let src = fs::read_to_string(repo_connectors().join(name)).unwrap();
         assert_eq!(
             src.lines().next(),
@@ -626,8 +642,13 @@ fn shipped_urls_can_point_at_a_local_upstream() {
         for auth in &c.auth {
             for (field, template) in auth.templates() {
                 let rendered = render_str(template, &ctx).unwrap();
-                if field.ends_with("_url") || field == "issuer" {
+                if field.ends_with("_url") {
                     assert!(rendered.starts_with(local), "{id} {field}: {rendered}");
+                }
+                // Issue 11: Canvas's issuer is the instance URL WITHOUT its trailing slash.
+                if field == "issuer" {
+                    let origin = local.trim_end_matches('/');
+                    assert!(rendered.starts_with(origin), "{id} {field}: {rendered}");
                 }
             }
         }
@@ -649,11 +670,11 @@ fn epic_renders_as_documented() {
         panic!("epic's first auth type is the authorization code");
     };
     assert_eq!(
-        render_str(&a.authorize_url, &ctx).unwrap(),
+        render_str(a.authorize_url.as_deref().unwrap(), &ctx).unwrap(),
         "https://x.org/FHIRProxy/oauth2/authorize"
     );
     assert_eq!(
-        render_str(&a.token_url, &ctx).unwrap(),
+        render_str(a.token_url.as_deref().unwrap(), &ctx).unwrap(),
         "https://x.org/FHIRProxy/oauth2/token"
     );
     assert_eq!(

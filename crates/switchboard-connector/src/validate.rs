@@ -384,6 +384,27 @@ impl Checker<'_> {
             self.header_name(&at, name);
             self.template(at, value, header_use);
         }
+        if let Some(d) = &def.discovery {
+            for (name, value) in &d.headers {
+                let at = FieldPath::root().key("discovery").key("headers").key(name);
+                self.header_name(&at, name);
+                self.template(at, value, header_use);
+            }
+        }
+        for (name, value) in &def.search_params {
+            let at = FieldPath::root().key("search_params").key(name);
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_whitespace() || "&=#?".contains(c))
+            {
+                self.issue(
+                    at.clone(),
+                    format!("`{name}` is not a valid query parameter name"),
+                );
+            }
+            self.template(at, value, PLAIN);
+        }
     }
 
     fn header_name(&mut self, at: &FieldPath, name: &str) {
@@ -423,8 +444,12 @@ impl Checker<'_> {
             }
             match auth {
                 AuthDef::Oauth2AuthorizationCode(a) => {
-                    self.template(at.key("authorize_url"), &a.authorize_url, URL);
-                    self.template(at.key("token_url"), &a.token_url, URL);
+                    if let Some(u) = &a.authorize_url {
+                        self.template(at.key("authorize_url"), u, URL);
+                    }
+                    if let Some(u) = &a.token_url {
+                        self.template(at.key("token_url"), u, URL);
+                    }
                     self.template(at.key("client_id"), &a.client_id, PLAIN);
                     self.client_secret(&at, a.client_auth, a.client_secret.as_deref(), true);
                     self.template(at.key("scopes"), &a.scopes, PLAIN);
@@ -447,7 +472,9 @@ impl Checker<'_> {
                     }
                 }
                 AuthDef::Oauth2ClientCredentials(c) => {
-                    self.template(at.key("token_url"), &c.token_url, URL);
+                    if let Some(u) = &c.token_url {
+                        self.template(at.key("token_url"), u, URL);
+                    }
                     self.template(at.key("client_id"), &c.client_id, PLAIN);
                     self.client_secret(&at, c.client_auth, Some(&c.client_secret), false);
                     self.template(at.key("scopes"), &c.scopes, PLAIN);
@@ -479,6 +506,12 @@ impl Checker<'_> {
                         self.template(at.key("revocation_url"), r, URL);
                     }
                 }
+            }
+            if auth.needs_discovery() && def.discovery.is_none() {
+                self.issue(
+                    at.key("token_url"),
+                    "authorize_url and token_url may only be left out when the connector declares [discovery]",
+                );
             }
         }
     }

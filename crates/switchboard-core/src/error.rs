@@ -53,6 +53,10 @@ error_codes! {
     RateLimited             => ("rate_limited", 429, "Too many requests"),
     QuotaExceeded           => ("quota_exceeded", 409, "Tenant quota exceeded"),
     ReturnUrlOriginNotAllowed => ("return_url_origin_not_allowed", 422, "Return URL prefix outside the origins the operator allows"),
+    // Issue 11: SMART discovery, the issuer check everywhere, granted scopes.
+    DiscoveryFailed         => ("discovery_failed", 422, "SMART discovery failed"),
+    IssuerUnknown           => ("issuer_unknown", 422, "The authorization server's issuer is unknown"),
+    InsufficientScope       => ("insufficient_scope", 403, "The install was not granted the scope this method needs"),
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -13,7 +13,8 @@ use switchboard_core::InstallStatus;
 
 use crate::schema::setup_signing_keys;
 use crate::schema::{
-    accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states, tenants,
+    accounts, api_keys, audit_events, audit_keys, connector_setups, installs, oauth_states,
+    smart_discovery, tenants,
 };
 
 struct Redacted(usize);
@@ -452,4 +453,16 @@ impl fmt::Debug for SigningKeyRow {
             .field("retire_at", &self.retire_at)
             .finish_non_exhaustive()
     }
+}
+
+/// A cached SMART discovery document of one FHIR base (public metadata, shown as is).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = smart_discovery, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Discovery {
+    pub tenant_id: String,
+    pub connector_id: String,
+    pub fhir_base: String,
+    pub document: String,
+    pub fetched_at: i64,
+    pub expires_at: i64,
 }

@@ -192,6 +192,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    smart_discovery (tenant_id, connector_id, fhir_base) {
+        tenant_id -> Text,
+        connector_id -> Text,
+        fhir_base -> Text,
+        document -> Text,
+        fetched_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(connector_setups -> tenants (tenant_id));
 diesel::joinable!(accounts -> tenants (tenant_id));
@@ -214,4 +225,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_deliveries,
     setup_signing_keys,
     key_rotation,
+    smart_discovery,
 );

@@ -35,6 +35,9 @@ pub struct MethodCall<'a> {
     pub bearer: &'a str,
     /// Most pages to fetch (already capped by configuration); 0 counts as 1.
     pub max_pages: u32,
+    /// The connector's `search_params`, rendered: appended to the first request of a search
+    /// (`paging = "fhir_bundle"`); next links are followed as the server wrote them.
+    pub search_params: &'a [(String, String)],
 }
 
 /// The upstream's answer: its 2xx status, its JSON body (raw, or the merged Bundle when pages
@@ -87,7 +90,13 @@ pub async fn execute(
     call: MethodCall<'_>,
 ) -> Result<MethodOutput, EngineError> {
     let method = call.params.method();
-    let req = build_request(call.fhir_base, call.params, call.headers, call.bearer)?;
+    let mut req = build_request(call.fhir_base, call.params, call.headers, call.bearer)?;
+    if method.paging() == Paging::FhirBundle && !call.search_params.is_empty() {
+        let mut pairs = req.url_mut().query_pairs_mut();
+        for (k, v) in call.search_params {
+            pairs.append_pair(k, v);
+        }
+    }
     let page_headers = (method.paging() == Paging::FhirBundle && call.max_pages > 1)
         .then(|| paging_headers(req.headers()));
     let retry = if method.verb().idempotent() {

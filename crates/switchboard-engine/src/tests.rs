@@ -866,6 +866,7 @@ async fn run(
             headers: &[],
             bearer: "tok",
             max_pages,
+            search_params: &[],
         },
     )
     .await

@@ -28,6 +28,11 @@ pub struct Prepared {
     pub obtained_at: Option<i64>,
     pub token_version: i64,
     pub has_refresh_token: bool,
+    /// The scope string the token response granted (or the requested one when it said
+    /// nothing, RFC 6749 §5.1); `None` = unknown, not checked.
+    pub granted_scope: Option<String>,
+    /// The connector's `search_params`, rendered for this install.
+    pub search_params: Vec<(String, String)>,
     pub(crate) loaded_at: Instant,
 }
 

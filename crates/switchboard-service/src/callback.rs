@@ -161,9 +161,21 @@ impl CallbackService {
             };
             return finish(&current, Some(denied), "The EHR did not grant access, so the connection was not made. You can close this page and try again.");
         }
-        if let Err(e) =
-            switchboard_auth::check_issuer(st.expected_issuer.as_deref(), q.iss.as_deref())
-        {
+        // RFC 9207 §2.4: a server that advertises `iss` (per the cached discovery document)
+        // must send it; a missing one is then refused like a wrong one.
+        let iss_required = q.iss.is_none()
+            && self
+                .resolver
+                .resolve_row(&install)
+                .await
+                .ok()
+                .and_then(|r| r.discovered)
+                .is_some_and(|d| d.authorization_response_iss_parameter_supported);
+        if let Err(e) = switchboard_auth::check_issuer_required(
+            st.expected_issuer.as_deref(),
+            q.iss.as_deref(),
+            iss_required,
+        ) {
             tracing::warn!(install = %install.id, error = %e, "callback: issuer mismatch; code not redeemed");
             self.record_error(&install.id, "authorization response came from an unexpected issuer (RFC 9207 iss mismatch); code not redeemed").await;
             return finish(&current, Some(Failure::ours(ErrorCode::IssuerMismatch)), "The sign-in response came from an unexpected server, so it was rejected. Start the connection again.");

@@ -63,6 +63,16 @@ pub enum ServiceError {
     /// heartbeat is stale).
     #[error("a token refresh for this install is in progress in another process; retry shortly")]
     RefreshInProgress { retry_after_secs: u64 },
+    /// Discovery was needed and failed: the message names the URL and the status.
+    #[error("{0}")]
+    DiscoveryFailed(String),
+    /// An authorization-code install cannot start: no issuer is declared or discovered. The
+    /// message names the setting to fix.
+    #[error("{0}")]
+    IssuerUnknown(String),
+    /// The install's granted scopes do not cover the method's declared scope (named).
+    #[error("{0}")]
+    InsufficientScope(String),
     /// Anything else: logged with its cause, shown to the caller as a generic 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,6 +123,9 @@ impl ServiceError {
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::UpstreamNotAllowed(_) => ErrorCode::UpstreamNotAllowed,
             Self::ReturnUrlOriginNotAllowed(_) => ErrorCode::ReturnUrlOriginNotAllowed,
+            Self::DiscoveryFailed(_) => ErrorCode::DiscoveryFailed,
+            Self::IssuerUnknown(_) => ErrorCode::IssuerUnknown,
+            Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
         }
     }
 }

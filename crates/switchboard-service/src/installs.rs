@@ -57,6 +57,13 @@ pub struct InstallOut {
     pub expires_at: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub context: Option<Value>,
+    /// The scope string the EHR granted, as it wrote it (Epic answers with its API names); the
+    /// requested scopes when the token response named none (RFC 6749 §5.1).
+    pub granted_scope: Option<String>,
+    /// SMART launch context from the token response: `patient`, `encounter`, `fhirUser`
+    /// (stored encrypted).
+    #[schema(value_type = Option<Object>)]
+    pub launch: Option<Value>,
     pub last_error: Option<String>,
     pub last_refresh_at: Option<String>,
     pub last_refresh_error: Option<String>,
@@ -82,6 +89,21 @@ pub struct InstallCreated {
     pub install: InstallOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorize_url: Option<String>,
+}
+
+/// `launch` as the API shows it: the SMART names of the launch context fields.
+fn launch_of(context: &Value) -> Option<Value> {
+    let mut out = Map::new();
+    for (from, to) in [
+        ("patient", "patient"),
+        ("encounter", "encounter"),
+        ("fhir_user", "fhirUser"),
+    ] {
+        if let Some(v) = context.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.to_owned(), v.clone());
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 fn auth_kind_of(connector: &Connector, requested: Option<&str>) -> Result<AuthDef, ServiceError> {
@@ -238,6 +260,12 @@ impl InstallService {
             .resolver
             .resolve(&t.tenant_id, connector.clone(), auth.clone(), &overrides)
             .await?;
+        if let AuthDef::Oauth2AuthorizationCode(_) = &auth {
+            // RFC 9207: without a known issuer the code flow must not start (and the user must
+            // not log in only to be refused at the callback). Checked before anything is written.
+            resolved.expected_issuer()?;
+            resolved.authorize_endpoint()?;
+        }
         self.resolver
             .check_resolved_urls(&resolved, &self.redirect_uri)?;
         self.check_install_quotas(&t.tenant_id, &auth).await?;
@@ -287,11 +315,7 @@ impl InstallService {
                             .assertion(&t.tenant_id, &resolved, &client)
                             .await?;
                         client
-                            .client_credentials_with_assertion(
-                                http,
-                                &scopes,
-                                &assertion,
-                            )
+                            .client_credentials_with_assertion(http, &scopes, &assertion)
                             .await
                             .map_err(crate::signing_keys::first_token_error)?
                     }
@@ -398,7 +422,7 @@ impl InstallService {
         let state = switchboard_auth::new_state();
         let state_hash = switchboard_auth::hash_state(&state);
         let pkce = switchboard_auth::new_pkce();
-        let authorize_endpoint = resolved.render(&a.authorize_url, None)?;
+        let authorize_endpoint = resolved.authorize_endpoint()?.to_string();
         let client = resolved
             .token_client(&redirect_uri)?
             .ok_or_else(|| ServiceError::internal("authorization code without token client"))?;
@@ -409,10 +433,8 @@ impl InstallService {
         for (k, v) in &a.authorize_params {
             extra.insert(k.clone(), resolved.render(v, None)?);
         }
-        let expected_issuer = match &a.issuer {
-            Some(i) => Some(resolved.render(i, None)?),
-            None => None,
-        };
+        let (expected_issuer, _) = resolved.expected_issuer()?;
+        let expected_issuer = Some(expected_issuer);
         let url = switchboard_auth::authorize_url(&switchboard_auth::AuthorizeRequest {
             authorize_url: &authorize_endpoint,
             client_id: &client.client_id,
@@ -518,6 +540,7 @@ impl InstallService {
     }
 
     fn install_out(&self, row: switchboard_db::Install) -> InstallOut {
+        let context = crate::sealing::open_context(&self.crypto, &row.id, row.context.as_deref());
         let overrides = self
             .resolver
             .connector(&row.connector_id)
@@ -534,10 +557,9 @@ impl InstallService {
                 .as_deref()
                 .map(|s| s.split_whitespace().map(str::to_owned).collect()),
             expires_at: row.token_expires_at.map(ms_to_rfc3339),
-            context: row
-                .context
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok()),
+            context: context.clone(),
+            granted_scope: row.scopes.clone(),
+            launch: context.as_ref().and_then(launch_of),
             last_error: row.last_error,
             last_refresh_at: row.last_refresh_at.map(ms_to_rfc3339),
             last_refresh_error: row.last_refresh_error,

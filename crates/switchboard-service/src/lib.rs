@@ -142,6 +142,8 @@ impl Services {
             crypto: crypto.clone(),
             catalog: catalog.clone(),
             outbound: outbound.clone(),
+            discovery_ttl_ms: i64::try_from(settings.oauth.discovery_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         });
         let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
         let outbox = Arc::new(webhooks::Outbox::new(

@@ -143,6 +143,37 @@ fn patient_param<'a>(method_id: &MethodId, params: &'a Map<String, Value>) -> Op
     params.get(name).and_then(Value::as_str)
 }
 
+/// Refuses, before anything is sent, a method whose declared scope the install was not granted
+/// (SMART v1, v2 or Epic's API names; see `switchboard_auth::scopes`). The permission needed is
+/// the method's interaction: a search (`paging = "fhir_bundle"`) needs `s`, another GET `r`,
+/// POST `c`, PUT/PATCH `u`, DELETE `d`. Unknown grants (static bearer tokens, no scope stored)
+/// are not checked.
+fn check_granted_scope(
+    p: &Prepared,
+    method: &switchboard_connector::CompiledMethod,
+) -> Result<(), ServiceError> {
+    let (Some(granted), Some(declared)) = (p.granted_scope.as_deref(), method.def.scope.as_deref())
+    else {
+        return Ok(());
+    };
+    use switchboard_connector::{HttpVerb, Paging};
+    let interaction = match (method.def.verb, method.def.paging) {
+        (HttpVerb::Get, Paging::FhirBundle) => 's',
+        (HttpVerb::Get, Paging::None) => 'r',
+        (HttpVerb::Post, _) => 'c',
+        (HttpVerb::Put | HttpVerb::Patch, _) => 'u',
+        (HttpVerb::Delete, _) => 'd',
+    };
+    if switchboard_auth::scopes::covers(granted, declared, Some(interaction)) {
+        Ok(())
+    } else {
+        Err(ServiceError::InsufficientScope(format!(
+            "method '{}' needs scope `{declared}`, which this install was not granted; request it in the connector's scopes setting and authorize the install again",
+            method.def.id
+        )))
+    }
+}
+
 impl MethodService {
     /// A usable access token for a method call: the cached one while it is fresh, otherwise
     /// the result of the (single) refresh.
@@ -195,6 +226,10 @@ impl MethodService {
         };
         let headers = switchboard_engine::static_headers(&resolved.connector, &resolved.ctx)
             .map_err(|e| ServiceError::internal(e.to_string()))?;
+        let search_params = resolved
+            .connector
+            .render_search_params(&resolved.ctx)
+            .map_err(|e| ServiceError::internal(format!("search_params: {e}")))?;
         let p = Arc::new(Prepared {
             status: row.status,
             status_error: row.last_error.clone(),
@@ -210,6 +245,8 @@ impl MethodService {
             obtained_at: row.last_refresh_at,
             token_version: row.token_version,
             has_refresh_token: row.refresh_token.is_some(),
+            granted_scope: row.scopes.clone(),
+            search_params,
             loaded_at: Instant::now(),
         });
         self.cache.put(p.clone());
@@ -345,6 +382,7 @@ impl MethodService {
                 &p.id,
             ));
         }
+        check_granted_scope(&p, method)?;
         let p = self.ensure_token(p).await?;
         self.limits
             .acquire(&connector, crate::limits::Outgoing::Call, &p.id)
@@ -370,6 +408,7 @@ impl MethodService {
                         headers: &attempt.headers,
                         bearer: bearer.expose_secret(),
                         max_pages,
+                        search_params: &attempt.search_params,
                     },
                 ),
             )

@@ -8,10 +8,10 @@ use crate::settings;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use switchboard_auth::TokenClient;
+use switchboard_auth::{SmartConfiguration, TokenClient};
 use switchboard_connector::{AuthDef, AuthKind, Catalog, Connector, TemplateContext};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::setups;
+use switchboard_db::repo::{discovery, setups};
 use switchboard_db::Db;
 use switchboard_outbound::Outbound;
 use url::Url;
@@ -23,6 +23,37 @@ pub struct Resolved {
     pub fhir_base: Url,
     /// Settings plus the rendered FHIR base, for templates.
     pub ctx: TemplateContext,
+    /// The SMART discovery document, when the connector declares `[discovery]` and this auth
+    /// type leaves an endpoint or the issuer to it (read through the database cache).
+    pub discovered: Option<SmartConfiguration>,
+}
+
+/// A declared URL template rendered, else the discovered URL, else a 422 naming the field.
+fn declared_or_discovered(
+    resolved: &Resolved,
+    declared: Option<&String>,
+    discovered: Option<&String>,
+    field: &str,
+    redirect_uri: Option<&str>,
+) -> Result<Url, ServiceError> {
+    let raw = match (declared, discovered) {
+        (Some(t), _) => resolved.render(t, redirect_uri)?,
+        (None, Some(u)) => u.clone(),
+        (None, None) => {
+            return Err(ServiceError::InvalidSettings(vec![
+                crate::error::FieldError::new(
+                    field,
+                    "not declared by the connector and not in the FHIR server's SMART discovery document",
+                ),
+            ]))
+        }
+    };
+    Url::parse(&raw).map_err(|_| {
+        ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+            field,
+            format!("the {field} is not a valid URL"),
+        )])
+    })
 }
 
 impl Resolved {
@@ -47,21 +78,21 @@ impl Resolved {
     pub fn token_client(&self, redirect_uri: &str) -> Result<Option<TokenClient>, ServiceError> {
         let (token_url, client_id, secret, client_auth, params) = match &self.auth {
             AuthDef::Oauth2AuthorizationCode(a) => (
-                &a.token_url,
+                a.token_url.as_ref(),
                 &a.client_id,
                 a.client_secret.as_ref(),
                 a.client_auth,
                 &a.token_params,
             ),
             AuthDef::Oauth2ClientCredentials(c) => (
-                &c.token_url,
+                c.token_url.as_ref(),
                 &c.client_id,
                 Some(&c.client_secret),
                 c.client_auth,
                 &c.token_params,
             ),
             AuthDef::Oauth2BackendServices(b) => (
-                &b.token_url,
+                Some(&b.token_url),
                 &b.client_id,
                 None,
                 // The client authenticates with the assertion (signing_keys), not with these.
@@ -70,12 +101,12 @@ impl Resolved {
             ),
             AuthDef::StaticBearer(_) => return Ok(None),
         };
-        let token_url = Url::parse(&self.render(token_url, Some(redirect_uri))?).map_err(|_| {
-            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
-                "settings",
-                "the token URL is not a valid URL",
-            )])
-        })?;
+        let discovered = self
+            .discovered
+            .as_ref()
+            .and_then(|d| d.token_endpoint.as_ref());
+        let token_url =
+            declared_or_discovered(self, token_url, discovered, "token_url", Some(redirect_uri))?;
         let client_secret = match secret {
             Some(t) => Some(SecretString::from(self.render(t, Some(redirect_uri))?)),
             None => None,
@@ -112,8 +143,67 @@ impl Resolved {
         };
         match t {
             Some(t) => Ok(Url::parse(&self.render(t, None)?).ok()),
-            None => Ok(None),
+            None => Ok(self
+                .discovered
+                .as_ref()
+                .and_then(|d| d.revocation_endpoint.as_deref())
+                .and_then(|u| Url::parse(u).ok())),
         }
+    }
+
+    /// The authorization endpoint: declared, else discovered.
+    pub fn authorize_endpoint(&self) -> Result<Url, ServiceError> {
+        let AuthDef::Oauth2AuthorizationCode(a) = &self.auth else {
+            return Err(ServiceError::UnsupportedAuthType(
+                "this install does not use the authorization-code flow".into(),
+            ));
+        };
+        let discovered = self
+            .discovered
+            .as_ref()
+            .and_then(|d| d.authorization_endpoint.as_ref());
+        declared_or_discovered(
+            self,
+            a.authorize_url.as_ref(),
+            discovered,
+            "authorize_url",
+            None,
+        )
+    }
+
+    /// RFC 9207: the expected issuer (declared, else discovered) and whether the server
+    /// advertises `authorization_response_iss_parameter_supported`. No known issuer is a 422
+    /// naming the settings that locate the server: the code flow must not start.
+    pub fn expected_issuer(&self) -> Result<(String, bool), ServiceError> {
+        let AuthDef::Oauth2AuthorizationCode(a) = &self.auth else {
+            return Err(ServiceError::UnsupportedAuthType(
+                "this install does not use the authorization-code flow".into(),
+            ));
+        };
+        let iss_required = self
+            .discovered
+            .as_ref()
+            .is_some_and(|d| d.authorization_response_iss_parameter_supported);
+        if let Some(t) = &a.issuer {
+            return Ok((self.render(t, None)?, iss_required));
+        }
+        if let Some(i) = self.discovered.as_ref().and_then(|d| d.issuer.clone()) {
+            return Ok((i, iss_required));
+        }
+        let settings: Vec<&str> = self.connector.def.fhir_base_settings();
+        let what = if self.connector.def.discovery.is_some() {
+            "the FHIR server's SMART discovery document names no `issuer`"
+        } else {
+            "the connector declares no issuer and no [discovery]"
+        };
+        Err(ServiceError::IssuerUnknown(format!(
+            "{what}, so the authorization response cannot be checked (RFC 9207) and the code flow cannot start; fix the setting(s) {} so that they point at a server whose discovery document names its issuer",
+            settings
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 }
 
@@ -123,6 +213,8 @@ pub struct Resolver {
     pub(crate) crypto: Arc<KeyRing>,
     pub(crate) catalog: Catalog,
     pub(crate) outbound: Outbound,
+    /// `oauth.discovery_ttl_secs`, in milliseconds.
+    pub(crate) discovery_ttl_ms: i64,
 }
 
 impl Resolver {
@@ -165,12 +257,119 @@ impl Resolver {
         })?;
         self.check_upstream_url("fhir_base", &fhir_base)?;
         let ctx = TemplateContext::new(merged).with_fhir_base(fhir_base.as_str());
+        let wants_discovery = auth.needs_discovery()
+            || matches!(&auth, AuthDef::Oauth2AuthorizationCode(a) if a.issuer.is_none());
+        let discovered = if wants_discovery && connector.def.discovery.is_some() {
+            Some(
+                self.discovery(tenant_id, &connector, &fhir_base, &ctx, false)
+                    .await?,
+            )
+        } else {
+            None
+        };
         Ok(Resolved {
             connector,
             auth,
             fhir_base,
             ctx,
+            discovered,
         })
+    }
+
+    /// The SMART configuration of `fhir_base` for a tenant's connector: the cached row while it
+    /// is fresh (and `refresh` is not set), otherwise read again through the outbound client and
+    /// stored. A failure is a 422 `discovery_failed` naming the URL and the status.
+    pub(crate) async fn discovery(
+        &self,
+        tenant_id: &str,
+        connector: &Connector,
+        fhir_base: &Url,
+        ctx: &TemplateContext,
+        refresh: bool,
+    ) -> Result<SmartConfiguration, ServiceError> {
+        let Some(def) = &connector.def.discovery else {
+            return Err(ServiceError::internal("connector declares no [discovery]"));
+        };
+        let (tenant, cid, base) = (
+            tenant_id.to_owned(),
+            connector.def.id.clone(),
+            fhir_base.to_string(),
+        );
+        let now = switchboard_core::now_ms();
+        // A stale document is kept as a fallback: a discovery outage must not break installs
+        // that already work (only a forced read, i.e. a setup being saved, reports it).
+        let mut stale = None;
+        if !refresh {
+            let (t, c, b) = (tenant.clone(), cid.clone(), base.clone());
+            let cached = self
+                .db
+                .run(move |conn| discovery::find(conn, &t, &c, &b))
+                .await?;
+            if let Some(row) = cached {
+                if let Ok(cfg) = serde_json::from_str::<SmartConfiguration>(&row.document) {
+                    if row.expires_at > now {
+                        return Ok(cfg);
+                    }
+                    stale = Some(cfg);
+                }
+            }
+        }
+        let headers = connector.render_discovery_headers(ctx).map_err(|e| {
+            ServiceError::InvalidSettings(vec![crate::error::FieldError::new(
+                "discovery.headers",
+                e.to_string(),
+            )])
+        })?;
+        let outbound = &self.outbound;
+        // Every URL discovery reads (the FHIR base's and the issuer's documents) is checked.
+        let http = outbound
+            .client_for(fhir_base)
+            .map_err(|e| ServiceError::DiscoveryFailed(format!("SMART discovery refused: {e}")))?;
+        let cfg = switchboard_auth::discovery::discover(
+            http,
+            fhir_base,
+            &headers,
+            def.openid_configuration,
+            |u| outbound.check_url(u).map_err(|e| e.to_string()),
+        )
+        .await;
+        let cfg = match cfg {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::warn!(connector = %cid, error = %e, "SMART discovery failed");
+                return match stale {
+                    Some(cfg) => Ok(cfg),
+                    None => Err(ServiceError::DiscoveryFailed(format!(
+                        "SMART discovery failed: {e}"
+                    ))),
+                };
+            }
+        };
+        let row = switchboard_db::Discovery {
+            tenant_id: tenant,
+            connector_id: cid,
+            fhir_base: base,
+            document: serde_json::to_string(&cfg).map_err(ServiceError::internal)?,
+            fetched_at: now,
+            expires_at: now.saturating_add(self.discovery_ttl_ms),
+        };
+        self.db
+            .run(move |conn| discovery::upsert(conn, &row))
+            .await?;
+        Ok(cfg)
+    }
+
+    /// Marks a tenant's cached discovery documents of a connector stale (a token call failed
+    /// with an endpoint error: the endpoints may have moved).
+    pub(crate) async fn discovery_stale(&self, tenant_id: &str, connector_id: &str) {
+        let (t, c) = (tenant_id.to_owned(), connector_id.to_owned());
+        if let Err(e) = self
+            .db
+            .run(move |conn| discovery::mark_stale(conn, &t, &c))
+            .await
+        {
+            tracing::warn!(error = %e, "could not mark discovery stale");
+        }
     }
 
     /// An upstream URL the settings produced must pass the outbound IP policy; a violation is

@@ -43,13 +43,14 @@ pub(crate) fn seal_tokens(
             token_aad(install_id, "refresh_token").as_bytes(),
         )
     });
+    // The launch context names the patient (PHI): sealed like the tokens.
     let context = serde_json::to_value(&t.context)
         .ok()
         .filter(|v| {
             v.as_object()
                 .is_some_and(|o| o.values().any(|x| !x.is_null()))
         })
-        .map(|v| v.to_string());
+        .map(|v| seal_context(crypto, install_id, &v.to_string()));
     SealedTokens {
         access,
         refresh,
@@ -62,6 +63,35 @@ pub(crate) fn seal_tokens(
         refresh_expires_at: t
             .refresh_expires_in
             .map(|s| now + (s.min(10 * 365 * 86_400) as i64) * 1000),
+    }
+}
+
+/// The stored form of a launch context: `{"enc":"<base64 blob>"}` under the AAD
+/// `install:{id}:context`.
+pub(crate) fn seal_context(crypto: &KeyRing, install_id: &str, json: &str) -> String {
+    use base64::Engine as _;
+    let blob = crypto.encrypt(json.as_bytes(), token_aad(install_id, "context").as_bytes());
+    serde_json::json!({ "enc": base64::engine::general_purpose::STANDARD.encode(blob) }).to_string()
+}
+
+/// The launch context of a row as JSON: sealed ones are opened; a plaintext object written
+/// before issue 11 is read as is. `None` when absent or unreadable.
+pub(crate) fn open_context(
+    crypto: &KeyRing,
+    install_id: &str,
+    stored: Option<&str>,
+) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(stored?).ok()?;
+    match v.get("enc").and_then(serde_json::Value::as_str) {
+        Some(b64) => {
+            let blob = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            let plain = crypto
+                .decrypt(&blob, token_aad(install_id, "context").as_bytes())
+                .ok()?;
+            serde_json::from_slice(&plain).ok()
+        }
+        None => Some(v),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::{setups, webhooks};
+use switchboard_db::repo::{discovery, setups, webhooks};
 use switchboard_db::Db;
 
 use crate::signing_keys::{RotateIn, SetupKeys, SetupKeysOut, SigningKeyIn};
@@ -30,6 +30,56 @@ pub struct SetupOut {
     pub jwks_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_keys: Option<Vec<crate::signing_keys::SigningKeyOut>>,
+    /// What SMART discovery found for the setup's FHIR base (connectors with `[discovery]` that
+    /// leave an endpoint or the issuer to it); null when not read.
+    pub discovered: Option<DiscoveredOut>,
+}
+
+/// A SMART discovery document as `GET .../setup` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DiscoveredOut {
+    pub issuer: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub revocation_endpoint: Option<String>,
+    pub introspection_endpoint: Option<String>,
+    pub capabilities: Vec<String>,
+    pub code_challenge_methods_supported: Vec<String>,
+    pub grant_types_supported: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    /// RFC 9207: the server puts `iss` in authorization responses (then a missing `iss` is
+    /// refused).
+    pub authorization_response_iss_parameter_supported: bool,
+    pub fetched_at: String,
+}
+
+impl DiscoveredOut {
+    fn from_row(row: &switchboard_db::Discovery) -> Option<Self> {
+        let d: switchboard_auth::SmartConfiguration = serde_json::from_str(&row.document).ok()?;
+        Some(Self {
+            issuer: d.issuer,
+            authorization_endpoint: d.authorization_endpoint,
+            token_endpoint: d.token_endpoint,
+            revocation_endpoint: d.revocation_endpoint,
+            introspection_endpoint: d.introspection_endpoint,
+            capabilities: d.capabilities,
+            code_challenge_methods_supported: d.code_challenge_methods_supported,
+            grant_types_supported: d.grant_types_supported,
+            scopes_supported: d.scopes_supported,
+            authorization_response_iss_parameter_supported: d
+                .authorization_response_iss_parameter_supported,
+            fetched_at: ms_to_rfc3339(row.fetched_at),
+        })
+    }
+}
+
+/// Whether some auth type of the connector leaves an endpoint or the issuer to discovery.
+fn wants_discovery(def: &switchboard_connector::ConnectorDef) -> bool {
+    def.discovery.is_some()
+        && def.auth.iter().any(|a| {
+            a.needs_discovery()
+                || matches!(a, switchboard_connector::AuthDef::Oauth2AuthorizationCode(c) if c.issuer.is_none())
+        })
 }
 
 impl SetupOut {
@@ -88,6 +138,12 @@ impl SetupService {
         {
             self.resolver.check_upstream_url("fhir_base", &base)?;
         }
+        // Discovery before anything is written: a failure is a 422 naming the URL and status.
+        let discovered_base = if wants_discovery(def) {
+            self.discover_for(t, &connector, &values).await?
+        } else {
+            None
+        };
         let plan = self
             .keys
             .plan(&t.tenant_id, &connector, signing_key)
@@ -117,6 +173,10 @@ impl SetupService {
         };
         self.audit
             .admin(&t.tenant_id, Some(t), "setup.saved", 200, target)?;
+        let discovered = match discovered_base {
+            Some(base) => self.cached(t, connector_id, &base).await?,
+            None => None,
+        };
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
@@ -124,8 +184,54 @@ impl SetupService {
             updated_at: ms_to_rfc3339(row.updated_at),
             jwks_url: None,
             signing_keys: None,
+            discovered,
         }
         .with_keys(key_view))
+    }
+
+    /// Reads discovery for the FHIR base the setup values form (when they form one: a base
+    /// left to install overrides is discovered when the install is created). Returns the base.
+    async fn discover_for(
+        &self,
+        t: &TenantCtx,
+        connector: &switchboard_connector::Connector,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<String>, ServiceError> {
+        let merged =
+            switchboard_connector::merge_settings(&connector.def, values, &Default::default());
+        let Ok(ctx) = connector.context(merged) else {
+            return Ok(None);
+        };
+        let Some(base) = ctx
+            .fhir_base
+            .as_deref()
+            .and_then(|b| url::Url::parse(b).ok())
+        else {
+            return Ok(None);
+        };
+        self.resolver.check_upstream_url("fhir_base", &base)?;
+        self.resolver
+            .discovery(&t.tenant_id, connector, &base, &ctx, true)
+            .await?;
+        Ok(Some(base.to_string()))
+    }
+
+    async fn cached(
+        &self,
+        t: &TenantCtx,
+        connector_id: &ConnectorId,
+        base: &str,
+    ) -> Result<Option<DiscoveredOut>, ServiceError> {
+        let (tenant, cid, base) = (
+            t.tenant_id.clone(),
+            connector_id.to_string(),
+            base.to_owned(),
+        );
+        let row = self
+            .db
+            .run(move |conn| discovery::find(conn, &tenant, &cid, &base))
+            .await?;
+        Ok(row.as_ref().and_then(DiscoveredOut::from_row))
     }
 
     pub async fn get_setup(
@@ -146,6 +252,21 @@ impl SetupService {
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
         let key_view = self.keys.view(&t.tenant_id, connector_id).await?;
+        let discovered = if connector.def.discovery.is_some() {
+            let merged =
+                switchboard_connector::merge_settings(&connector.def, &values, &Default::default());
+            let base = connector
+                .context(merged)
+                .ok()
+                .and_then(|c| c.fhir_base)
+                .and_then(|b| url::Url::parse(&b).ok());
+            match base {
+                Some(base) => self.cached(t, connector_id, base.as_str()).await?,
+                None => None,
+            }
+        } else {
+            None
+        };
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(&connector.def, &values),
@@ -153,6 +274,7 @@ impl SetupService {
             updated_at: ms_to_rfc3339(row.updated_at),
             jwks_url: None,
             signing_keys: None,
+            discovered,
         }
         .with_keys(key_view))
     }
@@ -189,6 +311,7 @@ impl SetupService {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     SetupKeys::delete_all(conn, &tenant, &cid)?;
+                    discovery::delete_for(conn, &tenant, &cid)?;
                     let deleted = setups::delete(conn, &tenant, &cid)?;
                     if deleted {
                         webhooks::emit(conn, &event)?;

@@ -95,6 +95,15 @@ impl TokenEndpoint for OAuthTokenEndpoint {
                 return Err(ServiceError::internal("static bearer tokens are not refreshed").into())
             }
         };
+        if let (Err(e), Some(_)) = (&result, &resolved.discovered) {
+            // An endpoint error (gone, moved, unreachable) on a discovered token endpoint: the
+            // next use reads discovery again.
+            if endpoint_error(e) {
+                self.resolver
+                    .discovery_stale(&row.tenant_id, &row.connector_id)
+                    .await;
+            }
+        }
         let tokens = result.map_err(RequestError::Auth)?;
         let now = self.clock.now_ms();
         let mut sealed = seal_tokens(&self.crypto, &row.id, &tokens, now);
@@ -117,5 +126,16 @@ pub(crate) fn refresh_lapse_at(auth: &AuthDef, declared: Option<i64>, now: i64) 
     match (declared, idle) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// A token-endpoint failure that says the endpoint itself is wrong (404, 405, 410, or no
+/// answer at all), not the grant or the client.
+fn endpoint_error(e: &AuthError) -> bool {
+    match e {
+        AuthError::OAuth { status, .. } => matches!(status, 404 | 405 | 410),
+        AuthError::Transient { status, .. } => status.is_none(),
+        AuthError::InvalidUrl(_) => true,
+        _ => false,
     }
 }

@@ -527,6 +527,8 @@ fn prepared(row: &Install) -> Arc<Prepared> {
         obtained_at: row.last_refresh_at,
         token_version: row.token_version,
         has_refresh_token: row.refresh_token.is_some(),
+        granted_scope: None,
+        search_params: vec![],
         loaded_at: std::time::Instant::now(),
     })
 }
