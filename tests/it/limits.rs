@@ -434,6 +434,7 @@ secret = true
 type = "oauth2_authorization_code"
 authorize_url = "{{settings.auth_base}}authorize"
 token_url = "{{settings.auth_base}}token"
+issuer = "{{settings.auth_base}}"
 client_id = "{{settings.client_id}}"
 client_secret = "{{settings.client_secret}}"
 scopes = "openid offline_access patient/*.read"

@@ -23,6 +23,48 @@ impl AnyConnection {
             AnyConnection::Sqlite(_) => Backend::Sqlite,
         }
     }
+
+    /// A transaction that writes. On SQLite it begins IMMEDIATE: the write lock is taken up
+    /// front (waiting up to `busy_timeout`), so a transaction that reads before it writes (a quota
+    /// count, then the insert) cannot fail with SQLITE_BUSY because another connection committed
+    /// in between (a WAL read snapshot cannot be upgraded to a write). Inside a transaction that is
+    /// already open it is a savepoint, like [`Connection::transaction`]; on PostgreSQL it is
+    /// `transaction`.
+    pub fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut AnyConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        let AnyConnection::Sqlite(c) = self else {
+            return self.transaction(f);
+        };
+        let open = AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()
+            .map_err(E::from)?
+            .is_some();
+        if open {
+            return self.transaction(f);
+        }
+        AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE").map_err(E::from)?;
+        let result = f(self);
+        let AnyConnection::Sqlite(c) = self else {
+            unreachable!("the variant of a connection never changes")
+        };
+        match result {
+            Ok(value) => match AnsiTransactionManager::commit_transaction(c) {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    let _ = AnsiTransactionManager::rollback_transaction(c);
+                    Err(E::from(e))
+                }
+            },
+            Err(e) => {
+                let _ = AnsiTransactionManager::rollback_transaction(c);
+                Err(e)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

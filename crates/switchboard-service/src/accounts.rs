@@ -5,7 +5,6 @@ use crate::error::ServiceError;
 use crate::installs::InstallService;
 use crate::pagination::{self, PageIn};
 use crate::tenant::TenantCtx;
-use diesel::Connection;
 use serde::{Deserialize, Serialize};
 use switchboard_core::{ms_to_rfc3339, now_ms, AccountId, IdKind, InstallId};
 use switchboard_db::repo::{accounts, installs};
@@ -79,7 +78,7 @@ impl InstallService {
         let inserted = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     if limit > 0 && accounts::count(conn, &row.tenant_id)? >= limit {
                         return Ok(false);
                     }

@@ -5,7 +5,6 @@
 use crate::cache::InstallCache;
 use crate::resolve::Resolver;
 use crate::webhooks::{EventType, InstallRef};
-use diesel::Connection;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -301,7 +300,7 @@ impl CallbackService {
                 .db
                 .run(move |conn| {
                     // The tokens and `install.authorized` commit together or not at all.
-                    conn.transaction(|conn| {
+                    conn.write_transaction(|conn| {
                         if !has_refresh {
                             // A new grant without a refresh token must not keep the old
                             // grant's one.

@@ -12,7 +12,6 @@ use crate::return_url::{matches_prefix, tenant_prefix_allowed, validate_return_p
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
 use crate::webhooks::{EventType, InstallRef};
-use diesel::Connection;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -360,7 +359,7 @@ impl InstallService {
         let inserted = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     if limit > 0 && installs::count(conn, &install_row.tenant_id)? >= limit {
                         return Ok(false);
                     }
@@ -472,7 +471,7 @@ impl InstallService {
             .db
             .run(move |conn| {
                 oauth_states::purge_expired(conn, now)?;
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     if limit > 0 && oauth_states::count_pending(conn, &row.tenant_id, now)? >= limit
                     {
                         return Ok(false);
@@ -673,7 +672,7 @@ impl InstallService {
         );
         self.db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     oauth_states::delete_for_install(conn, &id)?;
                     let deleted = installs::delete(conn, &tenant, &acc, &id)?;
                     if deleted {

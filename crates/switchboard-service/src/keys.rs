@@ -8,7 +8,6 @@
 use crate::error::ServiceError;
 use crate::pagination::{self, PageIn};
 use crate::tenant::TenantCtx;
-use diesel::Connection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -195,7 +194,7 @@ impl KeyService {
         let (t, k) = (tenant_id.clone(), key_id);
         self.db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     tenants::insert(
                         conn,
                         &NewTenant {
@@ -306,7 +305,7 @@ impl KeyService {
         let limit = self.limits.max_api_keys_per_tenant;
         self.db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     if limit > 0 && api_keys::count_active(conn, &row.tenant_id)? >= limit {
                         return Ok(false);
                     }

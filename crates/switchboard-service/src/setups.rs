@@ -5,7 +5,6 @@ use crate::error::ServiceError;
 use crate::resolve::Resolver;
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
-use diesel::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -156,7 +155,7 @@ impl SetupService {
         let row = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
                     webhooks::emit(conn, &event)?;
                     keys.apply(conn, &tenant, &cid, &plan)?;
@@ -309,7 +308,7 @@ impl SetupService {
         let deleted = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     SetupKeys::delete_all(conn, &tenant, &cid)?;
                     discovery::delete_for(conn, &tenant, &cid)?;
                     let deleted = setups::delete(conn, &tenant, &cid)?;

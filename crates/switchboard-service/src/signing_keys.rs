@@ -11,7 +11,6 @@
 
 use crate::clock::Clock;
 use crate::error::{FieldError, ServiceError};
-use diesel::Connection as _;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -347,7 +346,7 @@ impl SetupKeys {
         let rows = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     repo::delete_retired(conn, &t, &c, Some(now))?;
                     repo::insert(conn, &row)?;
                     repo::retire_others(conn, &t, &c, &row.kid, retire_at)?;

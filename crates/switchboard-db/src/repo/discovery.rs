@@ -39,7 +39,7 @@ pub fn latest(
 
 /// Stores (or replaces) a document.
 pub fn upsert(conn: &mut AnyConnection, row: &Discovery) -> Result<(), DbError> {
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         diesel::delete(
             d::smart_discovery
                 .filter(d::tenant_id.eq(&row.tenant_id))

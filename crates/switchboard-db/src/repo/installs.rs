@@ -305,7 +305,7 @@ pub fn record_used(conn: &mut AnyConnection, used: &[(String, i64)]) -> Result<u
     if used.is_empty() {
         return Ok(0);
     }
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let mut changed = 0;
         for (id, at) in used {
             changed += diesel::update(

@@ -254,7 +254,7 @@ pub fn record_attempt(
     lease_until: i64,
     attempt: &Attempt,
 ) -> Result<bool, DbError> {
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let held = diesel::update(
             e::webhook_endpoints
                 .filter(e::id.eq(endpoint_id))
@@ -325,7 +325,7 @@ pub fn replay(
     event_id: &str,
     now: i64,
 ) -> Result<Option<(WebhookDelivery, WebhookEvent)>, DbError> {
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let Some(event) = ev::webhook_events
             .filter(ev::tenant_id.eq(tenant_id))
             .filter(ev::id.eq(event_id))

@@ -3,7 +3,6 @@
 
 use crate::error::ServiceError;
 use crate::webhooks::{EventType, InstallRef, Outbox};
-use diesel::Connection;
 use std::future::Future;
 use std::sync::Arc;
 use switchboard_core::InstallStatus;
@@ -223,7 +222,7 @@ impl TokenStore for DbTokenStore {
         let committed = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     let committed = installs::store_tokens(conn, &id, version, &write)?;
                     // A refresh that works again after `install.refresh_failing` was sent.
                     if let Some(outbox) = outbox.as_deref().filter(|_| committed) {
@@ -253,7 +252,7 @@ impl TokenStore for DbTokenStore {
         let (id, m) = (install_id.to_owned(), message.to_owned());
         self.db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     installs::set_refresh_error(conn, &id, &m, now)?;
                     if consecutive >= outbox.refresh_failing_after {
                         emit_once(conn, &outbox, &id, EventType::InstallRefreshFailing)?;
@@ -290,7 +289,7 @@ impl TokenStore for DbTokenStore {
         let outbox = self.outbox.clone();
         self.db
             .run(move |conn| {
-                conn.transaction(|conn| {
+                conn.write_transaction(|conn| {
                     let changed = installs::set_status(conn, &id, status, msg.as_deref(), now)?;
                     if let Some(outbox) = outbox.as_deref().filter(|_| changed) {
                         if status == InstallStatus::NeedsReauthorization {
