@@ -80,6 +80,7 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let shutdown_grace_secs = services.settings().server.shutdown_grace_secs;
         let metrics_settings = &services.settings().metrics;
         let metrics = Metrics::new(
             metrics_settings.required_token(),
@@ -114,7 +115,7 @@ impl Application {
                 .configure(|cfg| switchboard_api::configure(cfg, svc.clone(), metrics.clone()))
         })
         .workers(workers)
-        .shutdown_timeout(10)
+        .shutdown_timeout(shutdown_grace_secs)
         .listen(listener)
         .map_err(|source| AppError::Bind { addr, source })?
         .run();

@@ -12,8 +12,11 @@ use switchboard_db::{repo, AuditEvent};
 use switchboard_testkit::fhir::FakeFhir;
 
 use crate::methods::{install, Via};
-use crate::support::{req_as, Backend, TestApp};
+use crate::support::{assert_problem, req_as, Backend, TestApp};
+use crate::token_lifecycle::{free_port, ChildServer};
 use reqwest::Method;
+use std::time::{Duration, Instant};
+use switchboard_testkit::fhir::{operation_outcome, Fault};
 
 crate::both_backends! {
     thousand_concurrent_calls => a_thousand_concurrent_calls_leave_a_thousand_records;
@@ -21,6 +24,9 @@ crate::both_backends! {
     purge_by_age => purge_removes_only_rows_past_retention;
     audit_api => get_audit_filters_pages_and_stays_in_the_tenant;
     admin_changes => administrative_changes_are_recorded;
+    upstream_status_of_errors => failed_calls_record_the_ehrs_status_and_no_body;
+    callback_record => callback_record_names_its_request_and_the_key_that_started_it;
+    shutdown_grace => shutdown_grace_is_configuration;
 }
 
 /// Every record of the tenant, oldest first.
@@ -376,4 +382,259 @@ async fn administrative_changes_are_recorded(backend: Backend) {
         !app.dump_database().contains("tok-audit-admin-1234"),
         "the setup's secret is sealed, and not in the trail"
     );
+}
+
+/// A fault to inject (none: a normal answer), the patient id (empty: a seeded one), then the
+/// caller's status and code, and the upstream status its record must hold.
+type Case = (Option<Fault>, &'static str, u16, &'static str, Option<i64>);
+
+/// A call the EHR answers with an error records the EHR's status next to the caller's status
+/// and code; a call that never reached the EHR records none; no upstream body is stored.
+async fn failed_calls_record_the_ehrs_status_and_no_body(backend: Backend) {
+    // No retries: each injected fault is the one answer of its call.
+    let app = TestApp::spawn_with(backend, |s| s.upstream.max_retries = 0).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(1)).await;
+    let diagnostics = "Qzvbody-diagnostics-7731";
+    let cases: [Case; 6] = [
+        (None, "pat-Absent42", 404, "upstream_not_found", Some(404)),
+        (
+            Some(Fault::StatusBody(
+                500,
+                operation_outcome("error", "exception", diagnostics),
+            )),
+            "",
+            502,
+            "upstream_error",
+            Some(500),
+        ),
+        (
+            Some(Fault::Unavailable503 { retry_after: None }),
+            "",
+            503,
+            "upstream_unavailable",
+            Some(503),
+        ),
+        (
+            Some(Fault::StatusBody(
+                422,
+                operation_outcome("error", "processing", diagnostics),
+            )),
+            "",
+            422,
+            "upstream_rejected",
+            Some(422),
+        ),
+        (
+            Some(Fault::Status(403)),
+            "",
+            403,
+            "upstream_forbidden",
+            Some(403),
+        ),
+        (Some(Fault::NonJson), "", 502, "upstream_error", Some(200)),
+    ];
+    let url = app.url(&format!(
+        "/v1/accounts/{}/installs/{}/methods/",
+        env.account, env.install
+    ));
+    // Records of one millisecond are ordered by id: each call is found by its request id.
+    let send = |method: &str, id: String, request_id: String| {
+        app.http
+            .post(format!("{url}{method}"))
+            .bearer_auth(&app.api_key)
+            .header("X-Request-Id", request_id)
+            .json(&json!({"params": {"id": id}}))
+            .send()
+    };
+    for (i, (fault, id, status, code, _)) in cases.iter().enumerate() {
+        if let Some(f) = fault {
+            env.fhir.fail_next(f.clone());
+        }
+        let id = if id.is_empty() {
+            FakeFhir::patient_id(1)
+        } else {
+            (*id).to_owned()
+        };
+        let resp = send("get_patient", id, format!("case-{i}")).await.unwrap();
+        let got = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_problem(got, &v, *status, code);
+        assert_eq!(env.fhir.pending_faults(), 0, "case {i}");
+    }
+    // Never sent: an unknown method (Switchboard answers, the EHR is not asked).
+    let resp = send(
+        "no_such_method",
+        FakeFhir::patient_id(1),
+        "case-unknown".into(),
+    )
+    .await
+    .unwrap();
+    let got = resp.status();
+    assert_problem(got, &resp.json().await.unwrap(), 404, "unknown_method");
+
+    let rows = calls(&app, &app.tenant).await;
+    assert_eq!(rows.len(), cases.len() + 1, "{rows:?}");
+    let by_request = |request_id: &str| {
+        rows.iter()
+            .find(|r| r.request_id.as_deref() == Some(request_id))
+            .unwrap_or_else(|| panic!("no record of {request_id}: {rows:?}"))
+    };
+    for (i, (_, _, status, code, upstream)) in cases.iter().enumerate() {
+        let row = by_request(&format!("case-{i}"));
+        assert_eq!(row.status, i64::from(*status), "{row:?}");
+        assert_eq!(row.code.as_deref(), Some(*code), "{row:?}");
+        assert_eq!(row.upstream_status, *upstream, "{row:?}");
+    }
+    let unknown = by_request("case-unknown");
+    assert_eq!(unknown.action, "no_such_method");
+    assert_eq!(unknown.code.as_deref(), Some("unknown_method"));
+    assert_eq!(unknown.upstream_status, None, "the EHR was not called");
+    assert!(
+        !app.dump_database().contains(diagnostics),
+        "no upstream body is stored"
+    );
+
+    // The same through the API.
+    let r = req_as(
+        &app,
+        &app.api_key,
+        Method::GET,
+        "/v1/audit?outcome=503",
+        None,
+    )
+    .await;
+    let events = r.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{}", r.text);
+    assert_eq!(events[0]["upstream_status"], 503);
+    assert!(!r.text.contains(diagnostics));
+}
+
+/// The OAuth callback's "install.authorized" record carries the callback request's id and the
+/// id of the API key that started that authorization (a later re-authorization by another key
+/// names that key).
+async fn callback_record_names_its_request_and_the_key_that_started_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Epic, Via::Epic.fhir().seed_patients(1)).await;
+    let (s, second) = app.post("/v1/api-keys", json!({"name": "reauth"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{second}");
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let second_key = second["api_key"].as_str().unwrap().to_owned();
+    let r = req_as(
+        &app,
+        &second_key,
+        Method::POST,
+        &format!(
+            "/v1/accounts/{}/installs/{}/authorize",
+            env.account, env.install
+        ),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // The browser: the EHR's consent redirects to the callback, which runs as request cb-…
+    let resp = app
+        .http
+        .get(r.json["authorize_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let callback = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(callback.starts_with(&app.url("/connector/callback?")));
+    let resp = app
+        .http
+        .get(&callback)
+        .header("X-Request-Id", "cb-audit-req-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+
+    let rows = trail(&app, &app.tenant).await;
+    let created = rows.iter().find(|r| r.action == "install.created").unwrap();
+    let first_key = created.api_key_id.clone().expect("the creating key");
+    assert_ne!(first_key, second_id);
+    let authorized: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == "install.authorized")
+        .collect();
+    assert_eq!(authorized.len(), 2, "{rows:?}");
+    let (first, again) = if authorized[1].request_id.as_deref() == Some("cb-audit-req-1") {
+        (authorized[0], authorized[1])
+    } else {
+        (authorized[1], authorized[0])
+    };
+    assert_eq!(again.request_id.as_deref(), Some("cb-audit-req-1"));
+    assert_eq!(again.api_key_id.as_deref(), Some(second_id.as_str()));
+    assert_eq!(first.api_key_id.as_deref(), Some(first_key.as_str()));
+    let generated = first.request_id.as_deref().expect("a generated request id");
+    assert!(!generated.is_empty() && generated != "cb-audit-req-1");
+    for r in [first, again] {
+        assert_eq!(r.install_id.as_deref(), Some(env.install.as_str()));
+        assert_eq!(r.kind, "admin");
+    }
+}
+
+/// `server.shutdown_grace_secs` is how long a request in flight at SIGTERM may finish: with the
+/// default (30 s) a call held 4 s by the EHR completes; with 0 it is cut at actix's first
+/// shutdown check (1 s). (Real time:
+/// actix's grace period runs on its own timer, which no test clock drives.)
+async fn shutdown_grace_is_configuration(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(1)).await;
+    let key_file = app.dir.path().join("secret.key");
+    let path = format!(
+        "/v1/accounts/{}/installs/{}/methods/get_patient",
+        env.account, env.install
+    );
+    let hold = Duration::from_millis(4_000);
+    for (grace, completes) in [(None, true), (Some("0"), false)] {
+        let work = tempfile::tempdir().unwrap();
+        let extra: Vec<(&str, &str)> = grace
+            .map(|g| vec![("SWITCHBOARD__SERVER__SHUTDOWN_GRACE_SECS", g)])
+            .unwrap_or_default();
+        let mut child =
+            ChildServer::start(free_port(), &app.db_url, &key_file, work.path(), &extra).await;
+        env.fhir.fail_next(Fault::Delay(hold));
+        let (url, key) = (format!("{}{path}", child.base), app.api_key.clone());
+        let call = actix_web::rt::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"params": {"id": FakeFhir::patient_id(1)}}))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        // The call is at the EHR (its delay fault taken) when the signal comes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.fhir.pending_faults() > 0 {
+            assert!(Instant::now() < deadline, "the call never reached the EHR");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let signalled = Instant::now();
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &child.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let answer = call.await.unwrap();
+        let status = loop {
+            if let Some(status) = child.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}");
+        if completes {
+            assert_eq!(answer.ok(), Some(StatusCode::OK), "grace {grace:?}");
+        } else {
+            assert!(answer.is_err(), "cut without grace: {answer:?}");
+            assert!(
+                signalled.elapsed() < hold,
+                "stopped before the EHR answered"
+            );
+        }
+    }
 }

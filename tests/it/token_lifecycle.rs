@@ -60,7 +60,7 @@ fn callback_of(base: &str) -> String {
 }
 
 /// A free loopback port (for a child server whose callback URL must be registered up front).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -438,14 +438,14 @@ async fn two_replicas_on_one_postgres_refresh_once() {
 }
 
 /// A `switchboard serve` child process, configured through the environment like in production.
-struct ChildServer {
-    child: std::process::Child,
-    base: String,
+pub(crate) struct ChildServer {
+    pub(crate) child: std::process::Child,
+    pub(crate) base: String,
     log: PathBuf,
 }
 
 impl ChildServer {
-    async fn start(
+    pub(crate) async fn start(
         port: u16,
         db_url: &str,
         key_file: &Path,

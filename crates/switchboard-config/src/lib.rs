@@ -60,6 +60,9 @@ pub struct ServerSettings {
     pub public_url: String,
     pub workers: usize,
     pub max_body_bytes: usize,
+    /// On SIGTERM (graceful shutdown), how long requests in flight may finish before the
+    /// workers stop and drop them (actix's shutdown timeout; SIGINT stops at once).
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -652,5 +655,18 @@ mod tests {
     fn missing_environment_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Settings::load_from(dir.path(), env(&[("SWITCHBOARD_ENV", "nope")])).is_err());
+    }
+
+    #[test]
+    fn shutdown_grace_defaults_to_thirty_seconds_and_is_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load_from(dir.path(), env(&[])).unwrap();
+        assert_eq!(s.server.shutdown_grace_secs, 30);
+        let s = Settings::load_from(
+            dir.path(),
+            env(&[("SWITCHBOARD__SERVER__SHUTDOWN_GRACE_SECS", "3")]),
+        )
+        .unwrap();
+        assert_eq!(s.server.shutdown_grace_secs, 3);
     }
 }

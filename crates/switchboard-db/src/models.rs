@@ -259,6 +259,8 @@ pub struct OAuthState {
     pub return_url: Option<String>,
     pub expires_at: i64,
     pub created_at: i64,
+    /// The API key that started the authorization (its id, for the callback's audit record).
+    pub api_key_id: Option<String>,
 }
 
 /// Insertable OAuth state (same columns as the row).
@@ -277,6 +279,7 @@ impl fmt::Debug for OAuthState {
             .field("return_url", &self.return_url)
             .field("expires_at", &self.expires_at)
             .field("created_at", &self.created_at)
+            .field("api_key_id", &self.api_key_id)
             .finish()
     }
 }

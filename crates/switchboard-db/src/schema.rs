@@ -83,6 +83,7 @@ diesel::table! {
         return_url -> Nullable<Text>,
         expires_at -> BigInt,
         created_at -> BigInt,
+        api_key_id -> Nullable<Text>,
     }
 }
 

@@ -27,7 +27,10 @@ pub enum EngineError {
     NotFound { issues: Vec<OperationOutcomeIssue> },
     /// Epic 4127: too many matches; the caller must narrow the search.
     #[error("the search matches too many records")]
-    SearchTooBroad { issues: Vec<OperationOutcomeIssue> },
+    SearchTooBroad {
+        status: u16,
+        issues: Vec<OperationOutcomeIssue>,
+    },
     /// Other 4xx (400, 409, 410, 422...).
     #[error("the EHR rejected the request with status {status}")]
     Rejected {
@@ -83,10 +86,27 @@ impl EngineError {
         match self {
             Self::Forbidden { issues }
             | Self::NotFound { issues }
-            | Self::SearchTooBroad { issues }
+            | Self::SearchTooBroad { issues, .. }
             | Self::Rejected { issues, .. }
             | Self::UpstreamStatus { issues, .. } => issues,
             _ => &[],
+        }
+    }
+
+    /// The EHR's HTTP status, when the error is its answer (for the audit trail); `None` when
+    /// no status was received (timeout, connection, policy) or the answer's status is not known
+    /// here (a size limit hit while reading, a later page that is not a Bundle).
+    pub fn upstream_status(&self) -> Option<u16> {
+        match self {
+            Self::Unauthorized => Some(401),
+            Self::Forbidden { .. } => Some(403),
+            Self::NotFound { .. } => Some(404),
+            Self::SearchTooBroad { status, .. }
+            | Self::Rejected { status, .. }
+            | Self::Unavailable { status, .. }
+            | Self::UpstreamStatus { status, .. }
+            | Self::UpstreamNotJson { status } => Some(*status),
+            _ => None,
         }
     }
 }
@@ -218,7 +238,9 @@ pub(crate) fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Eng
             match status {
                 403 => EngineError::Forbidden { issues },
                 404 => EngineError::NotFound { issues },
-                400..=499 if outcome.search_too_broad => EngineError::SearchTooBroad { issues },
+                400..=499 if outcome.search_too_broad => {
+                    EngineError::SearchTooBroad { status, issues }
+                }
                 400..=499 => EngineError::Rejected { status, issues },
                 _ => EngineError::UpstreamStatus { status, issues },
             }

@@ -1127,3 +1127,41 @@ async fn self_referencing_next_link_ends_paging() {
     assert_eq!(v["entry"].as_array().unwrap().len(), 2);
     assert_eq!(next_link(&v), None);
 }
+
+#[test]
+fn every_upstream_answer_keeps_its_status_and_nothing_else_invents_one() {
+    let none = HeaderMap::new();
+    let broad = outcome("processing", "4127");
+    let other = outcome("invalid", "4100");
+    for (status, body) in [
+        (400, &broad),
+        (422, &broad),
+        (400, &other),
+        (401, &other),
+        (403, &other),
+        (404, &other),
+        (410, &other),
+        (429, &other),
+        (500, &other),
+        (503, &other),
+        (302, &other),
+    ] {
+        assert_eq!(
+            status_error(status, &none, body).upstream_status(),
+            Some(status),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        EngineError::UpstreamNotJson { status: 200 }.upstream_status(),
+        Some(200)
+    );
+    for e in [
+        EngineError::Timeout,
+        EngineError::ForeignNextLink,
+        EngineError::TooLarge { limit: 10 },
+        EngineError::Definition("m".into()),
+    ] {
+        assert_eq!(e.upstream_status(), None, "{e:?}");
+    }
+}

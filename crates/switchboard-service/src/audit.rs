@@ -81,6 +81,13 @@ pub struct Target {
     pub connector_id: Option<String>,
 }
 
+/// Who made an administrative change (for its audit record): ids only, never a key.
+#[derive(Debug, Clone, Default)]
+pub struct By {
+    pub api_key_id: Option<String>,
+    pub request_id: Option<String>,
+}
+
 /// A time filter: RFC 3339 or epoch milliseconds.
 pub fn parse_time(name: &str, v: &str) -> Result<i64, ServiceError> {
     v.parse::<i64>()
@@ -329,6 +336,23 @@ impl AuditLog {
         status: u16,
         target: Target,
     ) -> Result<(), ServiceError> {
+        let by = By {
+            api_key_id: t.map(|t| t.key_id().to_owned()),
+            request_id: t.and_then(|t| t.request_id().map(str::to_owned)),
+        };
+        self.admin_by(tenant_id, by, action, status, target)
+    }
+
+    /// [`AuditLog::admin`] for a change no authenticated request made: the OAuth callback (its
+    /// request id, and the key that started the authorization) or the CLI (neither).
+    pub fn admin_by(
+        &self,
+        tenant_id: &str,
+        by: By,
+        action: &str,
+        status: u16,
+        target: Target,
+    ) -> Result<(), ServiceError> {
         if !self.enabled {
             return Ok(());
         }
@@ -338,7 +362,7 @@ impl AuditLog {
             at: switchboard_core::now_ms(),
             kind: "admin".into(),
             action: action.to_owned(),
-            api_key_id: t.map(|t| t.key_id().to_owned()),
+            api_key_id: by.api_key_id,
             account_id: target.account_id,
             install_id: target.install_id,
             connector_id: target.connector_id,
@@ -346,7 +370,7 @@ impl AuditLog {
             code: None,
             upstream_status: None,
             duration_ms: None,
-            request_id: t.and_then(|t| t.request_id().map(str::to_owned)),
+            request_id: by.request_id,
             patient_hash: None,
         })
     }

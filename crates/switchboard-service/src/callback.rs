@@ -103,7 +103,12 @@ pub struct CallbackService {
 }
 
 impl CallbackService {
-    pub async fn handle_callback(&self, q: CallbackIn) -> CallbackOutcome {
+    /// `request_id`: the request's id (the API layer's), for the audit record.
+    pub async fn handle_callback(
+        &self,
+        q: CallbackIn,
+        request_id: Option<String>,
+    ) -> CallbackOutcome {
         let Some(state) = q
             .state
             .as_deref()
@@ -198,9 +203,15 @@ impl CallbackService {
                 };
                 // The tokens are committed: a full audit buffer cannot undo that, so a refusal
                 // (fail-closed) is only logged here.
+                // The browser calls this, with no API key: the record names the key that started
+                // the authorization (kept with the state) and this request.
+                let by = crate::audit::By {
+                    api_key_id: st.api_key_id.clone(),
+                    request_id,
+                };
                 if let Err(e) =
                     self.audit
-                        .admin(&install.tenant_id, None, "install.authorized", 302, target)
+                        .admin_by(&install.tenant_id, by, "install.authorized", 302, target)
                 {
                     tracing::warn!(code = %e.code().code(), "callback: audit record refused");
                 }

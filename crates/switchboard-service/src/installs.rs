@@ -383,7 +383,7 @@ impl InstallService {
         self.outbox.committed();
         let authorize_url = match &auth {
             AuthDef::Oauth2AuthorizationCode(_) => Some(
-                self.begin_authorization(&t.tenant_id, &id, &resolved, input.return_url.as_deref())
+                self.begin_authorization(t, &id, &resolved, input.return_url.as_deref())
                     .await?,
             ),
             _ => None,
@@ -404,10 +404,11 @@ impl InstallService {
     }
 
     /// Starts (or restarts) an authorization-code flow: a fresh single-use state bound to this
-    /// install and its token endpoint, a PKCE verifier stored encrypted.
+    /// install and its token endpoint, a PKCE verifier stored encrypted, and the id of the API
+    /// key that asked (`t`'s tenant owns the install).
     pub(crate) async fn begin_authorization(
         &self,
-        tenant_id: &str,
+        t: &TenantCtx,
         install_id: &str,
         resolved: &Resolved,
         return_url: Option<&str>,
@@ -457,7 +458,7 @@ impl InstallService {
         let row = NewOAuthState {
             state_hash,
             install_id: install_id.to_owned(),
-            tenant_id: tenant_id.to_owned(),
+            tenant_id: t.tenant_id.clone(),
             verifier,
             token_url: client.token_url.to_string(),
             redirect_uri,
@@ -465,6 +466,7 @@ impl InstallService {
             return_url: return_url.map(str::to_owned),
             expires_at: now + (self.settings.oauth.state_ttl_secs as i64) * 1000,
             created_at: now,
+            api_key_id: Some(t.key_id.clone()),
         };
         let limit = self.settings.limits.max_pending_oauth_states_per_tenant;
         let inserted = self
@@ -517,7 +519,7 @@ impl InstallService {
                 })
                 .await?;
         }
-        self.begin_authorization(&row.tenant_id, &row.id, &resolved, return_url.as_deref())
+        self.begin_authorization(t, &row.id, &resolved, return_url.as_deref())
             .await
     }
 

@@ -117,6 +117,14 @@ fn engine_error(e: EngineError) -> ServiceError {
     }
 }
 
+/// What a call learnt on its way, for its audit record (also when it fails).
+#[derive(Debug, Default)]
+struct Seen {
+    connector_id: Option<String>,
+    /// The EHR's HTTP status of the last attempt (`None`: no answer).
+    upstream_status: Option<u16>,
+}
+
 /// Method calls on installs.
 pub struct MethodService {
     pub(crate) settings: Arc<Settings>,
@@ -296,16 +304,9 @@ impl MethodService {
     ) -> Result<Bytes, ServiceError> {
         let started = Instant::now();
         let patient = patient_param(method_id, &input.params).map(str::to_owned);
-        let mut connector_id = None;
+        let mut seen = Seen::default();
         let result = self
-            .call_method_inner(
-                t,
-                account_id,
-                install_id,
-                method_id,
-                input,
-                &mut connector_id,
-            )
+            .call_method_inner(t, account_id, install_id, method_id, input, &mut seen)
             .await;
         if !self.audit.enabled() {
             return result.map(|(body, _)| body);
@@ -320,7 +321,11 @@ impl MethodService {
         };
         let (status, code, upstream_status) = match &result {
             Ok((_, upstream)) => (200, None, Some(i64::from(*upstream))),
-            Err(e) => (e.code().status(), Some(e.code().code().to_owned()), None),
+            Err(e) => (
+                e.code().status(),
+                Some(e.code().code().to_owned()),
+                seen.upstream_status.map(i64::from),
+            ),
         };
         self.audit.record(switchboard_db::AuditEvent {
             id: crate::audit::AuditLog::new_id(),
@@ -331,7 +336,7 @@ impl MethodService {
             api_key_id: Some(t.key_id().to_owned()),
             account_id: Some(account_id.to_string()),
             install_id: Some(install_id.to_string()),
-            connector_id,
+            connector_id: seen.connector_id,
             status: i64::from(status),
             code,
             upstream_status,
@@ -349,11 +354,11 @@ impl MethodService {
         install_id: &InstallId,
         method_id: &MethodId,
         input: MethodIn,
-        connector_id: &mut Option<String>,
+        seen: &mut Seen,
     ) -> Result<(Bytes, u16), ServiceError> {
         let p = self.prepared(t, account_id, install_id).await?;
         let connector = p.connector.clone();
-        *connector_id = Some(connector.id.to_string());
+        seen.connector_id = Some(connector.id.to_string());
         let method = connector
             .method(method_id.as_str())
             .ok_or_else(|| ServiceError::UnknownMethod(method_id.to_string()))?;
@@ -422,6 +427,10 @@ impl MethodService {
                 retry_after_secs: None,
                 issues: vec![],
             })?;
+            if let Err(e) = &result {
+                // The EHR's status of the last attempt, for the audit record (never its body).
+                seen.upstream_status = e.upstream_status();
+            }
             match result {
                 Ok(out) => return Ok((out.to_response_body(), out.status)),
                 Err(EngineError::Unauthorized) if round == 0 && attempt.can_refresh() => {

@@ -258,6 +258,7 @@ fn state(install_id: &str, hash: &str, expires_at: i64) -> OAuthState {
         return_url: None,
         expires_at,
         created_at: 1,
+        api_key_id: Some("key_a".to_owned()),
     }
 }
 
