@@ -167,7 +167,11 @@ async fn audit_rows_hold_no_parameter_values(backend: Backend) {
         hash,
         "the key is per tenant"
     );
-    assert!(trail(&app, &other).await.is_empty(), "tenant scope");
+    let others = trail(&app, &other).await;
+    assert!(
+        others.len() == 1 && others[0].action.starts_with("api_key.created:"),
+        "tenant scope: only the other tenant's own first key: {others:?}"
+    );
 
     let dump = app.dump_database();
     assert!(dump.contains(&hash), "the dump holds the audit rows");
@@ -187,18 +191,18 @@ async fn purge_removes_only_rows_past_retention(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK);
     let rows = trail(&app, &app.tenant).await;
-    assert_eq!(rows.len(), 3, "setup, install, call: {rows:?}");
+    assert_eq!(rows.len(), 4, "first key, setup, install, call: {rows:?}");
     let last = rows.iter().map(|r| r.at).max().unwrap();
     let first = rows.iter().map(|r| r.at).min().unwrap();
     let day = 86_400_000;
     // Exactly at the retention: kept; one millisecond past it: purged.
     assert_eq!(app.services.audit.purge(first + day).await.unwrap(), 0);
-    assert_eq!(trail(&app, &app.tenant).await.len(), 3);
+    assert_eq!(trail(&app, &app.tenant).await.len(), 4);
     let older = rows.iter().filter(|r| r.at < last).count();
     assert_eq!(app.services.audit.purge(last + day).await.unwrap(), older);
     assert_eq!(
         app.services.audit.purge(last + day + 1).await.unwrap(),
-        3 - older
+        4 - older
     );
     assert!(trail(&app, &app.tenant).await.is_empty());
 }
@@ -231,8 +235,8 @@ async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
     let everything = all.json["events"].as_array().unwrap();
     assert_eq!(
         everything.len(),
-        7,
-        "setup, install and 5 calls: {}",
+        8,
+        "the first key, setup, install and 5 calls: {}",
         all.text
     );
     let events: Vec<_> = everything
@@ -314,9 +318,14 @@ async fn get_audit_filters_pages_and_stays_in_the_tenant(backend: Backend) {
     // Another tenant sees none of it, even with the same filters; writes are not routes.
     let (_, key_b) = app.new_tenant("Other").await;
     let b = get(key_b.clone(), String::new()).await;
+    let b_events = b.json["events"].as_array().unwrap();
     assert!(
-        b.json["events"].as_array().unwrap().is_empty(),
-        "{}",
+        b_events.len() == 1
+            && b_events[0]["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("api_key.created:"),
+        "only the other tenant's own first key: {}",
         b.text
     );
     let b = get(
@@ -352,6 +361,12 @@ async fn administrative_changes_are_recorded(backend: Backend) {
     assert_eq!(s, StatusCode::NO_CONTENT);
 
     let rows = trail(&app, &app.tenant).await;
+    // The tenant's first key was recorded with the tenant (no API key, no request made it).
+    let (first, rows): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|r| r.api_key_id.is_none() && r.action.starts_with("api_key.created:"));
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].request_id.is_none());
     // Records of one millisecond are ordered by id: compare as sets.
     let mut got: Vec<(String, String, i64)> = rows
         .iter()

@@ -192,6 +192,25 @@ impl KeyService {
         let now = now_ms();
         let key_hash = hash_key(&plaintext);
         let (t, k) = (tenant_id.clone(), key_id);
+        // The first key's creation is an administrative change like any other key's. It is
+        // written with the tenant (the CLI that runs this has no audit writer task), never the key.
+        let record = self.audit.enabled().then(|| switchboard_db::AuditEvent {
+            id: crate::audit::AuditLog::new_id(),
+            tenant_id: t.clone(),
+            at: now,
+            kind: "admin".into(),
+            action: format!("api_key.created:{k}"),
+            api_key_id: None,
+            account_id: None,
+            install_id: None,
+            connector_id: None,
+            status: 201,
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: None,
+            patient_hash: None,
+        });
         self.db
             .run(move |conn| {
                 conn.write_transaction(|conn| {
@@ -214,7 +233,14 @@ impl KeyService {
                             key_hash: key_hash.clone(),
                             created_at: now,
                         },
-                    )
+                    )?;
+                    if let Some(event) = &record {
+                        switchboard_db::repo::audit::insert_batch(
+                            conn,
+                            std::slice::from_ref(event),
+                        )?;
+                    }
+                    Ok(())
                 })
             })
             .await?;

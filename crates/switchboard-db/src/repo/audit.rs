@@ -44,7 +44,17 @@ pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usi
     // the write lock up front (IMMEDIATE), so a concurrent writer makes it wait, not fail.
     match conn {
         AnyConnection::Sqlite(c) => {
-            c.immediate_transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+            use diesel::connection::{AnsiTransactionManager, TransactionManager};
+            // Inside a transaction already open (a tenant created with its first key): a
+            // savepoint of it.
+            let open = AnsiTransactionManager::transaction_manager_status_mut(c)
+                .transaction_depth()?
+                .is_some();
+            if open {
+                c.transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+            } else {
+                c.immediate_transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+            }
         }
         AnyConnection::Postgresql(c) => {
             c.transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
