@@ -53,6 +53,10 @@ error_codes! {
     RateLimited             => ("rate_limited", 429, "Too many requests"),
     QuotaExceeded           => ("quota_exceeded", 409, "Tenant quota exceeded"),
     ReturnUrlOriginNotAllowed => ("return_url_origin_not_allowed", 422, "Return URL prefix outside the origins the operator allows"),
+    // Issue 12, writes: a create that failed after it was sent (5xx / broken exchange, or a
+    // timeout): never retried, the EHR may or may not hold the resource.
+    WriteOutcomeUnknown     => ("write_outcome_unknown", 502, "The write may or may not have been applied"),
+    WriteOutcomeUnknownTimeout => ("write_outcome_unknown_timeout", 504, "The write timed out and may or may not have been applied"),
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -22,6 +22,7 @@ use crate::error::status_error;
 use crate::params::ValidParams;
 use crate::request::{build_request, paging_headers};
 use crate::EngineError;
+use crate::WriteBody;
 
 /// One method call: the method is the compiled one `params` were validated against
 /// ([`ValidParams::method`]). Deliberately not `Debug` (it holds the bearer token).
@@ -35,6 +36,9 @@ pub struct MethodCall<'a> {
     pub bearer: &'a str,
     /// Most pages to fetch (already capped by configuration); 0 counts as 1.
     pub max_pages: u32,
+    /// The resource of a write method ([`crate::validate_body`]), sent as the request body
+    /// (with `If-None-Exist` for a conditional create).
+    pub body: Option<&'a WriteBody>,
 }
 
 /// The upstream's answer: its 2xx status, its JSON body (raw, or the merged Bundle when pages
@@ -87,7 +91,10 @@ pub async fn execute(
     call: MethodCall<'_>,
 ) -> Result<MethodOutput, EngineError> {
     let method = call.params.method();
-    let req = build_request(call.fhir_base, call.params, call.headers, call.bearer)?;
+    let mut req = build_request(call.fhir_base, call.params, call.headers, call.bearer)?;
+    if let Some(body) = call.body {
+        attach_body(&mut req, body)?;
+    }
     let page_headers = (method.paging() == Paging::FhirBundle && call.max_pages > 1)
         .then(|| paging_headers(req.headers()));
     let retry = if method.verb().idempotent() {
@@ -95,8 +102,13 @@ pub async fn execute(
     } else {
         RetryPolicy::Never
     };
-    let resp = send_timed(outbound, method, req, retry).await?;
-    let (status, body) = success_body(resp)?;
+    // A resource write that is not idempotent (a create): its failures after sending are
+    // reported as of unknown outcome (operations such as `$match` keep the plain mapping).
+    let writes = method.body().is_some() && !method.verb().idempotent();
+    let resp = send_timed(outbound, method, req, retry)
+        .await
+        .map_err(|e| outcome_unknown(writes, e.into()))?;
+    let (status, body) = success_body(resp).map_err(|e| outcome_unknown(writes, e))?;
     let out = match page_headers {
         Some(headers) => follow_pages(outbound, &call, status, body, headers).await?,
         None => single_page(status, body)?,
@@ -109,6 +121,48 @@ pub async fn execute(
         "method executed"
     );
     Ok(out)
+}
+
+/// For a non-idempotent call (POST, PATCH), the errors after which the request may have been
+/// applied upstream: a 5xx (other than 501), a timeout, a broken exchange. Never retried.
+fn outcome_unknown(writes: bool, e: EngineError) -> EngineError {
+    if !writes {
+        return e;
+    }
+    match e {
+        EngineError::UpstreamStatus { status, .. } | EngineError::Unavailable { status, .. }
+            if status >= 500 && status != 501 =>
+        {
+            EngineError::WriteOutcomeUnknown { timed_out: false }
+        }
+        EngineError::Timeout => EngineError::WriteOutcomeUnknown { timed_out: true },
+        EngineError::Transport(_) | EngineError::UpstreamNotJson { .. } => {
+            EngineError::WriteOutcomeUnknown { timed_out: false }
+        }
+        other => other,
+    }
+}
+
+/// Puts a write's resource on the request: the body, `Content-Type: application/fhir+json`,
+/// and `If-None-Exist` for a conditional create.
+fn attach_body(req: &mut reqwest::Request, body: &WriteBody) -> Result<(), EngineError> {
+    if req.body().is_some() {
+        return Err(EngineError::Definition(
+            "a method with a resource body has body params too".into(),
+        ));
+    }
+    let headers = req.headers_mut();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    if let Some(query) = body.if_none_exist() {
+        let value = HeaderValue::from_str(query)
+            .map_err(|_| EngineError::Definition("If-None-Exist is not a header value".into()))?;
+        headers.insert(HeaderName::from_static("if-none-exist"), value);
+    }
+    *req.body_mut() = Some(body.bytes().clone().into());
+    Ok(())
 }
 
 /// Sends one upstream request and records its latency and status under the method's

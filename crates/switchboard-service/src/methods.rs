@@ -29,6 +29,11 @@ pub struct MethodIn {
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     pub max_pages: Option<u32>,
+    /// The FHIR resource of a write method (`create_observation`...): checked against the
+    /// method's declared `body` (resourceType, required elements) before anything is sent.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<Value>,
 }
 
 fn engine_error(e: EngineError) -> ServiceError {
@@ -106,6 +111,16 @@ fn engine_error(e: EngineError) -> ServiceError {
         E::ForeignNextLink => upstream(
             ErrorCode::UpstreamError,
             "the EHR's next-page link points outside its FHIR base; paging stopped".into(),
+            vec![],
+            None,
+        ),
+        E::WriteOutcomeUnknown { timed_out } => upstream(
+            if timed_out {
+                ErrorCode::WriteOutcomeUnknownTimeout
+            } else {
+                ErrorCode::WriteOutcomeUnknown
+            },
+            "the write was sent but the EHR's answer was lost or failed, so it may or may not have been applied; it was not retried. Check upstream (for example by identifier) before sending it again, or resend with the same Idempotency-Key".into(),
             vec![],
             None,
         ),
@@ -328,6 +343,15 @@ impl MethodService {
                         .collect(),
                 )
             })?;
+        let body =
+            switchboard_engine::validate_body(method, input.body.as_ref()).map_err(|errs| {
+                ServiceError::InvalidParams(
+                    errs.into_iter()
+                        .map(|e| crate::FieldError::new(e.field, e.message))
+                        .collect(),
+                )
+            })?;
+        let writes = body.is_some() && !method.verb().idempotent();
         let max_pages = match input.max_pages {
             Some(0) => {
                 return Err(ServiceError::InvalidRequest(
@@ -370,11 +394,16 @@ impl MethodService {
                         headers: &attempt.headers,
                         bearer: bearer.expose_secret(),
                         max_pages,
+                        body: body.as_ref(),
                     },
                 ),
             )
             .await
-            .map_err(|_| ServiceError::Upstream {
+            .map_err(|_| {
+                if writes {
+                    return engine_error(EngineError::WriteOutcomeUnknown { timed_out: true });
+                }
+                ServiceError::Upstream {
                 code: ErrorCode::UpstreamTimeout,
                 detail: format!(
                     "the EHR did not complete the call within upstream.call_deadline_ms ({} ms, all pages and retries together)",
@@ -382,7 +411,7 @@ impl MethodService {
                 ),
                 retry_after_secs: None,
                 issues: vec![],
-            })?;
+            }})?;
             match result {
                 Ok(out) => return Ok((out.to_response_body(), out.status)),
                 Err(EngineError::Unauthorized) if round == 0 && attempt.can_refresh() => {
