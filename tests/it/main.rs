@@ -28,3 +28,4 @@ mod operational;
 mod security;
 mod setups;
 mod token_lifecycle;
+mod writes;
