@@ -142,6 +142,7 @@ diesel::allow_tables_to_appear_in_same_query!(
 // Issue 12, writes: Idempotency-Key records (migration 2026-12-06-000008_idempotency).
 diesel::table! {
     idempotency_keys (install_id, key) {
+        tenant_id -> Text,
         install_id -> Text,
         key -> Text,
         request_hash -> Text,

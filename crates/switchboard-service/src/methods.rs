@@ -444,7 +444,10 @@ impl MethodService {
         let key = match (idempotency_key, &body) {
             (Some(key), Some(b)) if writes => {
                 check_idempotency_key(key)?;
-                match self.claim_key(&p.id, key, method_id, b).await? {
+                match self
+                    .claim_key(&p.tenant_id, &p.id, key, method_id, b)
+                    .await?
+                {
                     Claim::Replay(bytes) => return Ok((bytes, 0, true)),
                     Claim::Claimed => Some(key),
                 }
@@ -545,6 +548,7 @@ impl MethodService {
     /// done within 24 h is replayed, another request is 422, one still running is 409.
     async fn claim_key(
         &self,
+        tenant_id: &str,
         install_id: &str,
         key: &str,
         method_id: &MethodId,
@@ -553,13 +557,18 @@ impl MethodService {
         use switchboard_db::repo::idempotency;
         let hash = request_hash(method_id, body);
         let now = self.tokens.now_ms();
-        let (iid, k, h) = (install_id.to_owned(), key.to_owned(), hash.clone());
+        let (tid, iid, k, h) = (
+            tenant_id.to_owned(),
+            install_id.to_owned(),
+            key.to_owned(),
+            hash.clone(),
+        );
         let found = self
             .db
             .run(move |conn| {
                 // Purge on access: records older than the window answer nothing any more.
                 idempotency::purge_install(conn, &iid, now - IDEMPOTENCY_WINDOW_MS)?;
-                if idempotency::claim(conn, &iid, &k, &h, now)? {
+                if idempotency::claim(conn, &tid, &iid, &k, &h, now)? {
                     return Ok(None);
                 }
                 idempotency::find(conn, &iid, &k)

@@ -15,6 +15,7 @@ pub const DONE: &str = "done";
 /// One record.
 #[derive(Debug, Clone, Queryable)]
 pub struct IdempotencyRecord {
+    pub tenant_id: String,
     pub install_id: String,
     pub key: String,
     pub request_hash: String,
@@ -26,6 +27,7 @@ pub struct IdempotencyRecord {
 /// Claims `key` on the install (`in_flight`); `false` when a record already holds it.
 pub fn claim(
     conn: &mut AnyConnection,
+    tenant_id: &str,
     install_id: &str,
     key: &str,
     request_hash: &str,
@@ -33,6 +35,7 @@ pub fn claim(
 ) -> Result<bool, DbError> {
     let res = diesel::insert_into(k::idempotency_keys)
         .values((
+            k::tenant_id.eq(tenant_id),
             k::install_id.eq(install_id),
             k::key.eq(key),
             k::request_hash.eq(request_hash),
@@ -56,6 +59,7 @@ pub fn find(
     Ok(k::idempotency_keys
         .find((install_id, key))
         .select((
+            k::tenant_id,
             k::install_id,
             k::key,
             k::request_hash,
