@@ -32,3 +32,4 @@ mod setups;
 mod smart;
 mod token_lifecycle;
 mod webhooks;
+mod writes;

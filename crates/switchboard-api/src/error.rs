@@ -76,6 +76,10 @@ impl From<ServiceError> for ApiError {
                 detail,
                 retry_after_secs,
             } => Problem::new(code, detail).with("retry_after", retry_after_secs.max(1)),
+            ServiceError::IdempotencyKeyInFlight { retry_after_secs } => {
+                let detail = ServiceError::IdempotencyKeyInFlight { retry_after_secs }.to_string();
+                Problem::new(code, detail).with("retry_after", retry_after_secs.max(1))
+            }
             ServiceError::QuotaExceeded { quota, limit } => {
                 Problem::new(code, ServiceError::QuotaExceeded { quota, limit }.to_string())
                     .with("quota", quota)

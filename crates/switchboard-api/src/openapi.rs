@@ -392,7 +392,8 @@ mod ops {
         params(
             ("account" = AccountId, Path),
             ("install" = InstallId, Path),
-            ("method" = MethodId, Path)
+            ("method" = MethodId, Path),
+            ("Idempotency-Key" = Option<String>, Header, description = "Writes only: 1 to 255 visible ASCII characters. The same key and request on the install within 24 h returns the first result (`Idempotent-Replayed: true`) without a second upstream write; another request with the key is 422 `idempotency_key_reused`; while the first call runs, 409 `idempotency_key_in_flight`.")
         ),
         request_body = MethodIn,
         responses((status = 200, body = MethodOut))

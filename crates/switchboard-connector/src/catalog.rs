@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::model::{ConnectorDef, HttpVerb, MethodDef, Paging, ParamDef, ParamLocation};
+use crate::model::{BodyDef, ConnectorDef, HttpVerb, MethodDef, Paging, ParamDef, ParamLocation};
 use crate::path::{PathError, PathTemplate};
 use crate::template::{Template, TemplateContext, TemplateError};
 use crate::validate::{compile_pattern, validate};
@@ -221,6 +221,16 @@ impl CompiledMethod {
 
     pub fn paging(&self) -> Paging {
         self.def.paging
+    }
+
+    /// The FHIR resource a write method takes as its body (`None`: no resource body).
+    pub fn body(&self) -> Option<&BodyDef> {
+        self.def.body.as_ref()
+    }
+
+    /// Whether a create sends `If-None-Exist` from the body's first identifier.
+    pub fn conditional_identifier(&self) -> bool {
+        self.def.conditional_identifier
     }
 
     /// The param the caller names `name`.

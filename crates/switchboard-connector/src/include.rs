@@ -197,6 +197,15 @@ fn narrow(at: &FieldPath, m: &mut MethodDef, n: &NarrowDef, here: &mut Vec<(Fiel
     if let Some(r) = &n.require_one_of {
         m.require_one_of = r.clone();
     }
+    if let Some(r) = &n.body_required {
+        match m.body.as_mut() {
+            Some(body) => body.required = r.clone(),
+            None => here.push((at.key("body_required"), format!("`{}` takes no body", m.id))),
+        }
+    }
+    if let Some(c) = n.conditional_identifier {
+        m.conditional_identifier = c;
+    }
     for (i, name) in n.drop_params.iter().enumerate() {
         let before = m.params.len();
         m.params.retain(|p| &p.name != name);

@@ -126,6 +126,14 @@ pub struct NarrowDef {
     /// Per param (by caller name): fields replaced for this vendor.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, ParamOverride>,
+    /// Top-level elements this vendor requires in a write's body, replacing the library's list
+    /// (e.g. Canvas's DocumentReference extensions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_required: Option<Vec<String>>,
+    /// Replaces `conditional_identifier` (e.g. `false` where the vendor does not document
+    /// `If-None-Exist`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditional_identifier: Option<bool>,
 }
 
 /// Fields of a library param an including connector may replace.
@@ -407,6 +415,27 @@ pub struct MethodDef {
     pub scope: Option<String>,
     #[serde(default)]
     pub paging: Paging,
+    /// A write's request body: the caller sends one FHIR resource as `body` beside `params`,
+    /// checked against this shape before anything is sent (POST/PUT/PATCH only; no body
+    /// params then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyDef>,
+    /// FHIR conditional create: send `If-None-Exist: identifier=<system>|<value>` built from the
+    /// body's first `identifier` (when it has one), so a resource the server already holds is
+    /// not created twice. Needs `body` and verb POST.
+    #[serde(default)]
+    pub conditional_identifier: bool,
+}
+
+/// The FHIR resource a write method takes as its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyDef {
+    /// The body's `resourceType` must equal this (e.g. `Observation`).
+    pub resource_type: String,
+    /// Top-level elements the body must carry (present, not null, not empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

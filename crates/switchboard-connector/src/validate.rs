@@ -696,6 +696,44 @@ impl Checker<'_> {
         }
     }
 
+    /// `body` and `conditional_identifier` of a write method.
+    fn write_body(&mut self, at: &FieldPath, m: &MethodDef) {
+        if let Some(body) = &m.body {
+            if !matches!(m.verb, HttpVerb::Post | HttpVerb::Put | HttpVerb::Patch) {
+                self.issue(
+                    at.key("body"),
+                    format!("{} requests carry no body", m.verb.as_str()),
+                );
+            }
+            if m.params.iter().any(|p| p.location == ParamLocation::Body) {
+                self.issue(
+                    at.key("body"),
+                    "a method with `body` cannot also have in = \"body\" params",
+                );
+            }
+            let valid_type = body.resource_type.len() <= 64
+                && body
+                    .resource_type
+                    .starts_with(|c: char| c.is_ascii_uppercase())
+                && body
+                    .resource_type
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric());
+            if !valid_type {
+                self.issue(
+                    at.key("body").key("resource_type"),
+                    "must be a FHIR resource type name, e.g. Observation",
+                );
+            }
+        }
+        if m.conditional_identifier && (m.body.is_none() || m.verb != HttpVerb::Post) {
+            self.issue(
+                at.key("conditional_identifier"),
+                "conditional create needs verb = \"POST\" and a `body`",
+            );
+        }
+    }
+
     fn method(&mut self, at: &FieldPath, m: &MethodDef) {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut wire: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -726,6 +764,7 @@ impl Checker<'_> {
             self.param(&pat, m, p);
         }
 
+        self.write_body(at, m);
         match PathTemplate::parse(&m.path) {
             Err(e) => self.issue(at.key("path"), e.to_string()),
             Ok(path) => {

@@ -157,6 +157,16 @@ fn method_view(m: &MethodDef) -> Value {
         v.insert("scope".into(), json!(s));
     }
     v.insert("writes".into(), json!(m.verb.writes()));
+    if let Some(body) = &m.body {
+        v.insert(
+            "body".into(),
+            json!({"resource_type": body.resource_type, "required": body.required}),
+        );
+        v.insert(
+            "conditional_identifier".into(),
+            json!(m.conditional_identifier),
+        );
+    }
     v.insert("paging".into(), json!(m.paging));
     if !m.require_one_of.is_empty() {
         v.insert("require_one_of".into(), json!(m.require_one_of));

@@ -57,6 +57,14 @@ error_codes! {
     DiscoveryFailed         => ("discovery_failed", 422, "SMART discovery failed"),
     IssuerUnknown           => ("issuer_unknown", 422, "The authorization server's issuer is unknown"),
     InsufficientScope       => ("insufficient_scope", 403, "The install was not granted the scope this method needs"),
+    // Issue 12, writes: a create that failed after it was sent (5xx / broken exchange, or a
+    // timeout): never retried, the EHR may or may not hold the resource.
+    WriteOutcomeUnknown     => ("write_outcome_unknown", 502, "The write may or may not have been applied"),
+    WriteOutcomeUnknownTimeout => ("write_outcome_unknown_timeout", 504, "The write timed out and may or may not have been applied"),
+    // Issue 12, Idempotency-Key: the key was used with another request on this install; the
+    // call holding the key is still running.
+    IdempotencyKeyReused    => ("idempotency_key_reused", 422, "Idempotency-Key already used with a different request"),
+    IdempotencyKeyInFlight  => ("idempotency_key_in_flight", 409, "A call with this Idempotency-Key is in progress"),
 }
 
 impl std::fmt::Display for ErrorCode {

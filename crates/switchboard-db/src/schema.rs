@@ -228,3 +228,16 @@ diesel::allow_tables_to_appear_in_same_query!(
     key_rotation,
     smart_discovery,
 );
+
+// Issue 12, writes: Idempotency-Key records (migration 2026-12-06-000008_idempotency).
+diesel::table! {
+    idempotency_keys (install_id, key) {
+        tenant_id -> Text,
+        install_id -> Text,
+        key -> Text,
+        request_hash -> Text,
+        status -> Text,
+        response -> Nullable<Binary>,
+        created_at -> BigInt,
+    }
+}

@@ -62,6 +62,10 @@ pub enum EngineError {
     ForeignNextLink,
     #[error("the EHR did not answer in time")]
     Timeout,
+    /// A non-idempotent call (a create) failed after it was sent (5xx, timeout, broken
+    /// exchange): the EHR may or may not have applied it. Never retried.
+    #[error("the outcome of the write is unknown")]
+    WriteOutcomeUnknown { timed_out: bool },
     #[error("the EHR response exceeds {limit} bytes")]
     TooLarge { limit: usize },
     /// The upstream address is refused by the outbound policy.

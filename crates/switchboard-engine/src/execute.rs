@@ -22,6 +22,7 @@ use crate::error::status_error;
 use crate::params::ValidParams;
 use crate::request::{build_request, paging_headers};
 use crate::EngineError;
+use crate::WriteBody;
 
 /// One method call: the method is the compiled one `params` were validated against
 /// ([`ValidParams::method`]). Deliberately not `Debug` (it holds the bearer token).
@@ -38,6 +39,9 @@ pub struct MethodCall<'a> {
     /// The connector's `search_params`, rendered: appended to the first request of a search
     /// (`paging = "fhir_bundle"`); next links are followed as the server wrote them.
     pub search_params: &'a [(String, String)],
+    /// The resource of a write method ([`crate::validate_body`]), sent as the request body
+    /// (with `If-None-Exist` for a conditional create).
+    pub body: Option<&'a WriteBody>,
 }
 
 /// The upstream's answer: its 2xx status, its JSON body (raw, or the merged Bundle when pages
@@ -97,6 +101,9 @@ pub async fn execute(
             pairs.append_pair(k, v);
         }
     }
+    if let Some(body) = call.body {
+        attach_body(&mut req, body)?;
+    }
     let page_headers = (method.paging() == Paging::FhirBundle && call.max_pages > 1)
         .then(|| paging_headers(req.headers()));
     let retry = if method.verb().idempotent() {
@@ -104,8 +111,13 @@ pub async fn execute(
     } else {
         RetryPolicy::Never
     };
-    let resp = send_timed(outbound, method, req, retry).await?;
-    let (status, body) = success_body(resp)?;
+    // A resource write that is not idempotent (a create): its failures after sending are
+    // reported as of unknown outcome (operations such as `$match` keep the plain mapping).
+    let writes = method.body().is_some() && !method.verb().idempotent();
+    let resp = send_timed(outbound, method, req, retry)
+        .await
+        .map_err(|e| outcome_unknown(writes, e.into()))?;
+    let (status, body) = success_body(resp).map_err(|e| outcome_unknown(writes, e))?;
     let out = match page_headers {
         Some(headers) => follow_pages(outbound, &call, status, body, headers).await?,
         None => single_page(status, body)?,
@@ -118,6 +130,48 @@ pub async fn execute(
         "method executed"
     );
     Ok(out)
+}
+
+/// For a non-idempotent call (POST, PATCH), the errors after which the request may have been
+/// applied upstream: a 5xx (other than 501), a timeout, a broken exchange. Never retried.
+fn outcome_unknown(writes: bool, e: EngineError) -> EngineError {
+    if !writes {
+        return e;
+    }
+    match e {
+        EngineError::UpstreamStatus { status, .. } | EngineError::Unavailable { status, .. }
+            if status >= 500 && status != 501 =>
+        {
+            EngineError::WriteOutcomeUnknown { timed_out: false }
+        }
+        EngineError::Timeout => EngineError::WriteOutcomeUnknown { timed_out: true },
+        EngineError::Transport(_) | EngineError::UpstreamNotJson { .. } => {
+            EngineError::WriteOutcomeUnknown { timed_out: false }
+        }
+        other => other,
+    }
+}
+
+/// Puts a write's resource on the request: the body, `Content-Type: application/fhir+json`,
+/// and `If-None-Exist` for a conditional create.
+fn attach_body(req: &mut reqwest::Request, body: &WriteBody) -> Result<(), EngineError> {
+    if req.body().is_some() {
+        return Err(EngineError::Definition(
+            "a method with a resource body has body params too".into(),
+        ));
+    }
+    let headers = req.headers_mut();
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    if let Some(query) = body.if_none_exist() {
+        let value = HeaderValue::from_str(query)
+            .map_err(|_| EngineError::Definition("If-None-Exist is not a header value".into()))?;
+        headers.insert(HeaderName::from_static("if-none-exist"), value);
+    }
+    *req.body_mut() = Some(body.bytes().clone().into());
+    Ok(())
 }
 
 /// Sends one upstream request and records its latency and status under the method's

@@ -5,11 +5,13 @@
 //! the ones calls are checked and rendered with. Credentials (the bearer token) and the
 //! install's rendered FHIR base and static headers ([`static_headers`]) come from the caller.
 
+mod body;
 mod error;
 mod execute;
 mod params;
 mod request;
 
+pub use body::{validate_body, WriteBody};
 pub use error::{
     EngineError, OperationOutcomeIssue, EPIC_SEARCH_TOO_BROAD, MAX_ISSUES, MAX_ISSUE_TEXT,
 };

@@ -96,6 +96,14 @@ path = "Patient/$match"
 params = [{ name = "resource", in = "body", type = "json" }]
 
 [[methods]]
+id = "create_obs"
+name = "Create observation"
+verb = "POST"
+path = "Observation"
+conditional_identifier = true
+body = { resource_type = "Observation", required = ["status", "code"] }
+
+[[methods]]
 id = "get_document"
 name = "Get document"
 verb = "GET"
@@ -867,6 +875,7 @@ async fn run(
             bearer: "tok",
             max_pages,
             search_params: &[],
+            body: None,
         },
     )
     .await
@@ -1164,4 +1173,119 @@ fn every_upstream_answer_keeps_its_status_and_nothing_else_invents_one() {
     ] {
         assert_eq!(e.upstream_status(), None, "{e:?}");
     }
+}
+
+// --- writes: body validation, conditional create, no retry --------------------------------
+
+fn observation() -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "SECRET-VALUE"},
+        "identifier": [{"system": "urn:x sys", "value": "a|1"}],
+    })
+}
+
+#[test]
+fn write_body_is_checked_against_the_declared_shape() {
+    let m = compiled("create_obs");
+    let errs = validate_body(m, None).unwrap_err();
+    assert_eq!(errs[0].field, "body");
+    let errs =
+        validate_body(m, Some(&json!({"resourceType": "Patient", "status": ""}))).unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["body.resourceType", "body.status", "body.code"]);
+    let errs = validate_body(m, Some(&json!(["x"]))).unwrap_err();
+    assert_eq!(errs[0].field, "body");
+    // A method without a declared body refuses one; messages never echo values.
+    let errs = validate_body(get_patient(), Some(&observation())).unwrap_err();
+    assert_eq!(errs[0].field, "body");
+    assert!(errs.iter().all(|e| !e.message.contains(SECRET)));
+    assert!(validate_body(get_patient(), None).unwrap().is_none());
+
+    let ok = validate_body(m, Some(&observation())).unwrap().unwrap();
+    assert_eq!(
+        ok.if_none_exist(),
+        Some("identifier=urn%3Ax%20sys|a%7C1"),
+        "system and value percent-encoded, one `|` between"
+    );
+    assert!(!format!("{ok:?}").contains(SECRET));
+}
+
+async fn run_write(server: &MockServer, body: &WriteBody) -> Result<MethodOutput, EngineError> {
+    let base = Url::parse(&format!("{}/fhir/R4/", server.uri())).unwrap();
+    let m = compiled("create_obs");
+    let valid = validate_params(m, &Map::new()).unwrap();
+    execute(
+        &outbound(),
+        MethodCall {
+            fhir_base: &base,
+            params: &valid,
+            headers: &[],
+            bearer: "tok",
+            max_pages: 1,
+            search_params: &[],
+            body: Some(body),
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn create_sends_the_resource_with_if_none_exist() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fhir/R4/Observation"))
+        .and(header("content-type", "application/fhir+json"))
+        .and(header("if-none-exist", "identifier=urn%3Ax%20sys|a%7C1"))
+        .respond_with(ResponseTemplate::new(201).set_body_raw(
+            r#"{"resourceType":"Observation","id":"o1"}"#,
+            "application/fhir+json",
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let body = validate_body(compiled("create_obs"), Some(&observation()))
+        .unwrap()
+        .unwrap();
+    let out = run_write(&server, &body).await.unwrap();
+    assert_eq!(out.status, 201);
+    let sent = &server.received_requests().await.unwrap()[0];
+    let sent: Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(sent, observation());
+}
+
+#[tokio::test]
+async fn failed_create_is_not_retried_and_has_unknown_outcome() {
+    for status in [500u16, 503, 504] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status).insert_header("Retry-After", "0"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let body = validate_body(compiled("create_obs"), Some(&observation()))
+            .unwrap()
+            .unwrap();
+        let err = run_write(&server, &body).await.unwrap_err();
+        assert!(
+            matches!(err, EngineError::WriteOutcomeUnknown { timed_out: false }),
+            "{status}: {err:?}"
+        );
+    }
+    // A 4xx says the EHR refused it: a known outcome.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(422))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let body = validate_body(compiled("create_obs"), Some(&observation()))
+        .unwrap()
+        .unwrap();
+    let err = run_write(&server, &body).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Rejected { status: 422, .. }),
+        "{err:?}"
+    );
 }

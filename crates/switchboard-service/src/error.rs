@@ -90,6 +90,12 @@ pub enum ServiceError {
     /// `security.allowed_return_urls`.
     #[error("{0}")]
     ReturnUrlOriginNotAllowed(String),
+    /// The Idempotency-Key was first used with another method or body on this install.
+    #[error("this Idempotency-Key was already used on this install with a different method or body; use a new key for a new request")]
+    IdempotencyKeyReused,
+    /// The call that claimed this Idempotency-Key has not finished: retry after the delay.
+    #[error("a call with this Idempotency-Key is still in progress; retry after the delay to get its result")]
+    IdempotencyKeyInFlight { retry_after_secs: u64 },
     /// Settings whose URLs (as given, or rendered) the outbound address policy refuses.
     #[error("an upstream URL is refused by the outbound policy")]
     UpstreamNotAllowed(Vec<FieldError>),
@@ -126,6 +132,8 @@ impl ServiceError {
             Self::DiscoveryFailed(_) => ErrorCode::DiscoveryFailed,
             Self::IssuerUnknown(_) => ErrorCode::IssuerUnknown,
             Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
+            Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            Self::IdempotencyKeyInFlight { .. } => ErrorCode::IdempotencyKeyInFlight,
         }
     }
 }

@@ -29,6 +29,11 @@ pub struct MethodIn {
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     pub max_pages: Option<u32>,
+    /// The FHIR resource of a write method (`create_observation`...): checked against the
+    /// method's declared `body` (resourceType, required elements) before anything is sent.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<Value>,
 }
 
 fn engine_error(e: EngineError) -> ServiceError {
@@ -109,6 +114,16 @@ fn engine_error(e: EngineError) -> ServiceError {
             vec![],
             None,
         ),
+        E::WriteOutcomeUnknown { timed_out } => upstream(
+            if timed_out {
+                ErrorCode::WriteOutcomeUnknownTimeout
+            } else {
+                ErrorCode::WriteOutcomeUnknown
+            },
+            "the write was sent but the EHR's answer was lost or failed, so it may or may not have been applied; it was not retried. Check upstream (for example by identifier) before sending it again, or resend with the same Idempotency-Key".into(),
+            vec![],
+            None,
+        ),
         E::Unauthorized => ServiceError::InstallNotAuthorized {
             status: InstallStatus::Authorized.as_str(),
             detail: "the EHR rejected the access token".into(),
@@ -123,6 +138,59 @@ struct Seen {
     connector_id: Option<String>,
     /// The EHR's HTTP status of the last attempt (`None`: no answer).
     upstream_status: Option<u16>,
+}
+
+/// How long an Idempotency-Key answers with its first result (24 h).
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest Idempotency-Key (characters).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// A method call's answer: the response body `{"status":..,"data":..,"pages":..}`, and whether
+/// it is the stored first result of an earlier call with the same Idempotency-Key and request
+/// (no upstream call was made; the API says `Idempotent-Replayed: true`).
+#[derive(Debug)]
+pub struct MethodReply {
+    pub body: Bytes,
+    pub replayed: bool,
+}
+
+/// A call's input with its Idempotency-Key header.
+struct KeyedInput<'a> {
+    input: MethodIn,
+    idempotency_key: Option<&'a str>,
+}
+
+enum Claim {
+    Claimed,
+    Replay(Bytes),
+}
+
+/// 1 to 255 visible ASCII characters (a UUID is typical).
+fn check_idempotency_key(key: &str) -> Result<(), ServiceError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ServiceError::InvalidRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Hex SHA-256 of the method id and the canonical body (compact JSON, keys sorted).
+fn request_hash(method_id: &MethodId, body: &switchboard_engine::WriteBody) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(method_id.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(body.bytes());
+    hex::encode(h.finalize())
+}
+
+/// AAD of a stored response: `idempotency:<install_id>:<key>` (key-rotation registry).
+pub fn idempotency_aad(install_id: &str, key: &str) -> String {
+    format!("idempotency:{install_id}:{key}")
 }
 
 /// Method calls on installs.
@@ -294,6 +362,9 @@ impl MethodService {
     /// `POST .../methods/{method}`: validate, authenticate, call, page, map errors. Returns the
     /// response body `{"status":..,"data":..,"pages":..}` ready to send. Every call, whatever
     /// its outcome, leaves one audit record (no parameter value: the patient as a keyed hash).
+    ///
+    /// `idempotency_key` (the `Idempotency-Key` header) makes a write safe to resend: see
+    /// [`MethodReply::replayed`]. It is ignored on reads.
     pub async fn call_method(
         &self,
         t: &TenantCtx,
@@ -301,26 +372,44 @@ impl MethodService {
         install_id: &InstallId,
         method_id: &MethodId,
         input: MethodIn,
-    ) -> Result<Bytes, ServiceError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<MethodReply, ServiceError> {
         let started = Instant::now();
         let patient = patient_param(method_id, &input.params).map(str::to_owned);
         let mut seen = Seen::default();
         let result = self
-            .call_method_inner(t, account_id, install_id, method_id, input, &mut seen)
+            .call_method_inner(
+                t,
+                account_id,
+                install_id,
+                method_id,
+                KeyedInput {
+                    input,
+                    idempotency_key,
+                },
+                &mut seen,
+            )
             .await;
         if !self.audit.enabled() {
-            return result.map(|(body, _)| body);
+            return result.map(|(body, _, replayed)| MethodReply { body, replayed });
         }
         let patient_hash = match patient {
             Some(p) => match self.audit.patient_hash(t.tenant_id(), &p).await {
                 Ok(h) => Some(h),
                 // Without its patient the record would mislead: fail or drop, as configured.
-                Err(e) => return self.audit.unrecordable(e).and(result.map(|(b, _)| b)),
+                Err(e) => {
+                    return self
+                        .audit
+                        .unrecordable(e)
+                        .and(result.map(|(body, _, replayed)| MethodReply { body, replayed }))
+                }
             },
             None => None,
         };
         let (status, code, upstream_status) = match &result {
-            Ok((_, upstream)) => (200, None, Some(i64::from(*upstream))),
+            // A replay made no upstream call.
+            Ok((_, _, true)) => (200, None, None),
+            Ok((_, upstream, false)) => (200, None, Some(i64::from(*upstream))),
             Err(e) => (
                 e.code().status(),
                 Some(e.code().code().to_owned()),
@@ -344,7 +433,7 @@ impl MethodService {
             request_id: t.request_id().map(str::to_owned),
             patient_hash,
         })?;
-        result.map(|(body, _)| body)
+        result.map(|(body, _, replayed)| MethodReply { body, replayed })
     }
 
     async fn call_method_inner(
@@ -353,9 +442,13 @@ impl MethodService {
         account_id: &AccountId,
         install_id: &InstallId,
         method_id: &MethodId,
-        input: MethodIn,
+        request: KeyedInput<'_>,
         seen: &mut Seen,
-    ) -> Result<(Bytes, u16), ServiceError> {
+    ) -> Result<(Bytes, u16, bool), ServiceError> {
+        let KeyedInput {
+            input,
+            idempotency_key,
+        } = request;
         let p = self.prepared(t, account_id, install_id).await?;
         let connector = p.connector.clone();
         seen.connector_id = Some(connector.id.to_string());
@@ -370,6 +463,15 @@ impl MethodService {
                         .collect(),
                 )
             })?;
+        let body =
+            switchboard_engine::validate_body(method, input.body.as_ref()).map_err(|errs| {
+                ServiceError::InvalidParams(
+                    errs.into_iter()
+                        .map(|e| crate::FieldError::new(e.field, e.message))
+                        .collect(),
+                )
+            })?;
+        let writes = body.is_some() && !method.verb().idempotent();
         let max_pages = match input.max_pages {
             Some(0) => {
                 return Err(ServiceError::InvalidRequest(
@@ -388,6 +490,42 @@ impl MethodService {
             ));
         }
         check_granted_scope(&p, method)?;
+        // A write with an Idempotency-Key: claim the key first (or answer from its record).
+        let key = match (idempotency_key, &body) {
+            (Some(key), Some(b)) if writes => {
+                check_idempotency_key(key)?;
+                match self
+                    .claim_key(&p.tenant_id, &p.id, key, method_id, b)
+                    .await?
+                {
+                    Claim::Replay(bytes) => return Ok((bytes, 0, true)),
+                    Claim::Claimed => Some(key),
+                }
+            }
+            _ => None,
+        };
+        let install = p.id.clone();
+        let result = self
+            .run_upstream(p, &params, body.as_ref(), max_pages, writes, seen)
+            .await;
+        if let Some(key) = key {
+            self.settle_key(&install, key, result.as_ref().ok().map(|(b, _)| b))
+                .await;
+        }
+        result.map(|(b, status)| (b, status, false))
+    }
+
+    /// Authenticates and runs the call upstream (one refresh and resend on a 401).
+    async fn run_upstream(
+        &self,
+        p: Arc<Prepared>,
+        params: &switchboard_engine::ValidParams<'_>,
+        body: Option<&switchboard_engine::WriteBody>,
+        max_pages: u32,
+        writes: bool,
+        seen: &mut Seen,
+    ) -> Result<(Bytes, u16), ServiceError> {
+        let connector = p.connector.clone();
         let p = self.ensure_token(p).await?;
         self.limits
             .acquire(&connector, crate::limits::Outgoing::Call, &p.id)
@@ -409,16 +547,21 @@ impl MethodService {
                     &self.outbound,
                     MethodCall {
                         fhir_base: &attempt.fhir_base,
-                        params: &params,
+                        params,
                         headers: &attempt.headers,
                         bearer: bearer.expose_secret(),
                         max_pages,
                         search_params: &attempt.search_params,
+                        body,
                     },
                 ),
             )
             .await
-            .map_err(|_| ServiceError::Upstream {
+            .map_err(|_| {
+                if writes {
+                    return engine_error(EngineError::WriteOutcomeUnknown { timed_out: true });
+                }
+                ServiceError::Upstream {
                 code: ErrorCode::UpstreamTimeout,
                 detail: format!(
                     "the EHR did not complete the call within upstream.call_deadline_ms ({} ms, all pages and retries together)",
@@ -426,7 +569,7 @@ impl MethodService {
                 ),
                 retry_after_secs: None,
                 issues: vec![],
-            })?;
+            }})?;
             if let Err(e) = &result {
                 // The EHR's status of the last attempt, for the audit record (never its body).
                 seen.upstream_status = e.upstream_status();
@@ -455,5 +598,73 @@ impl MethodService {
             }
         }
         Err(engine_error(EngineError::Unauthorized))
+    }
+
+    /// Claims `key` on the install for this request, or finds who holds it: the same request
+    /// done within 24 h is replayed, another request is 422, one still running is 409.
+    async fn claim_key(
+        &self,
+        tenant_id: &str,
+        install_id: &str,
+        key: &str,
+        method_id: &MethodId,
+        body: &switchboard_engine::WriteBody,
+    ) -> Result<Claim, ServiceError> {
+        use switchboard_db::repo::idempotency;
+        let hash = request_hash(method_id, body);
+        let now = self.tokens.now_ms();
+        let (tid, iid, k, h) = (
+            tenant_id.to_owned(),
+            install_id.to_owned(),
+            key.to_owned(),
+            hash.clone(),
+        );
+        let found = self
+            .db
+            .run(move |conn| {
+                // Purge on access: records older than the window answer nothing any more.
+                idempotency::purge_install(conn, &iid, now - IDEMPOTENCY_WINDOW_MS)?;
+                if idempotency::claim(conn, &tid, &iid, &k, &h, now)? {
+                    return Ok(None);
+                }
+                idempotency::find(conn, &iid, &k)
+            })
+            .await?;
+        let Some(rec) = found else {
+            return Ok(Claim::Claimed);
+        };
+        if rec.request_hash != hash {
+            return Err(ServiceError::IdempotencyKeyReused);
+        }
+        match (rec.status.as_str(), rec.response) {
+            (idempotency::DONE, Some(sealed)) => {
+                let plain = self
+                    .crypto
+                    .decrypt(&sealed, idempotency_aad(install_id, key))?;
+                Ok(Claim::Replay(Bytes::from(plain)))
+            }
+            _ => Err(ServiceError::IdempotencyKeyInFlight {
+                retry_after_secs: 1,
+            }),
+        }
+    }
+
+    /// Records the outcome of a keyed call: its response sealed (`done`), or the key released
+    /// when it failed (errors are not stored: resending with the key runs the call again).
+    async fn settle_key(&self, install_id: &str, key: &str, response: Option<&Bytes>) {
+        use switchboard_db::repo::idempotency;
+        let sealed = response.map(|b| self.crypto.encrypt(b, idempotency_aad(install_id, key)));
+        let (iid, k) = (install_id.to_owned(), key.to_owned());
+        let res = self
+            .db
+            .run(move |conn| match sealed {
+                Some(blob) => idempotency::complete(conn, &iid, &k, &blob),
+                None => idempotency::release(conn, &iid, &k),
+            })
+            .await;
+        if let Err(e) = res {
+            // The call's own outcome stands; the key stays claimed until the window ends.
+            tracing::warn!(install = %install_id, error = %e, "could not record the idempotency key outcome");
+        }
     }
 }

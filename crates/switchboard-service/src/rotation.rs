@@ -121,6 +121,16 @@ pub const REGISTRY: &[Registered] = &[
         },
         aad: |key, _| format!("webhook:{key}:secret"),
     },
+    // methods::idempotency_aad: "idempotency:{install}:{key}" (a write's stored response).
+    Registered {
+        column: EncryptedColumn {
+            table: "idempotency_keys",
+            key_sql: "install_id || ':' || key",
+            column: "response",
+            kind: BlobKind::Bytes,
+        },
+        aad: |key, _| format!("idempotency:{key}"),
+    },
 ];
 
 /// Failures of key custody. Messages name key ids, columns and counts, never key material.

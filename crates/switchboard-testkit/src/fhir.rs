@@ -527,6 +527,28 @@ impl FakeFhir {
         put_resource(&mut self.shared.state(), resource);
     }
 
+    /// The stored resources of one type (seeded, added or created through `POST [type]`), in
+    /// insertion order.
+    pub fn resources(&self, kind: &str) -> Vec<Value> {
+        self.shared
+            .state()
+            .resources
+            .get(kind)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many `POST [type]` creates were received (whatever their outcome).
+    pub fn create_requests(&self, kind: &str) -> usize {
+        let suffix = format!("/{kind}");
+        self.shared
+            .state()
+            .requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path().ends_with(&suffix))
+            .count()
+    }
+
     /// Seeds the chart of one patient (see [`generate_chart`]) and returns what was added.
     pub fn seed_chart(&self, patient: &str, seed: usize) -> Vec<Value> {
         let chart = generate_chart(patient, seed);
@@ -783,7 +805,7 @@ fn route(req: &HttpRequest, recorded: &RecordedRequest, shared: &Shared) -> Http
         _ => {}
     }
 
-    let state = shared.state();
+    let mut state = shared.state();
     // Authentication.
     let token = recorded.bearer();
     match token {
@@ -837,6 +859,11 @@ fn route(req: &HttpRequest, recorded: &RecordedRequest, shared: &Shared) -> Http
                     "Resource with that id was not found",
                 ),
             }
+        }
+        ("POST", [kind])
+            if kind.starts_with(|c: char| c.is_ascii_uppercase()) && *kind != "Patient" =>
+        {
+            create_resource(&mut state, shared, kind, recorded)
         }
         ("GET", [_, ..]) => outcome(
             StatusCode::NOT_FOUND,
@@ -1216,6 +1243,85 @@ fn search_patients(state: &State, shared: &Shared, params: &[(String, String)]) 
         "entry": entries,
     });
     fhir_response(StatusCode::OK).body(bundle.to_string())
+}
+
+/// FHIR create (`POST [type]`): 201 with the stored resource (a fresh id) and `Location`; with
+/// `If-None-Exist: identifier=<system>|<value>`, a resource of that type already holding the
+/// identifier is answered 200 and nothing is created (R4 http.html#ccreate).
+fn create_resource(
+    state: &mut State,
+    shared: &Shared,
+    kind: &str,
+    recorded: &RecordedRequest,
+) -> HttpResponse {
+    let Ok(Value::Object(mut resource)) = serde_json::from_slice::<Value>(&recorded.body) else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Body is not a JSON object",
+        );
+    };
+    if resource.get("resourceType").and_then(Value::as_str) != Some(kind) {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "resourceType does not match the URL",
+        );
+    }
+    if let Some(query) = recorded.header("if-none-exist") {
+        let wanted: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let Some((system, value)) = wanted
+            .iter()
+            .find(|(k, _)| k == "identifier")
+            .and_then(|(_, v)| v.split_once('|'))
+        else {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "Unsupported If-None-Exist",
+            );
+        };
+        let holds = |r: &&Value| {
+            r["identifier"].as_array().is_some_and(|ids| {
+                ids.iter().any(|i| {
+                    i["value"].as_str() == Some(value)
+                        && (system.is_empty() || i["system"].as_str() == Some(system))
+                })
+            })
+        };
+        let matches: Vec<&Value> = state
+            .resources
+            .get(kind)
+            .map(|l| l.iter().filter(holds).collect())
+            .unwrap_or_default();
+        match matches.as_slice() {
+            [] => {}
+            [one] => return fhir_response(StatusCode::OK).body(one.to_string()),
+            _ => {
+                return outcome(
+                    StatusCode::PRECONDITION_FAILED,
+                    "duplicate",
+                    "If-None-Exist matches several resources",
+                )
+            }
+        }
+    }
+    let n = state.resources.get(kind).map_or(0, Vec::len) + 1;
+    let id = format!("{}-created-{n}", kind.to_ascii_lowercase());
+    resource.insert("id".into(), Value::String(id.clone()));
+    resource.insert("meta".into(), json!({"versionId": "1"}));
+    let resource = Value::Object(resource);
+    put_resource(state, resource.clone());
+    let location = format!(
+        "{}{}{kind}/{id}/_history/1",
+        lock(&shared.origin),
+        shared.config.prefix
+    );
+    fhir_response(StatusCode::CREATED)
+        .insert_header((header::LOCATION, location))
+        .body(resource.to_string())
 }
 
 fn put_resource(state: &mut State, resource: Value) {

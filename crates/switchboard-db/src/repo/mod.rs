@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod audit;
 pub mod discovery;
+pub mod idempotency;
 pub mod installs;
 pub mod instances;
 pub mod lease;
