@@ -434,10 +434,15 @@ async fn concurrent_duplicate_is_409(backend: Backend) {
     let call = json!({ "body": observation("lab-30") });
     let first = keyed(&app, &env, "create_observation", "key-3", call.clone());
     let second = async {
-        // Once the first call's create has reached the EHR, its key is claimed.
-        while env.fhir.create_requests("Observation") == 0 {
-            tokio::task::yield_now().await;
-        }
+        // Once the first call's create has reached the EHR, its key is claimed (bounded: a first
+        // call that never reaches the EHR fails the test instead of hanging it).
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while env.fhir.create_requests("Observation") == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the first create reached the EHR");
         keyed(&app, &env, "create_observation", "key-3", call.clone()).await
     };
     let ((s1, _, v1), (s2, _, v2)) = tokio::join!(first, second);
