@@ -182,6 +182,7 @@ impl Application {
             .writer()
             .map(|w| actix_web::rt::spawn(self.metrics.in_scope(w)));
         let purge = spawn_audit_purge(self.services.clone());
+        let webhook_purge = spawn_webhook_purge(self.services.clone());
         let dispatcher = self.services.settings().webhooks.dispatch.then(|| {
             let d = self.services.dispatcher.clone();
             actix_web::rt::spawn(self.metrics.in_scope(d.run()))
@@ -211,6 +212,7 @@ impl Application {
         }
         upkeep.abort();
         purge.abort();
+        webhook_purge.abort();
         if let Some(h) = dispatcher {
             // An attempt cut short is retried (by any replica) once its lease lapses.
             h.abort();
@@ -287,6 +289,21 @@ fn spawn_audit_purge(services: Services) -> tokio::task::JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(records = n, "purged audit records past retention"),
                 Err(e) => tracing::warn!(code = %e.code(), "audit purge failed"),
+            }
+        }
+    })
+}
+
+/// Applies the webhook retention (`webhooks.retention_days`) every hour, the first time at start.
+fn spawn_webhook_purge(services: Services) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match services.dispatcher.purge().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "purged webhook events past retention"),
+                Err(e) => tracing::warn!(code = %e.code(), "webhook purge failed"),
             }
         }
     })

@@ -600,10 +600,11 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
     assert_eq!(count(&app).await, 1);
 
     // Not yet valid, on the refresh path: an hour ahead the token has expired and the new
-    // assertion's nbf is in the provider's future. The install reports it; it stays authorized.
+    // assertion's nbf is in the provider's future. A refused assertion is not transient: the
+    // install needs re-authorization and the call says so.
     clock.set(switchboard_core::now_ms() + 3_600_000);
     let (s, v) = call_patient(&app, &good, &patient).await;
-    assert_problem(s, &v, 502, "token_exchange_failed").hides(&hidden);
+    assert_problem(s, &v, 409, "install_not_authorized").hides(&hidden);
     assert!(
         v["detail"].as_str().unwrap().contains("invalid_client"),
         "{v}"
@@ -611,17 +612,100 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
     let (_, got) = app
         .get(&format!("/v1/accounts/{ACCOUNT}/installs/{good}"))
         .await;
-    assert!(
-        got["last_refresh_error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid_client"),
-        "{got}"
-    );
-    // Back in step: the same install works again.
+    assert_eq!(got["status"], "needs_reauthorization", "{got}");
+    // Back in step: the install still needs re-authorization (no new token request).
     clock.set(switchboard_core::now_ms() + 3_600_000 - 3_500_000);
     let (s, v) = call_patient(&app, &good, &patient).await;
+    assert_problem(s, &v, 409, "install_not_authorized");
+}
+
+/// The provider stops accepting the install's assertions after the install was created (the
+/// client is registered again with another setup's JWK Set): the refresh is refused with
+/// `invalid_client`, the install moves to `needs_reauthorization` with a clear `last_error`
+/// (no key material), `install.needs_reauthorization` is written to the outbox, and the call
+/// answers 409 `install_not_authorized` like a revoked refresh token.
+async fn refused_assertion_on_refresh_needs_reauthorization(backend: Backend) {
+    let clock = ManualClock::new(switchboard_core::now_ms());
+    let app = spawn(backend, Some(clock.clone())).await;
+    // Tokens live 30 s; the manual clock runs up to ~61 s ahead of the provider's (its clock
+    // tolerance is 150 s).
+    let op = provider(150, 30);
+    let fhir = FakeFhir::builder()
+        .seed_patients(1)
+        .accept_any_bearer()
+        .start();
+    let patient = fhir.patient_ids().remove(0);
+    let (_, other_key) = app.new_tenant("other").await;
+    let (s, other) = app
+        .call_as(
+            &other_key,
+            reqwest::Method::PUT,
+            "/v1/connectors/testbackend/setup",
+            Some(setup_body(&op, &fhir, "sb-other", json!({}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{other}");
+    let setup = put_setup(
+        &app,
+        "testbackend",
+        setup_body(&op, &fhir, "sb-swapped", json!({})),
+    )
+    .await;
+    op.register_jwt_client("sb-swapped", setup["jwks_url"].as_str().unwrap(), "RS384")
+        .await
+        .unwrap();
+    let (s, created) = create_install(&app, "testbackend").await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (s, v) = call_patient(&app, &id, &patient).await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    let before = install_row(&app, &id).await.unwrap();
+    assert_eq!(before.status, "authorized");
+
+    // The client's keys are now another setup's: the next assertion is refused.
+    op.register_jwt_client("sb-swapped", other["jwks_url"].as_str().unwrap(), "RS384")
+        .await
+        .unwrap();
+    // Well past the token's expiry, however long the set-up above took in wall time.
+    clock.advance(Duration::from_secs(61));
+    let (s, v) = call_patient(&app, &id, &patient).await;
+    let pems = private_pems(&app).await;
+    let hidden: Vec<String> = pems.iter().map(|p| pem_line(p)).collect();
+    let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+    assert_problem(s, &v, 409, "install_not_authorized").hides(&hidden);
+    assert!(
+        v["detail"].as_str().unwrap().contains("client assertion"),
+        "{v}"
+    );
+
+    let row = install_row(&app, &id).await.unwrap();
+    assert_eq!(row.status, "needs_reauthorization");
+    let last_error = row.last_error.clone().expect("a last_error");
+    assert!(last_error.contains("invalid_client"), "{last_error}");
+    assert!(last_error.contains("client assertion"), "{last_error}");
+    assert!(
+        hidden.iter().all(|h| !last_error.contains(h)),
+        "{last_error}"
+    );
+    assert_eq!(
+        row.token_version, before.token_version,
+        "no token was stored"
+    );
+    let (_, got) = app
+        .get(&format!("/v1/accounts/{ACCOUNT}/installs/{id}"))
+        .await;
+    assert_eq!(got["status"], "needs_reauthorization", "{got}");
+    let install = id.clone();
+    let latest = app
+        .db(move |conn| switchboard_db::repo::webhooks::latest_install_event(conn, &install))
+        .await;
+    assert_eq!(latest.as_deref(), Some("install.needs_reauthorization"));
+
+    // Later calls answer the same without another token request.
+    let (s, v) = call_patient(&app, &id, &patient).await;
+    assert_problem(s, &v, 409, "install_not_authorized");
+    let row = install_row(&app, &id).await.unwrap();
+    assert_eq!(row.status, "needs_reauthorization");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,4 +826,5 @@ crate::both_backends! {
     backend_services_key_rotation_keeps_installs_working => key_rotation_keeps_installs_working;
     backend_services_refused_assertions_are_clear_install_errors => refused_assertions_are_clear_install_errors;
     backend_services_uploaded_keys => uploaded_keys;
+    backend_services_refused_assertion_on_refresh_needs_reauthorization => refused_assertion_on_refresh_needs_reauthorization;
 }

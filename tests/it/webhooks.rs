@@ -467,10 +467,137 @@ async fn private_addresses_and_unknown_events_are_refused(backend: Backend) {
     assert_eq!(v["events"], json!(["install.deleted"]));
 }
 
+/// Delivery rows of one event: (endpoint, state).
+async fn deliveries_of(app: &TestApp, event: &str) -> Vec<(String, String)> {
+    let event = event.to_owned();
+    app.db(move |conn| {
+        Ok(wd::table
+            .inner_join(we::table)
+            .filter(we::id.eq(event))
+            .order(wd::endpoint_id.asc())
+            .select((wd::endpoint_id, wd::state))
+            .load(conn)?)
+    })
+    .await
+}
+
+/// `webhooks.retention_days` (30 by default): events past it whose deliveries are all
+/// delivered or failed go with their deliveries; an old event with a pending delivery (here
+/// replayed) and recent events stay. Time moves on the ManualClock; the purge is the service
+/// function the server runs hourly.
+async fn retention_purges_old_finished_events(backend: Backend) {
+    let start = now_ms();
+    let clock = ManualClock::new(start);
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), fast_dispatch).await;
+    assert_eq!(app.services.settings().webhooks.retention_days, 30);
+    let receiver = Receiver::start();
+    let (hook_a, secret_a) = create_webhook(&app, &receiver.url("a"), json!([])).await;
+    let (hook_b, secret_b) =
+        create_webhook(&app, &receiver.url("b"), json!(["install.deleted"])).await;
+    receiver.configure("a", &secret_a, 0, false).await;
+    receiver.configure("b", &secret_b, 1_000_000, false).await;
+
+    // Old events: setup.changed, install.authorized (a only), install.deleted (a and b).
+    let install = canvas_install(&app).await;
+    let (s, v) = app
+        .delete(&format!("/v1/accounts/acc/installs/{install}"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let old: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(old.len(), 3);
+    // a takes all three; b never accepts and fails after its 24 h window.
+    for _ in 0..20 {
+        let states = delivery_states(&app).await;
+        let done = |hook: &str| {
+            states
+                .get(hook)
+                .is_some_and(|v| v.iter().all(|(state, _)| state != "pending"))
+        };
+        if done(&hook_a) && done(&hook_b) {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(6 * 3600)).await;
+    }
+    let states = delivery_states(&app).await;
+    assert!(
+        states[&hook_a].iter().all(|(s, _)| s == "delivered"),
+        "{states:?}"
+    );
+    assert_eq!(states[&hook_b].len(), 1, "{states:?}");
+    assert_eq!(states[&hook_b][0].0, "failed", "{states:?}");
+
+    // Nothing is past the retention yet.
+    assert_eq!(app.services.dispatcher.purge().await.unwrap(), 0);
+    assert_eq!(events(&app).await.len(), 3);
+
+    // 31 days on: a recent event, delivered to a.
+    clock.advance(Duration::from_secs(31 * 86_400));
+    let (s, v) = app
+        .post(
+            "/v1/accounts/acc/installs",
+            json!({"connector": "canvas", "auth_type": "static_bearer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let recent = events(&app).await.last().unwrap().0.clone();
+    for _ in 0..10 {
+        if deliveries_of(&app, &recent).await == [(hook_a.clone(), "delivered".to_owned())] {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        deliveries_of(&app, &recent).await,
+        [(hook_a.clone(), "delivered".to_owned())]
+    );
+    // The install.deleted delivery to b is replayed: pending again (b still refuses, so it
+    // stays pending after its next attempt), and that old event stays with both its rows.
+    let (s, v) = app
+        .post(
+            &format!("/v1/webhooks/{hook_b}/deliveries/{}/replay", old[2]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    advance(&app, &clock, Duration::from_secs(1)).await;
+    let pending = deliveries_of(&app, &old[2]).await;
+    assert!(
+        pending.contains(&(hook_b.clone(), "pending".to_owned())),
+        "{pending:?}"
+    );
+
+    // The two old, finished events go with their deliveries; the pending one and the recent
+    // one stay.
+    assert_eq!(app.services.dispatcher.purge().await.unwrap(), 2);
+    let left: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(left, [old[2].clone(), recent.clone()]);
+    for gone in &old[..2] {
+        assert!(deliveries_of(&app, gone).await.is_empty());
+    }
+    let rows: i64 = app.db(|conn| Ok(wd::table.count().get_result(conn)?)).await;
+    assert_eq!(
+        rows, 3,
+        "a's and b's rows of install.deleted, a's of the recent event"
+    );
+    let kept = deliveries_of(&app, &old[2]).await;
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.contains(&(hook_b.clone(), "pending".to_owned())),
+        "{kept:?}"
+    );
+    // The API still pages what is left.
+    let (s, v) = app.get(&format!("/v1/webhooks/{hook_a}/deliveries")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["deliveries"].as_array().unwrap().len(), 2, "{v}");
+    // Nothing more to purge.
+    assert_eq!(app.services.dispatcher.purge().await.unwrap(), 0);
+}
+
 crate::both_backends! {
     events_arrive_signed_in_order_despite_failures => events_arrive_signed_in_order_despite_failures;
     a_rolled_back_change_emits_nothing => a_rolled_back_change_emits_nothing;
     private_addresses_and_unknown_events_are_refused => private_addresses_and_unknown_events_are_refused;
+    webhook_retention_purges_old_finished_events => retention_purges_old_finished_events;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -267,6 +267,16 @@ pub struct WebhookSettings {
     pub retry_for_secs: u64,
     /// `install.refresh_failing` after this many consecutive transient refresh failures.
     pub refresh_failing_after: u32,
+    /// Events older than this many days whose deliveries are all finished (delivered or
+    /// failed) are purged with their deliveries, hourly by the server.
+    pub retention_days: u64,
+}
+
+impl WebhookSettings {
+    /// The retention as milliseconds.
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
+    }
 }
 
 /// SMART Backend Services keys: the setup key rotation schedule and the hosted JWK Set's
@@ -384,6 +394,9 @@ impl Settings {
             return invalid("audit.retention_days", "must be at least 1".into());
         }
         let wh = &self.webhooks;
+        if wh.retention_days == 0 {
+            return invalid("webhooks.retention_days", "must be at least 1".into());
+        }
         if wh.poll_interval_ms == 0 || wh.concurrency == 0 || wh.refresh_failing_after == 0 {
             return invalid(
                 "webhooks",

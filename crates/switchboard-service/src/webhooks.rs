@@ -497,6 +497,29 @@ impl Dispatcher {
         }
     }
 
+    /// Applies `webhooks.retention_days`: deletes the events written before now (the injected
+    /// clock) minus the retention whose deliveries are all delivered or failed, with their
+    /// delivery rows; an event with a pending delivery is kept. Returns the events deleted.
+    /// The server runs it hourly.
+    pub async fn purge(&self) -> Result<usize, ServiceError> {
+        let before = self
+            .outbox
+            .clock
+            .now_ms()
+            .saturating_sub(self.cfg.retention_ms());
+        let mut total = 0;
+        loop {
+            let n = self
+                .db
+                .run(move |conn| repo::purge_finished(conn, before))
+                .await?;
+            total += n;
+            if n < repo::PURGE_BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
     /// The number of completed [`Dispatcher::run_once`] passes, changing after each.
     pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.passes.subscribe()

@@ -366,3 +366,41 @@ pub fn pending_count(conn: &mut AnyConnection) -> Result<i64, DbError> {
         .count()
         .get_result(conn)?)
 }
+
+/// Events purged per batch of [`purge_finished`].
+pub const PURGE_BATCH: i64 = 5_000;
+
+/// Deletes up to [`PURGE_BATCH`] events written before `before` whose deliveries are all
+/// finished (delivered or failed), with those deliveries. An event with a pending delivery
+/// (even one replayed while this runs) is kept with all its rows. Single statements, no
+/// read-then-write transaction (on SQLite a deferred one fails with SQLITE_BUSY instead of
+/// waiting): the candidates are read, their finished deliveries deleted, then those of them
+/// left without any delivery. Returns the events deleted.
+pub fn purge_finished(conn: &mut AnyConnection, before: i64) -> Result<usize, DbError> {
+    let pending = d::webhook_deliveries
+        .filter(d::state.eq(PENDING))
+        .select(d::event_seq);
+    let seqs: Vec<i64> = ev::webhook_events
+        .filter(ev::created_at.lt(before))
+        .filter(diesel::dsl::not(ev::seq.eq_any(pending)))
+        .order(ev::seq.asc())
+        .limit(PURGE_BATCH)
+        .select(ev::seq)
+        .load(conn)?;
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    diesel::delete(
+        d::webhook_deliveries
+            .filter(d::event_seq.eq_any(&seqs))
+            .filter(d::state.ne(PENDING)),
+    )
+    .execute(conn)?;
+    let left = d::webhook_deliveries.select(d::event_seq);
+    Ok(diesel::delete(
+        ev::webhook_events
+            .filter(ev::seq.eq_any(&seqs))
+            .filter(diesel::dsl::not(ev::seq.eq_any(left))),
+    )
+    .execute(conn)?)
+}

@@ -24,6 +24,10 @@ pub enum RequestError {
     Auth(AuthError),
     /// The install itself is unusable (settings, stored ciphertext): passed to the caller.
     Install(ServiceError),
+    /// A backend-services client assertion refused with `invalid_client` or `invalid_grant`
+    /// (the client's registered keys no longer match): not transient, only re-registering
+    /// the keys and re-authorizing helps.
+    AssertionRefused(AuthError),
 }
 
 impl From<ServiceError> for RequestError {
@@ -87,9 +91,15 @@ impl TokenEndpoint for OAuthTokenEndpoint {
                     .keys
                     .assertion(&row.tenant_id, &resolved, &client)
                     .await?;
-                client
+                match client
                     .client_credentials_with_assertion(http, &scopes, &assertion)
                     .await
+                {
+                    Err(e @ (AuthError::InvalidClient { .. } | AuthError::InvalidGrant { .. })) => {
+                        return Err(RequestError::AssertionRefused(e))
+                    }
+                    other => other,
+                }
             }
             AuthDef::StaticBearer(_) => {
                 return Err(ServiceError::internal("static bearer tokens are not refreshed").into())

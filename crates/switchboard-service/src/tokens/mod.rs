@@ -578,6 +578,20 @@ impl<S: TokenStore, E: TokenEndpoint> TokenKeeper<S, E> {
                     .await
             }
             Err(RequestError::Install(e)) => return Err(e),
+            Err(RequestError::AssertionRefused(e)) => {
+                let latest = self.reread(&row.id).await?;
+                if latest.token_version > row.token_version {
+                    metrics::token_refresh(RefreshOutcome::RefreshedElsewhere);
+                    return Ok(Outcome::Fresh(Box::new(latest)));
+                }
+                let code = if e.is_invalid_grant() {
+                    "invalid_grant"
+                } else {
+                    "invalid_client"
+                };
+                let why = format!("the token endpoint refused the backend-services client assertion ({code}): the client's registered keys no longer match this setup's jwks_url (GET .../setup) or the clocks disagree; fix the registration, then create the install again");
+                return self.demote(&row, &why).await;
+            }
             Err(RequestError::Auth(e)) => Err(e),
         };
         let now = self.now_ms();

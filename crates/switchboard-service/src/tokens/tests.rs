@@ -297,6 +297,8 @@ enum Reply {
     Tokens,
     Transient,
     InvalidGrant,
+    /// A backend-services assertion refused with `invalid_client`.
+    AssertionRefused,
 }
 
 /// A token endpoint answering from a script (then `default`), taking `delay` (tokio time) per
@@ -361,6 +363,11 @@ impl TokenEndpoint for Arc<FakeEndpoint> {
             Reply::InvalidGrant => Err(RequestError::Auth(AuthError::InvalidGrant {
                 description: None,
             })),
+            Reply::AssertionRefused => {
+                Err(RequestError::AssertionRefused(AuthError::InvalidClient {
+                    description: None,
+                }))
+            }
         }
     }
 }
@@ -749,6 +756,32 @@ async fn invalid_grant_needs_reauthorization() {
     let e = err_of(refresh(&k, 0).await);
     assert_eq!(e.code(), ErrorCode::InstallNotAuthorized);
     assert_eq!(endpoint.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_assertion_needs_reauthorization() {
+    let clock = ManualClock::new(T0);
+    let store = FakeStore::with(expired_row());
+    let endpoint = FakeEndpoint::new(&clock, Reply::AssertionRefused);
+    let k = keeper(&store, &endpoint, &clock);
+    let e = err_of(refresh(&k, 0).await);
+    match &e {
+        ServiceError::InstallNotAuthorized { status, detail } => {
+            assert_eq!(*status, "needs_reauthorization");
+            assert!(
+                detail.contains("client assertion (invalid_client)"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected install_not_authorized, got {other:?}"),
+    }
+    let row = store.row();
+    assert_eq!(row.status, "needs_reauthorization");
+    assert!(row.last_error.unwrap().contains("invalid_client"));
+    assert_eq!(row.token_version, 0, "no token written");
+    let e = err_of(refresh(&k, 0).await);
+    assert_eq!(e.code(), ErrorCode::InstallNotAuthorized);
+    assert_eq!(endpoint.calls(), 1, "not retried like a transient failure");
 }
 
 #[tokio::test]
