@@ -675,6 +675,206 @@ async fn athenahealth_practice_searches(backend: Backend) {
     assert_eq!(oauth.token_request_count(), 1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fully-declared connectors (Epic, Canvas, Medplum): best-effort discovery
+// ---------------------------------------------------------------------------------------------
+
+/// Epic declares every endpoint and its issuer and also `[discovery]`: the setup save reads the
+/// document with `Epic-Client-ID` (Epic can override endpoints per client), caches it and shows
+/// it; declared endpoints keep winning.
+async fn epic_discovery_sends_client_id(backend: Backend) {
+    let app = spawn(backend).await;
+    let (oauth, fhir) = servers(&app, "/as/", "/api/FHIR/R4/", false, |o| {
+        Some(o.smart_configuration())
+    });
+    let endpoint = format!("{}/", fhir.origin());
+    let (s, v) = put_setup(
+        &app,
+        "epic",
+        json!({ "endpoint": endpoint, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["discovered"]["issuer"], json!(oauth.issuer()), "{v}");
+    assert_eq!(v["discovered"]["token_endpoint"], json!(oauth.token_url()));
+    assert!(v.get("discovery_error").is_none(), "{v}");
+    let seen = fhir.discovery_requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("epic-client-id"), Some(CLIENT_ID));
+    assert!(!seen[0]
+        .headers
+        .iter()
+        .any(|(_, v)| v.contains(CLIENT_SECRET)));
+    assert_eq!(discovery_rows(&app).await, 1);
+    let (s, got) = app.get("/v1/connectors/epic/setup").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["discovered"], v["discovered"]);
+    // Declared endpoints win over the discovered ones.
+    let (s, created) = app
+        .post(&installs_path(), json!({ "connector": "epic" }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let url = created["authorize_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{endpoint}oauth2/authorize")),
+        "{url}"
+    );
+    assert_eq!(
+        fhir.discovery_requests().len(),
+        1,
+        "the cached document was used"
+    );
+}
+
+/// Discovery down for Canvas (404) and Medplum (404, then nothing listening): the setup is
+/// saved (200) with a `discovery_error` naming the URL and the status, `discovered` is null,
+/// and the install and code flow work on the declared endpoints.
+async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
+    let app = spawn(backend).await;
+    // Canvas: OAuth under /auth/ on the instance host; the fumage host has no document.
+    let oauth = FakeOAuth::builder()
+        .prefix("/auth/")
+        .client(OAuthClient::post(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            &callback_url(&app),
+        ))
+        .with_iss(true)
+        .start();
+    let fhir = FakeFhir::builder()
+        .seed_patients(1)
+        .accept_tokens_from(oauth.token_validator())
+        .start();
+    oauth.set_iss_override(Some(oauth.origin()));
+    let (s, v) = put_setup(
+        &app,
+        "canvas",
+        json!({
+            "instance_url": format!("{}/", oauth.origin()), "fhir_base_url": fhir.base_url(),
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET
+        }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["discovered"].is_null(), "{v}");
+    let err = v["discovery_error"].as_str().unwrap();
+    let url = format!("{}.well-known/smart-configuration", fhir.base_url());
+    assert!(err.contains(&url) && err.contains("404"), "{err}");
+    assert!(!err.contains(CLIENT_SECRET));
+    let (s, got) = app.get("/v1/connectors/canvas/setup").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["discovery_error"], v["discovery_error"]);
+    assert!(got["discovered"].is_null());
+    assert_eq!(fhir.discovery_requests().len(), 1);
+    assert_eq!(
+        fhir.request_count(),
+        0,
+        "a missing document is not a FHIR hit"
+    );
+    let (id, cb) = start_canvas(&app).await;
+    assert_eq!(land(&app, &cb).await, StatusCode::OK);
+    assert_eq!(oauth.token_request_count(), 1);
+    let (_, got) = app.get(&install_path(&id)).await;
+    assert_eq!(got["status"], "authorized", "{got}");
+
+    // Medplum: OAuth under /oauth2/ and FHIR under /fhir/R4/ behind one origin, no document.
+    let oauth = FakeOAuth::builder()
+        .prefix("/oauth2/")
+        .client(OAuthClient::basic(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            &callback_url(&app),
+        ))
+        .start();
+    let fhir = FakeFhir::builder()
+        .prefix("/fhir/R4/")
+        .accept_tokens_from(oauth.token_validator())
+        .start();
+    let front = Front::start(oauth.origin(), fhir.origin());
+    let base = format!("{}/", front.origin);
+    // Nothing listening first: still saved, the error names the URL.
+    let (s, v) = put_setup(
+        &app,
+        "medplum",
+        json!({ "base_url": "http://127.0.0.1:9/", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["discovery_error"]
+        .as_str()
+        .unwrap()
+        .contains("http://127.0.0.1:9/fhir/R4/.well-known/smart-configuration"));
+    let (s, v) = put_setup(
+        &app,
+        "medplum",
+        json!({ "base_url": base, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["discovered"].is_null(), "{v}");
+    assert!(
+        v["discovery_error"].as_str().unwrap().contains("404"),
+        "{v}"
+    );
+    let (s, created) = app
+        .post(&installs_path(), json!({ "connector": "medplum" }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    assert_eq!(land(&app, &cb).await, StatusCode::OK);
+    assert_eq!(oauth.token_request_count(), 1);
+    let (_, got) = app.get(&install_path(&id)).await;
+    assert_eq!(got["status"], "authorized", "{got}");
+}
+
+/// A Medplum-shaped server whose document advertises
+/// `authorization_response_iss_parameter_supported`: a callback without `iss` is refused even
+/// though Medplum declares its issuer, and the code is not redeemed.
+async fn medplum_missing_iss_refused_when_advertised(backend: Backend) {
+    let app = spawn(backend).await;
+    let oauth = FakeOAuth::builder()
+        .prefix("/oauth2/")
+        .client(OAuthClient::basic(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            &callback_url(&app),
+        ))
+        .with_iss(false)
+        .start();
+    let mut doc = oauth.smart_configuration();
+    doc["authorization_response_iss_parameter_supported"] = json!(true);
+    let fhir = FakeFhir::builder()
+        .prefix("/fhir/R4/")
+        .accept_tokens_from(oauth.token_validator())
+        .smart_configuration(doc)
+        .start();
+    let front = Front::start(oauth.origin(), fhir.origin());
+    let base = format!("{}/", front.origin);
+    let (s, v) = put_setup(
+        &app,
+        "medplum",
+        json!({ "base_url": base, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["discovered"]["authorization_response_iss_parameter_supported"], true,
+        "{v}"
+    );
+    let (s, created) = app
+        .post(&installs_path(), json!({ "connector": "medplum" }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    assert!(!query(&cb).contains_key("iss"));
+    assert_eq!(land(&app, &cb).await, StatusCode::BAD_REQUEST);
+    assert_eq!(oauth.token_request_count(), 0, "code not redeemed");
+    let (_, got) = app.get(&install_path(&id)).await;
+    assert_eq!(got["status"], "pending_authorization", "{got}");
+}
+
 crate::both_backends! {
     smart_discovery_served_code_flow_scopes_and_launch => smart_discovery_code_flow;
     smart_missing_iss_refused_when_advertised_no_code_redeemed => smart_missing_iss_refused_when_advertised;
@@ -684,4 +884,7 @@ crate::both_backends! {
     smart_canvas_and_medplum_complete_with_iss_and_refuse_a_wrong_one => canvas_and_medplum_with_iss;
     smart_oracle_health_provider_code_flow => oracle_health_provider_flow;
     smart_athenahealth_client_credentials_and_practice_searches => athenahealth_practice_searches;
+    smart_epic_discovery_sends_epic_client_id => epic_discovery_sends_client_id;
+    smart_declared_connectors_save_when_discovery_is_down => declared_connectors_save_when_discovery_is_down;
+    smart_medplum_missing_iss_refused_when_advertised => medplum_missing_iss_refused_when_advertised;
 }

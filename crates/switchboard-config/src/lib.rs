@@ -120,6 +120,10 @@ pub struct OAuthSettings {
     /// How long a SMART discovery document (`.well-known/smart-configuration`) is used before it
     /// is read again (issue 11).
     pub discovery_ttl_secs: u64,
+    /// How long a setup save waits for SMART discovery of a connector that declares every
+    /// endpoint and its issuer (best effort: a slower or failed read is shown as
+    /// `discovery_error`, the setup is still saved).
+    pub discovery_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -144,6 +144,9 @@ impl Services {
             outbound: outbound.clone(),
             discovery_ttl_ms: i64::try_from(settings.oauth.discovery_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            discovery_timeout: std::time::Duration::from_millis(
+                settings.oauth.discovery_timeout_ms,
+            ),
         });
         let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
         let outbox = Arc::new(webhooks::Outbox::new(

@@ -215,6 +215,32 @@ pub struct Resolver {
     pub(crate) outbound: Outbound,
     /// `oauth.discovery_ttl_secs`, in milliseconds.
     pub(crate) discovery_ttl_ms: i64,
+    /// `oauth.discovery_timeout_ms`: the wait for best-effort discovery at setup save.
+    pub(crate) discovery_timeout: std::time::Duration,
+}
+
+/// A cached `smart_discovery` document: the SMART configuration, or (connectors that declare
+/// every endpoint and their issuer) the error of the last best-effort read, stored as
+/// `{"discovery_error": "..."}`.
+pub(crate) fn cached_document(document: &str) -> Option<Result<SmartConfiguration, String>> {
+    let v: serde_json::Value = serde_json::from_str(document).ok()?;
+    if let Some(e) = v.get(DISCOVERY_ERROR_KEY) {
+        return Some(Err(e.as_str().unwrap_or_default().to_owned()));
+    }
+    serde_json::from_value(v).ok().map(Ok)
+}
+
+/// The key of a stored best-effort discovery failure (see [`cached_document`]).
+pub(crate) const DISCOVERY_ERROR_KEY: &str = "discovery_error";
+
+/// Whether some auth type of the connector leaves an endpoint or the issuer to discovery (then
+/// discovery is required; otherwise a declared `[discovery]` is best effort).
+pub(crate) fn needs_discovery(def: &switchboard_connector::ConnectorDef) -> bool {
+    def.discovery.is_some()
+        && def.auth.iter().any(|a| {
+            a.needs_discovery()
+                || matches!(a, AuthDef::Oauth2AuthorizationCode(c) if c.issuer.is_none())
+        })
 }
 
 impl Resolver {
@@ -264,6 +290,11 @@ impl Resolver {
                 self.discovery(tenant_id, &connector, &fhir_base, &ctx, false)
                     .await?,
             )
+        } else if connector.def.discovery.is_some() {
+            // Every endpoint is declared: discovery is best effort and only its cached result
+            // (read when the setup was saved) is used, e.g. for the RFC 9207 `iss` rule.
+            self.cached_discovery(tenant_id, &connector.def.id, &fhir_base)
+                .await?
         } else {
             None
         };
@@ -306,7 +337,7 @@ impl Resolver {
                 .run(move |conn| discovery::find(conn, &t, &c, &b))
                 .await?;
             if let Some(row) = cached {
-                if let Ok(cfg) = serde_json::from_str::<SmartConfiguration>(&row.document) {
+                if let Some(Ok(cfg)) = cached_document(&row.document) {
                     if row.expires_at > now {
                         return Ok(cfg);
                     }
@@ -357,6 +388,71 @@ impl Resolver {
             .run(move |conn| discovery::upsert(conn, &row))
             .await?;
         Ok(cfg)
+    }
+
+    /// The cached SMART configuration of `fhir_base` (fresh or stale), without reading it.
+    async fn cached_discovery(
+        &self,
+        tenant_id: &str,
+        connector_id: &str,
+        fhir_base: &Url,
+    ) -> Result<Option<SmartConfiguration>, ServiceError> {
+        let (t, c, b) = (
+            tenant_id.to_owned(),
+            connector_id.to_owned(),
+            fhir_base.to_string(),
+        );
+        let row = self
+            .db
+            .run(move |conn| discovery::find(conn, &t, &c, &b))
+            .await?;
+        Ok(row
+            .and_then(|r| cached_document(&r.document))
+            .and_then(Result::ok))
+    }
+
+    /// Best-effort discovery (a connector that declares every endpoint and its issuer), at
+    /// setup save: waits at most `oauth.discovery_timeout_ms`; a failure is stored as the
+    /// setup's `discovery_error` (URL and status only) and never fails the caller.
+    pub(crate) async fn discovery_best_effort(
+        &self,
+        tenant_id: &str,
+        connector: &Connector,
+        fhir_base: &Url,
+        ctx: &TemplateContext,
+    ) -> Result<(), ServiceError> {
+        let read = tokio::time::timeout(
+            self.discovery_timeout,
+            self.discovery(tenant_id, connector, fhir_base, ctx, true),
+        )
+        .await;
+        let error = match read {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(ServiceError::DiscoveryFailed(e))) => e,
+            Ok(Err(ServiceError::InvalidSettings(_))) => {
+                "SMART discovery skipped: the [discovery] headers could not be rendered".to_owned()
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => format!(
+                "SMART discovery failed: {} did not answer within {} ms",
+                switchboard_auth::discovery::smart_configuration_url(fhir_base),
+                self.discovery_timeout.as_millis()
+            ),
+        };
+        let now = switchboard_core::now_ms();
+        let row = switchboard_db::Discovery {
+            tenant_id: tenant_id.to_owned(),
+            connector_id: connector.def.id.clone(),
+            fhir_base: fhir_base.to_string(),
+            document: serde_json::json!({ DISCOVERY_ERROR_KEY: error }).to_string(),
+            fetched_at: now,
+            // Stale at once: nothing reads an error row as a document.
+            expires_at: now,
+        };
+        self.db
+            .run(move |conn| discovery::upsert(conn, &row))
+            .await?;
+        Ok(())
     }
 
     /// Marks a tenant's cached discovery documents of a connector stale (a token call failed

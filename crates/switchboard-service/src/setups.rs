@@ -2,7 +2,7 @@
 
 use crate::cache::InstallCache;
 use crate::error::ServiceError;
-use crate::resolve::Resolver;
+use crate::resolve::{needs_discovery, Resolver};
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
 use serde::Serialize;
@@ -32,6 +32,11 @@ pub struct SetupOut {
     /// What SMART discovery found for the setup's FHIR base (connectors with `[discovery]` that
     /// leave an endpoint or the issuer to it); null when not read.
     pub discovered: Option<DiscoveredOut>,
+    /// Connectors that declare every endpoint and their issuer but also `[discovery]` (Epic,
+    /// Canvas, Medplum): why the best-effort discovery at the last save failed (URL and status
+    /// only); absent when it succeeded or was not attempted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_error: Option<String>,
 }
 
 /// A SMART discovery document as `GET .../setup` shows it.
@@ -53,9 +58,13 @@ pub struct DiscoveredOut {
 }
 
 impl DiscoveredOut {
-    fn from_row(row: &switchboard_db::Discovery) -> Option<Self> {
-        let d: switchboard_auth::SmartConfiguration = serde_json::from_str(&row.document).ok()?;
-        Some(Self {
+    /// The document of a cached row, or the stored best-effort error.
+    fn from_row(row: &switchboard_db::Discovery) -> Option<Result<Self, String>> {
+        let d = match crate::resolve::cached_document(&row.document)? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(Self {
             issuer: d.issuer,
             authorization_endpoint: d.authorization_endpoint,
             token_endpoint: d.token_endpoint,
@@ -68,17 +77,8 @@ impl DiscoveredOut {
             authorization_response_iss_parameter_supported: d
                 .authorization_response_iss_parameter_supported,
             fetched_at: ms_to_rfc3339(row.fetched_at),
-        })
+        }))
     }
-}
-
-/// Whether some auth type of the connector leaves an endpoint or the issuer to discovery.
-fn wants_discovery(def: &switchboard_connector::ConnectorDef) -> bool {
-    def.discovery.is_some()
-        && def.auth.iter().any(|a| {
-            a.needs_discovery()
-                || matches!(a, switchboard_connector::AuthDef::Oauth2AuthorizationCode(c) if c.issuer.is_none())
-        })
 }
 
 impl SetupOut {
@@ -137,9 +137,11 @@ impl SetupService {
         {
             self.resolver.check_upstream_url("fhir_base", &base)?;
         }
-        // Discovery before anything is written: a failure is a 422 naming the URL and status.
-        let discovered_base = if wants_discovery(def) {
-            self.discover_for(t, &connector, &values).await?
+        // Discovery before anything is written: a failure is a 422 naming the URL and status,
+        // except for connectors that declare every endpoint (best effort, never blocking).
+        let discovered_base = if def.discovery.is_some() {
+            self.discover_for(t, &connector, &values, needs_discovery(def))
+                .await?
         } else {
             None
         };
@@ -172,9 +174,9 @@ impl SetupService {
         };
         self.audit
             .admin(&t.tenant_id, Some(t), "setup.saved", 200, target)?;
-        let discovered = match discovered_base {
+        let (discovered, discovery_error) = match discovered_base {
             Some(base) => self.cached(t, connector_id, &base).await?,
-            None => None,
+            None => (None, None),
         };
         Ok(SetupOut {
             connector: connector_id.to_string(),
@@ -184,6 +186,7 @@ impl SetupService {
             jwks_url: None,
             signing_keys: None,
             discovered,
+            discovery_error,
         }
         .with_keys(key_view))
     }
@@ -195,6 +198,7 @@ impl SetupService {
         t: &TenantCtx,
         connector: &switchboard_connector::Connector,
         values: &std::collections::BTreeMap<String, String>,
+        required: bool,
     ) -> Result<Option<String>, ServiceError> {
         let merged =
             switchboard_connector::merge_settings(&connector.def, values, &Default::default());
@@ -209,9 +213,15 @@ impl SetupService {
             return Ok(None);
         };
         self.resolver.check_upstream_url("fhir_base", &base)?;
-        self.resolver
-            .discovery(&t.tenant_id, connector, &base, &ctx, true)
-            .await?;
+        if required {
+            self.resolver
+                .discovery(&t.tenant_id, connector, &base, &ctx, true)
+                .await?;
+        } else {
+            self.resolver
+                .discovery_best_effort(&t.tenant_id, connector, &base, &ctx)
+                .await?;
+        }
         Ok(Some(base.to_string()))
     }
 
@@ -220,7 +230,7 @@ impl SetupService {
         t: &TenantCtx,
         connector_id: &ConnectorId,
         base: &str,
-    ) -> Result<Option<DiscoveredOut>, ServiceError> {
+    ) -> Result<(Option<DiscoveredOut>, Option<String>), ServiceError> {
         let (tenant, cid, base) = (
             t.tenant_id.clone(),
             connector_id.to_string(),
@@ -230,7 +240,11 @@ impl SetupService {
             .db
             .run(move |conn| discovery::find(conn, &tenant, &cid, &base))
             .await?;
-        Ok(row.as_ref().and_then(DiscoveredOut::from_row))
+        Ok(match row.as_ref().and_then(DiscoveredOut::from_row) {
+            Some(Ok(d)) => (Some(d), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        })
     }
 
     pub async fn get_setup(
@@ -251,7 +265,7 @@ impl SetupService {
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
         let key_view = self.keys.view(&t.tenant_id, connector_id).await?;
-        let discovered = if connector.def.discovery.is_some() {
+        let (discovered, discovery_error) = if connector.def.discovery.is_some() {
             let merged =
                 switchboard_connector::merge_settings(&connector.def, &values, &Default::default());
             let base = connector
@@ -261,10 +275,10 @@ impl SetupService {
                 .and_then(|b| url::Url::parse(&b).ok());
             match base {
                 Some(base) => self.cached(t, connector_id, base.as_str()).await?,
-                None => None,
+                None => (None, None),
             }
         } else {
-            None
+            (None, None)
         };
         Ok(SetupOut {
             connector: connector_id.to_string(),
@@ -274,6 +288,7 @@ impl SetupService {
             jwks_url: None,
             signing_keys: None,
             discovered,
+            discovery_error,
         }
         .with_keys(key_view))
     }

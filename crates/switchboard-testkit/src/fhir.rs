@@ -267,6 +267,8 @@ struct State {
     max_page_size: usize,
     require_accept: bool,
     smart_config: Option<Value>,
+    /// Every `.well-known/smart-configuration` request (configured document or not).
+    discovery_requests: Vec<RecordedRequest>,
 }
 
 struct Shared {
@@ -436,6 +438,7 @@ impl FakeFhir {
                 max_page_size: 100,
                 require_accept: true,
                 smart_config: None,
+                discovery_requests: Vec::new(),
             },
         }
     }
@@ -615,6 +618,18 @@ impl FakeFhir {
         self.shared.state().requests.last().cloned()
     }
 
+    /// Serves `doc` at `{base}.well-known/smart-configuration` from now on (None: 404 again).
+    pub fn set_smart_configuration(&self, doc: Option<Value>) {
+        self.shared.state().smart_config = doc;
+    }
+
+    /// The `.well-known/smart-configuration` requests received, with their headers (e.g.
+    /// Epic's `Epic-Client-ID`). Without a configured document these 404 and are kept only
+    /// here: they are not in [`FakeFhir::requests`] and take no queued fault.
+    pub fn discovery_requests(&self) -> Vec<RecordedRequest> {
+        self.shared.state().discovery_requests.clone()
+    }
+
     /// Forgets recorded requests and queued faults (tokens, patients and modes stay).
     pub fn reset(&self) {
         let mut s = self.shared.state();
@@ -740,6 +755,14 @@ fn fault_response(fault: Fault) -> HttpResponse {
 
 async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let recorded = RecordedRequest::capture(&req, &body);
+    let well_known = format!("{}.well-known/smart-configuration", shared.config.prefix);
+    if req.method() == actix_web::http::Method::GET && req.uri().path() == well_known {
+        let mut s = shared.state();
+        s.discovery_requests.push(recorded.clone());
+        if s.smart_config.is_none() {
+            return outcome(StatusCode::NOT_FOUND, "not-found", "No SMART configuration");
+        }
+    }
     let fault = {
         let mut s = shared.state();
         s.requests.push(recorded.clone());
