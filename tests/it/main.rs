@@ -15,6 +15,7 @@ mod audit;
 mod backend_services;
 mod cli;
 mod connectors;
+mod console;
 mod db_outage;
 mod error_codes;
 mod fhir_reads;

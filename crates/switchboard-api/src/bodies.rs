@@ -36,3 +36,12 @@ pub struct SetupIn {
 pub struct TenantPatch {
     pub(crate) allowed_return_urls: Vec<String>,
 }
+
+/// `POST /console/session`: the tenant API key to sign in with (JSON or an HTML form).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSignIn {
+    /// A tenant API key (`sbk_…`).
+    #[schema(min_length = 1, max_length = 200)]
+    pub(crate) api_key: String,
+}

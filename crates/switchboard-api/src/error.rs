@@ -33,6 +33,13 @@ impl ApiError {
     }
 }
 
+/// A cookie-authenticated write that fails the console's CSRF rule.
+impl From<switchboard_service::console::CsrfError> for ApiError {
+    fn from(e: switchboard_service::console::CsrfError) -> Self {
+        Self::new(ErrorCode::CsrfRejected, e.to_string())
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let code = e.code();

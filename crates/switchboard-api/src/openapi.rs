@@ -29,7 +29,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::bodies::{ApiKeyIn, SetupIn, TenantPatch};
+use crate::bodies::{ApiKeyIn, ConsoleSignIn, SetupIn, TenantPatch};
+use switchboard_service::console::SessionOut;
 
 // Bodies the handlers build as JSON values. These types describe them; schemathesis checks
 // every response against them, so they cannot silently drift.
@@ -460,6 +461,65 @@ mod ops {
         responses((status = 202, body = DeliveryOut))
     )]
     fn replay_delivery() {}
+
+    /// The web console (HTML; its script and style sheet come from this origin only)
+    #[utoipa::path(
+        get,
+        path = "/console",
+        tag = "console",
+        responses((status = 200, body = String, content_type = "text/html"))
+    )]
+    fn console_index() {}
+
+    /// The console's script
+    #[utoipa::path(
+        get,
+        path = "/console/app.js",
+        tag = "console",
+        responses((status = 200, body = String, content_type = "text/javascript"))
+    )]
+    fn console_js() {}
+
+    /// The console's style sheet
+    #[utoipa::path(
+        get,
+        path = "/console/app.css",
+        tag = "console",
+        responses((status = 200, body = String, content_type = "text/css"))
+    )]
+    fn console_css() {}
+
+    /// Sign in to the console with a tenant API key: sets the HttpOnly session cookie
+    /// `sb_console` and the CSRF cookie `sb_console_csrf`
+    #[utoipa::path(
+        post,
+        path = "/console/session",
+        tag = "console",
+        request_body(content(
+            (ConsoleSignIn = "application/json"),
+            (ConsoleSignIn = "application/x-www-form-urlencoded")
+        )),
+        responses((status = 201, body = SessionOut))
+    )]
+    fn console_sign_in() {}
+
+    /// The console session of the `sb_console` cookie
+    #[utoipa::path(
+        get,
+        path = "/console/session",
+        tag = "console",
+        responses((status = 200, body = SessionOut))
+    )]
+    fn console_session() {}
+
+    /// Sign out: ends the cookie's session (with its `X-CSRF-Token`) and clears the cookies
+    #[utoipa::path(
+        delete,
+        path = "/console/session",
+        tag = "console",
+        responses((status = 204, description = "Signed out"))
+    )]
+    fn console_sign_out() {}
 }
 
 #[derive(OpenApi)]
@@ -503,7 +563,13 @@ mod ops {
         ops::get_webhook,
         ops::delete_webhook,
         ops::list_deliveries,
-        ops::replay_delivery
+        ops::replay_delivery,
+        ops::console_index,
+        ops::console_js,
+        ops::console_css,
+        ops::console_sign_in,
+        ops::console_session,
+        ops::console_sign_out
     ),
     components(schemas(
         Problem,
@@ -691,8 +757,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 35);
-        assert_eq!(OPERATIONS.len(), 35);
+        assert_eq!(ops, 41);
+        assert_eq!(OPERATIONS.len(), 41);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

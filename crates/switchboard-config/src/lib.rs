@@ -36,6 +36,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub webhooks: WebhookSettings,
     pub backend_services: BackendServicesSettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +303,16 @@ impl BackendServicesSettings {
     }
 }
 
+/// The web console's sessions (issue 15): idle and absolute lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// A session ends after this many seconds without a request.
+    pub session_idle_secs: u64,
+    /// A session ends this many seconds after sign-in, however active.
+    pub session_max_secs: u64,
+}
+
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -511,6 +522,15 @@ impl Settings {
             return invalid(
                 "metrics.token",
                 "must be empty or at least 16 characters without whitespace".into(),
+            );
+        }
+        if self.console.session_idle_secs == 0
+            || self.console.session_max_secs < self.console.session_idle_secs
+        {
+            return invalid(
+                "console.session_max_secs",
+                "console.session_idle_secs must be positive and session_max_secs at least it"
+                    .into(),
             );
         }
         if self.backend_services.key_overlap_secs <= self.backend_services.jwks_max_age_secs {

@@ -65,6 +65,9 @@ error_codes! {
     // call holding the key is still running.
     IdempotencyKeyReused    => ("idempotency_key_reused", 422, "Idempotency-Key already used with a different request"),
     IdempotencyKeyInFlight  => ("idempotency_key_in_flight", 409, "A call with this Idempotency-Key is in progress"),
+    // Issue 15, the web console: a write authenticated by the session cookie without the
+    // session's X-CSRF-Token or from another origin.
+    CsrfRejected            => ("csrf_rejected", 403, "Cross-site request refused"),
 }
 
 impl std::fmt::Display for ErrorCode {

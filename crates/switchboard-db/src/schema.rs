@@ -241,3 +241,18 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+// Issue 15, the web console: sessions (migration 2026-12-07-000003_console_sessions).
+diesel::table! {
+    console_sessions (token_hash) {
+        token_hash -> Text,
+        tenant_id -> Text,
+        api_key_id -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::joinable!(console_sessions -> api_keys (api_key_id));
+diesel::allow_tables_to_appear_in_same_query!(console_sessions, api_keys);

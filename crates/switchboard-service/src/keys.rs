@@ -262,6 +262,12 @@ impl KeyService {
         Ok(found)
     }
 
+    /// Counts one request against the rate of the key `ctx` acts with (a console session's
+    /// requests count against the key it was opened with): 429 `rate_limited` past it.
+    pub fn check_rate(&self, ctx: &TenantCtx) -> Result<(), ServiceError> {
+        self.rate.check(&ctx.key_id)
+    }
+
     async fn lookup(&self, presented: &str) -> Result<Option<TenantCtx>, ServiceError> {
         if !presented.starts_with(KEY_PREFIX) || presented.len() > 200 {
             return Ok(None);

@@ -4,7 +4,8 @@
 //! replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
-//! `return_url`, `pagination`, `limits`, then `resolve` on `settings`, `audit` on `pagination` and
+//! `return_url`, `pagination`, `limits`, `console` (web console sessions, on `clock` and
+//! `tenant`), then `resolve` on `settings`, `audit` on `pagination` and
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
 //! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
@@ -19,6 +20,7 @@ pub mod cache;
 pub mod callback;
 pub mod clock;
 pub mod connectors;
+pub mod console;
 pub mod error;
 pub mod installs;
 pub mod keys;
@@ -80,6 +82,8 @@ pub struct Services {
     pub dispatcher: Arc<webhooks::Dispatcher>,
     /// SMART Backend Services setup keys (the public JWK Set route reads them).
     pub setup_keys: Arc<signing_keys::SetupKeys>,
+    /// Web console sessions (issue 15).
+    pub console: Arc<console::ConsoleService>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -149,6 +153,17 @@ impl Services {
             ),
         });
         let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
+        let console = Arc::new(console::ConsoleService {
+            db: db.clone(),
+            clock: clock.clone(),
+            idle_ms: i64::try_from(settings.console.session_idle_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            max_ms: i64::try_from(settings.console.session_max_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            origin: url::Url::parse(&settings.server.public_url)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default(),
+        });
         let outbox = Arc::new(webhooks::Outbox::new(
             clock.clone(),
             settings.webhooks.refresh_failing_after,
@@ -261,6 +276,7 @@ impl Services {
             tokens,
             audit,
             setup_keys: keys,
+            console,
             settings,
             db,
             catalog,

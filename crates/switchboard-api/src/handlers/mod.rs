@@ -5,6 +5,7 @@ mod accounts;
 mod api_keys;
 mod callback;
 mod connectors;
+mod console;
 mod health;
 mod installs;
 mod methods;
@@ -31,6 +32,13 @@ pub fn routes() -> Scope {
         .route("/jwks/{jwks_id}.json", web::get().to(setups::jwks))
         // Any other name under /jwks/ is an unknown JWK Set (404), not an unknown route.
         .route("/jwks/{jwks_file}", web::get().to(setups::jwks_unknown))
+        // The web console (issue 15): pages and the cookie session.
+        .route("/console", web::get().to(console::index))
+        .route("/console/app.js", web::get().to(console::app_js))
+        .route("/console/app.css", web::get().to(console::app_css))
+        .route("/console/session", web::post().to(console::sign_in))
+        .route("/console/session", web::get().to(console::get_session))
+        .route("/console/session", web::delete().to(console::sign_out))
         .service(
             web::scope("/v1")
                 .route("/tenant", web::get().to(tenant::get_tenant))
