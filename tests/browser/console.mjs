@@ -57,6 +57,8 @@ try {
   await page.goto(`${BASE}/console`);
   await page.getByLabel("Tenant API key").waitFor();
   check((await page.getAttribute("html", "lang")) === "en", "the page declares its language");
+  check(await page.locator("#nav").isHidden(), "no navigation before sign-in");
+  check(await page.getByLabel("Tenant API key").evaluate((el) => el === document.activeElement), "the key field has the focus");
   await page.getByLabel("Tenant API key").fill(`${API_KEY}-wrong`);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.locator("#signin-error", { hasText: "not valid" }).waitFor();

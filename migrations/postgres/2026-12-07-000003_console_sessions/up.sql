@@ -4,7 +4,7 @@
 -- without a request (`last_seen_at`), at `expires_at` (`console.session_max_secs` after sign-in),
 -- or at sign-out. Expired rows are purged at each sign-in.
 CREATE TABLE console_sessions (
-    token_hash   TEXT   PRIMARY KEY,
+    token_hash   TEXT   NOT NULL PRIMARY KEY,
     tenant_id    TEXT   NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     api_key_id   TEXT   NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
     created_at   BIGINT NOT NULL,

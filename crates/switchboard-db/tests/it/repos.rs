@@ -693,3 +693,48 @@ fn install_status_column(db: &Db) {
         InstallStatus::Authorized
     );
 }
+
+// Issue 15: console sessions.
+both_backends!(console_sessions_follow_their_key_and_expire);
+
+fn console_sessions_follow_their_key_and_expire(db: &Db) {
+    use repo::console_sessions::{self as cs, ConsoleSession};
+    tenant(db, "ten_a");
+    let mut c = db.get().unwrap();
+    repo::api_keys::insert(&mut c, &key("ten_a", "key_1", "h1", 1)).unwrap();
+    let row = |hash: &str, seen: i64, expires: i64| ConsoleSession {
+        token_hash: hash.to_owned(),
+        tenant_id: "ten_a".to_owned(),
+        api_key_id: "key_1".to_owned(),
+        created_at: 100,
+        last_seen_at: seen,
+        expires_at: expires,
+    };
+    cs::insert(&mut c, &row("s_live", 100, 10_000)).unwrap();
+    cs::insert(&mut c, &row("s_idle", 100, 10_000)).unwrap();
+    cs::insert(&mut c, &row("s_over", 900, 1_000)).unwrap();
+    assert!(matches!(
+        cs::insert(&mut c, &row("s_live", 1, 1)),
+        Err(DbError::Conflict)
+    ));
+    assert_eq!(
+        cs::find_with_active_key(&mut c, "s_live").unwrap(),
+        Some(row("s_live", 100, 10_000))
+    );
+    assert_eq!(cs::find_with_active_key(&mut c, "nope").unwrap(), None);
+    cs::touch(&mut c, "s_live", 950).unwrap();
+    // At 1000 with an idle limit reaching back to 500: s_idle (seen at 100) and s_over (past
+    // its absolute expiry) go, s_live (seen at 950) stays.
+    assert_eq!(cs::purge(&mut c, 1_000, 500).unwrap(), 2);
+    assert_eq!(
+        cs::find_with_active_key(&mut c, "s_live")
+            .unwrap()
+            .map(|s| s.last_seen_at),
+        Some(950)
+    );
+    // A revoked key hides its sessions.
+    assert!(repo::api_keys::revoke(&mut c, "ten_a", "key_1", 2_000).unwrap());
+    assert_eq!(cs::find_with_active_key(&mut c, "s_live").unwrap(), None);
+    assert!(cs::delete(&mut c, "s_live").unwrap());
+    assert!(!cs::delete(&mut c, "s_live").unwrap());
+}
