@@ -8,9 +8,11 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem, WebhookId,
+    AccountId, AgentSessionId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem,
+    WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
+use switchboard_service::agent_sessions::{AgentSessionCreated, AgentSessionIn, AgentSessionList};
 use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
 use switchboard_service::installs::{
@@ -460,6 +462,37 @@ mod ops {
         responses((status = 202, body = DeliveryOut))
     )]
     fn replay_delivery() {}
+
+    /// Create an agent session: a bearer token for `/mcp` (shown once) giving an MCP client the
+    /// chosen methods of one install as tools
+    #[utoipa::path(
+        post,
+        path = "/v1/agent-sessions",
+        tag = "agent-sessions",
+        request_body = AgentSessionIn,
+        responses((status = 201, body = AgentSessionCreated))
+    )]
+    fn create_agent_session() {}
+
+    /// List agent sessions that are not revoked (never a token)
+    #[utoipa::path(
+        get,
+        path = "/v1/agent-sessions",
+        tag = "agent-sessions",
+        params(PageIn),
+        responses((status = 200, body = AgentSessionList))
+    )]
+    fn list_agent_sessions() {}
+
+    /// Revoke an agent session: its next `/mcp` request is refused
+    #[utoipa::path(
+        delete,
+        path = "/v1/agent-sessions/{session}",
+        tag = "agent-sessions",
+        params(("session" = AgentSessionId, Path)),
+        responses((status = 204, description = "Revoked"))
+    )]
+    fn revoke_agent_session() {}
 }
 
 #[derive(OpenApi)]
@@ -503,7 +536,10 @@ mod ops {
         ops::get_webhook,
         ops::delete_webhook,
         ops::list_deliveries,
-        ops::replay_delivery
+        ops::replay_delivery,
+        ops::create_agent_session,
+        ops::list_agent_sessions,
+        ops::revoke_agent_session
     ),
     components(schemas(
         Problem,
@@ -513,7 +549,8 @@ mod ops {
         ConnectorId,
         MethodId,
         WebhookId,
-        EventId
+        EventId,
+        AgentSessionId
     )),
     modifiers(&Conventions)
 )]
@@ -642,6 +679,7 @@ mod tests {
                                     "connector" => "ConnectorId",
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
+                                    "session" => "AgentSessionId",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -691,8 +729,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 35);
-        assert_eq!(OPERATIONS.len(), 35);
+        assert_eq!(ops, 38);
+        assert_eq!(OPERATIONS.len(), 38);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
@@ -743,6 +781,7 @@ mod tests {
             "/v1/audit",
             "/v1/webhooks",
             "/v1/webhooks/{webhook}/deliveries",
+            "/v1/agent-sessions",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();

@@ -36,6 +36,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub webhooks: WebhookSettings,
     pub backend_services: BackendServicesSettings,
+    pub mcp: McpSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +303,22 @@ impl BackendServicesSettings {
     }
 }
 
+/// Agent sessions and the MCP server at `/mcp` (issue 15).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSettings {
+    /// Browser origins (`http(s)://host[:port]`) allowed to call `/mcp` besides the origin of
+    /// `server.public_url`; a request with any other `Origin` header is 403. Requests without
+    /// `Origin` (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Lifetime of an agent session whose request names no `expires_in`.
+    pub session_default_ttl_secs: u64,
+    /// The largest `expires_in` a session request may ask for (422 beyond).
+    pub session_max_ttl_secs: u64,
+    /// Live (neither revoked nor expired) agent sessions a tenant may hold; 0 = no quota.
+    pub max_sessions_per_tenant: u64,
+}
+
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,6 +385,7 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("security.allowed_return_urls")
             .with_list_parse_key("security.tenant_return_url_origins")
+            .with_list_parse_key("mcp.allowed_origins")
             .try_parsing(true)
             .source(Some(
                 env.into_iter()
@@ -512,6 +530,26 @@ impl Settings {
                 "metrics.token",
                 "must be empty or at least 16 characters without whitespace".into(),
             );
+        }
+        let mcp = &self.mcp;
+        if mcp.session_default_ttl_secs == 0
+            || mcp.session_max_ttl_secs < mcp.session_default_ttl_secs
+        {
+            return invalid(
+                "mcp.session_default_ttl_secs",
+                "must be at least 1 and at most mcp.session_max_ttl_secs".into(),
+            );
+        }
+        for origin in &mcp.allowed_origins {
+            match url::Url::parse(origin) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.path() == "/" => {}
+                _ => {
+                    return invalid(
+                        "mcp.allowed_origins",
+                        "each entry must be an origin: http(s)://host[:port] with no path".into(),
+                    )
+                }
+            }
         }
         if self.backend_services.key_overlap_secs <= self.backend_services.jwks_max_age_secs {
             return invalid(

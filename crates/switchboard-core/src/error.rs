@@ -65,6 +65,11 @@ error_codes! {
     // call holding the key is still running.
     IdempotencyKeyReused    => ("idempotency_key_reused", 422, "Idempotency-Key already used with a different request"),
     IdempotencyKeyInFlight  => ("idempotency_key_in_flight", 409, "A call with this Idempotency-Key is in progress"),
+    // Issue 15, agent sessions and /mcp: a session request naming unknown methods, a write
+    // without allow_writes or an expiry out of range; an /mcp request from a browser origin
+    // the operator does not allow (DNS rebinding guard of the MCP transport).
+    InvalidAgentSession     => ("invalid_agent_session", 422, "Invalid agent session request"),
+    OriginNotAllowed        => ("origin_not_allowed", 403, "Origin not allowed"),
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -14,6 +14,7 @@
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
+pub mod agent_sessions;
 pub mod audit;
 pub mod cache;
 pub mod callback;
@@ -80,6 +81,8 @@ pub struct Services {
     pub dispatcher: Arc<webhooks::Dispatcher>,
     /// SMART Backend Services setup keys (the public JWK Set route reads them).
     pub setup_keys: Arc<signing_keys::SetupKeys>,
+    /// Agent sessions, the access of MCP clients to `/mcp` (issue 15).
+    pub agent_sessions: Arc<agent_sessions::AgentSessionService>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -111,6 +114,7 @@ impl Services {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         let crypto = Arc::new(rotation::load_ring(&settings.secrets, &db)?);
+        let agent_clock = clock.clone();
         let catalog =
             switchboard_connector::load_dir(&settings.connectors.dir).map_err(|diags| {
                 StartupError::Connectors(
@@ -257,6 +261,14 @@ impl Services {
             }),
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
+            }),
+            agent_sessions: Arc::new(agent_sessions::AgentSessionService {
+                db: db.clone(),
+                catalog: catalog.clone(),
+                clock: agent_clock,
+                settings: settings.mcp.clone(),
+                crypto: crypto.clone(),
+                audit: audit.clone(),
             }),
             tokens,
             audit,

@@ -2,11 +2,13 @@
 //! function and maps the result.
 
 mod accounts;
+mod agent_sessions;
 mod api_keys;
 mod callback;
 mod connectors;
 mod health;
 mod installs;
+mod mcp;
 mod methods;
 mod setups;
 mod tenant;
@@ -31,6 +33,12 @@ pub fn routes() -> Scope {
         .route("/jwks/{jwks_id}.json", web::get().to(setups::jwks))
         // Any other name under /jwks/ is an unknown JWK Set (404), not an unknown route.
         .route("/jwks/{jwks_file}", web::get().to(setups::jwks_unknown))
+        // Issue 15: the MCP server (agent-session bearer, not an API key).
+        .service(
+            web::resource("/mcp")
+                .route(web::post().to(mcp::post))
+                .default_service(web::to(mcp::method_not_allowed)),
+        )
         .service(
             web::scope("/v1")
                 .route("/tenant", web::get().to(tenant::get_tenant))
@@ -106,6 +114,19 @@ pub fn routes() -> Scope {
                 .route(
                     "/webhooks/{webhook}/deliveries/{event}/replay",
                     web::post().to(webhooks::replay_delivery),
+                )
+                // Issue 15: agent sessions (bearer access to /mcp).
+                .route(
+                    "/agent-sessions",
+                    web::post().to(agent_sessions::create_agent_session),
+                )
+                .route(
+                    "/agent-sessions",
+                    web::get().to(agent_sessions::list_agent_sessions),
+                )
+                .route(
+                    "/agent-sessions/{session}",
+                    web::delete().to(agent_sessions::revoke_agent_session),
                 ),
         )
 }
