@@ -4,8 +4,9 @@
 //! streamable HTTP, tests/mcp-client) against a Canvas install on a FakeFhir: the tools are
 //! the session's methods with their schemas, get_patient and search_patients return the FHIR
 //! JSON, a write tool is absent and refused on a read-only session, a validation error is a
-//! tool error with its code and nothing sent upstream, and a revoked session, a deleted install
-//! and an expired session (on a `ManualClock`) are refused on the next call.
+//! tool error with its code and nothing sent upstream, and a revoked session, an expired session
+//! (on a `ManualClock`), an install needing re-authorization and a deleted install are refused
+//! on the next call.
 
 use crate::methods::{install, Env, Via};
 use crate::support::{assert_problem, repo_root, Backend, TestApp};
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::process::Stdio;
 use std::time::Duration;
-use switchboard_core::now_ms;
+use switchboard_core::{now_ms, InstallStatus};
 use switchboard_service::ManualClock;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -525,7 +526,12 @@ async fn an_mcp_client_lists_tools_and_calls_methods(backend: Backend) {
 
 async fn revoked_expired_and_deleted_are_refused_on_the_next_call(backend: Backend) {
     let clock = ManualClock::new(now_ms());
-    let app = TestApp::spawn_with_clock(backend, clock.clone(), |_| {}).await;
+    // No prepared-install cache: a status another replica wrote is seen on the next call (the
+    // token keeper drops this replica's entry itself when it changes the status).
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
+        s.tokens.install_cache_ttl_ms = 0
+    })
+    .await;
     let env = canvas(&app).await;
     let get = json!({"id": "pat-0002"});
 
@@ -569,6 +575,34 @@ async fn revoked_expired_and_deleted_are_refused_on_the_next_call(backend: Backe
         .cloned()
         .unwrap();
     assert_eq!(listed["expired"], true, "{listed}");
+
+    // Needing re-authorization: the next tool call is a tool error naming the status.
+    let s = create_session(&app, &env, json!({})).await;
+    let mut mcp = McpClient::start(&app, s["token"].as_str().unwrap()).await;
+    mcp.connect().await;
+    let r = mcp.call("get_patient", get.clone()).await.expect("call");
+    assert_ne!(r["isError"], true, "{r}");
+    let set = |status: InstallStatus| {
+        let id = env.install.clone();
+        app.db(move |c| switchboard_db::repo::installs::set_status(c, &id, status, None, now_ms()))
+    };
+    assert!(set(InstallStatus::NeedsReauthorization).await);
+    let before = env.fhir.request_count();
+    let r = mcp
+        .call("get_patient", get.clone())
+        .await
+        .expect("a tool result");
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        r["structuredContent"]["code"], "install_not_authorized",
+        "{r}"
+    );
+    assert_eq!(
+        r["structuredContent"]["install_status"], "needs_reauthorization",
+        "{r}"
+    );
+    assert_eq!(env.fhir.request_count(), before);
+    assert!(set(InstallStatus::Authorized).await);
 
     // Deleted install: the next tool call is a tool error (not_found), nothing sent upstream.
     let s = create_session(&app, &env, json!({})).await;
