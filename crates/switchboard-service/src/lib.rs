@@ -1,13 +1,14 @@
 //! Application services: one service per resource, each owning only the shared pieces it
 //! needs (keys, setups, accounts+installs, the OAuth callback, method calls, the connector
-//! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
-//! replicas through a database lease). Handlers call exactly one function here.
+//! catalogue, agent sessions for `/mcp`), and the token lifecycle ([`TokenKeeper`]: single
+//! flight per install, across replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, `pagination`, `limits`, then `resolve` on `settings`, `audit` on `pagination` and
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
-//! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
+//! `callback`, `methods`, `connectors`, `agent_sessions` on `clock` and `pagination`; they
+//! record through `audit` and write webhook events
 //! through `webhooks::Outbox`) <- `Services` (this file). Key
 //! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
 //! only the database and the key ring.
