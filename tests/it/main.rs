@@ -23,6 +23,7 @@ mod installs;
 mod keys;
 mod limits;
 mod lists;
+mod mcp;
 mod methods;
 mod metrics;
 mod oauth_flows;

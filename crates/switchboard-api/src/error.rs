@@ -100,6 +100,11 @@ impl From<ServiceError> for ApiError {
                 ),
             )
             .with("errors", json!(errors)),
+            ServiceError::InvalidAgentSession(errors) => Problem::new(
+                code,
+                format!("{} field(s) of the agent session are invalid", errors.len()),
+            )
+            .with("errors", json!(errors)),
             ServiceError::Internal(cause) => {
                 // The cause is logged, never shown.
                 tracing::error!(cause = %cause, "internal error");

@@ -8,9 +8,11 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem, WebhookId,
+    AccountId, AgentSessionId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem,
+    WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
+use switchboard_service::agent_sessions::{AgentSessionCreated, AgentSessionIn, AgentSessionList};
 use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
 use switchboard_service::installs::{
@@ -520,6 +522,37 @@ mod ops {
         responses((status = 204, description = "Signed out"))
     )]
     fn console_sign_out() {}
+
+    /// Create an agent session: a bearer token for `/mcp` (shown once) giving an MCP client the
+    /// chosen methods of one install as tools
+    #[utoipa::path(
+        post,
+        path = "/v1/agent-sessions",
+        tag = "agent-sessions",
+        request_body = AgentSessionIn,
+        responses((status = 201, body = AgentSessionCreated))
+    )]
+    fn create_agent_session() {}
+
+    /// List agent sessions that are not revoked (never a token)
+    #[utoipa::path(
+        get,
+        path = "/v1/agent-sessions",
+        tag = "agent-sessions",
+        params(PageIn),
+        responses((status = 200, body = AgentSessionList))
+    )]
+    fn list_agent_sessions() {}
+
+    /// Revoke an agent session: its next `/mcp` request is refused
+    #[utoipa::path(
+        delete,
+        path = "/v1/agent-sessions/{session}",
+        tag = "agent-sessions",
+        params(("session" = AgentSessionId, Path)),
+        responses((status = 204, description = "Revoked"))
+    )]
+    fn revoke_agent_session() {}
 }
 
 #[derive(OpenApi)]
@@ -569,7 +602,10 @@ mod ops {
         ops::console_css,
         ops::console_sign_in,
         ops::console_session,
-        ops::console_sign_out
+        ops::console_sign_out,
+        ops::create_agent_session,
+        ops::list_agent_sessions,
+        ops::revoke_agent_session
     ),
     components(schemas(
         Problem,
@@ -579,7 +615,8 @@ mod ops {
         ConnectorId,
         MethodId,
         WebhookId,
-        EventId
+        EventId,
+        AgentSessionId
     )),
     modifiers(&Conventions)
 )]
@@ -708,6 +745,7 @@ mod tests {
                                     "connector" => "ConnectorId",
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
+                                    "session" => "AgentSessionId",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -757,8 +795,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 41);
-        assert_eq!(OPERATIONS.len(), 41);
+        assert_eq!(ops, 44);
+        assert_eq!(OPERATIONS.len(), 44);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
@@ -809,6 +847,7 @@ mod tests {
             "/v1/audit",
             "/v1/webhooks",
             "/v1/webhooks/{webhook}/deliveries",
+            "/v1/agent-sessions",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();

@@ -37,6 +37,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub backend_services: BackendServicesSettings,
     pub console: ConsoleSettings,
+    pub mcp: McpSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +312,20 @@ pub struct ConsoleSettings {
     pub session_idle_secs: u64,
     /// A session ends this many seconds after sign-in, however active.
     pub session_max_secs: u64,
+/// Agent sessions and the MCP server at `/mcp` (issue 15).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSettings {
+    /// Browser origins (`http(s)://host[:port]`) allowed to call `/mcp` besides the origin of
+    /// `server.public_url`; a request with any other `Origin` header is 403. Requests without
+    /// `Origin` (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Lifetime of an agent session whose request names no `expires_in`.
+    pub session_default_ttl_secs: u64,
+    /// The largest `expires_in` a session request may ask for (422 beyond).
+    pub session_max_ttl_secs: u64,
+    /// Live (neither revoked nor expired) agent sessions a tenant may hold; 0 = no quota.
+    pub max_sessions_per_tenant: u64,
 }
 
 /// Where `/metrics` is served and whether it needs a token. `Debug` hides the token.
@@ -379,6 +394,7 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("security.allowed_return_urls")
             .with_list_parse_key("security.tenant_return_url_origins")
+            .with_list_parse_key("mcp.allowed_origins")
             .try_parsing(true)
             .source(Some(
                 env.into_iter()
@@ -532,6 +548,26 @@ impl Settings {
                 "console.session_idle_secs must be positive and session_max_secs at least it"
                     .into(),
             );
+        }
+        let mcp = &self.mcp;
+        if mcp.session_default_ttl_secs == 0
+            || mcp.session_max_ttl_secs < mcp.session_default_ttl_secs
+        {
+            return invalid(
+                "mcp.session_default_ttl_secs",
+                "must be at least 1 and at most mcp.session_max_ttl_secs".into(),
+            );
+        }
+        for origin in &mcp.allowed_origins {
+            match url::Url::parse(origin) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.path() == "/" => {}
+                _ => {
+                    return invalid(
+                        "mcp.allowed_origins",
+                        "each entry must be an origin: http(s)://host[:port] with no path".into(),
+                    )
+                }
+            }
         }
         if self.backend_services.key_overlap_secs <= self.backend_services.jwks_max_age_secs {
             return invalid(

@@ -204,6 +204,112 @@ fn param_view(p: &ParamDef) -> Value {
     Value::Object(v)
 }
 
+/// The JSON Schema (draft 2020-12 keywords) of a call's arguments given as one flat object: each
+/// param by name (its type, enum, pattern anchored as the engine matches it, bounds, description;
+/// a repeated param also takes an array), `body` for a write method (the FHIR resource, its
+/// `resourceType` fixed and its required elements), `max_pages` for a paged search (unless a
+/// param has that name), `require_one_of` as `anyOf` of `required` sets. The MCP server offers
+/// it as a tool's `inputSchema`; the engine still validates every call.
+pub fn method_input_schema(m: &MethodDef) -> Value {
+    let mut props = Map::new();
+    let mut required: Vec<String> = Vec::new();
+    for p in &m.params {
+        props.insert(p.name.clone(), param_schema(p));
+        if p.required {
+            required.push(p.name.clone());
+        }
+    }
+    if let Some(body) = &m.body {
+        let mut need = vec!["resourceType".to_owned()];
+        need.extend(body.required.iter().cloned());
+        props.insert(
+            "body".into(),
+            json!({
+                "type": "object",
+                "description": format!("The FHIR {} resource to send", body.resource_type),
+                "properties": { "resourceType": { "const": body.resource_type } },
+                "required": need,
+            }),
+        );
+        required.push("body".into());
+    }
+    if m.paging == crate::model::Paging::FhirBundle && m.param("max_pages").is_none() {
+        props.insert(
+            "max_pages".into(),
+            json!({
+                "type": "integer",
+                "minimum": 1,
+                "description": "Follow the searchset's next links up to this many pages (default 1)",
+            }),
+        );
+    }
+    let mut schema = Map::new();
+    schema.insert("type".into(), json!("object"));
+    schema.insert("properties".into(), Value::Object(props));
+    if !required.is_empty() {
+        schema.insert("required".into(), json!(required));
+    }
+    schema.insert("additionalProperties".into(), json!(false));
+    if !m.require_one_of.is_empty() {
+        schema.insert(
+            "anyOf".into(),
+            Value::Array(
+                m.require_one_of
+                    .iter()
+                    .map(|set| json!({ "required": set }))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(schema)
+}
+
+fn param_schema(p: &ParamDef) -> Value {
+    use crate::model::ParamType as T;
+    let mut one = Map::new();
+    match p.kind {
+        T::String | T::Date | T::Token => {
+            one.insert("type".into(), json!("string"));
+        }
+        T::Integer => {
+            one.insert("type".into(), json!("integer"));
+        }
+        T::Number => {
+            one.insert("type".into(), json!("number"));
+        }
+        T::Boolean => {
+            one.insert("type".into(), json!("boolean"));
+        }
+        T::Json => {}
+    }
+    if !p.allowed.is_empty() {
+        one.insert("enum".into(), json!(p.allowed));
+    }
+    if let Some(pat) = &p.pattern {
+        one.insert("pattern".into(), json!(format!("^(?:{pat})$")));
+    }
+    if let Some(min) = p.minimum {
+        one.insert("minimum".into(), json!(min));
+    }
+    if let Some(max) = p.maximum {
+        one.insert("maximum".into(), json!(max));
+    }
+    let mut v = if p.repeated {
+        let mut either = Map::new();
+        either.insert(
+            "anyOf".into(),
+            json!([Value::Object(one.clone()), {"type": "array", "items": Value::Object(one)}]),
+        );
+        either
+    } else {
+        one
+    };
+    if let Some(d) = &p.description {
+        v.insert("description".into(), json!(d));
+    }
+    Value::Object(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +320,32 @@ mod tests {
             .join("../../connectors")
             .join(format!("{id}.toml"));
         crate::load_file(&path).unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    #[test]
+    fn method_input_schema_lists_params_body_and_paging() {
+        let def = load("canvas");
+        let get = def.methods.iter().find(|m| m.id == "get_patient").unwrap();
+        let s = method_input_schema(get);
+        assert_eq!(s["type"], "object");
+        assert_eq!(s["properties"]["id"]["type"], "string");
+        assert_eq!(s["required"], json!(["id"]));
+        assert_eq!(s["additionalProperties"], false);
+        let search = def
+            .methods
+            .iter()
+            .find(|m| m.id == "search_patients")
+            .unwrap();
+        let s = method_input_schema(search);
+        assert_eq!(s["properties"]["max_pages"]["type"], "integer");
+        let write = def.methods.iter().find(|m| m.body.is_some()).unwrap();
+        let s = method_input_schema(write);
+        let body = write.body.as_ref().unwrap();
+        assert_eq!(
+            s["properties"]["body"]["properties"]["resourceType"]["const"],
+            body.resource_type.as_str()
+        );
+        assert!(s["required"].as_array().unwrap().contains(&json!("body")));
     }
 
     #[test]

@@ -68,6 +68,11 @@ error_codes! {
     // Issue 15, the web console: a write authenticated by the session cookie without the
     // session's X-CSRF-Token or from another origin.
     CsrfRejected            => ("csrf_rejected", 403, "Cross-site request refused"),
+    // Issue 15, agent sessions and /mcp: a session request naming unknown methods, a write
+    // without allow_writes or an expiry out of range; an /mcp request from a browser origin
+    // the operator does not allow (DNS rebinding guard of the MCP transport).
+    InvalidAgentSession     => ("invalid_agent_session", 422, "Invalid agent session request"),
+    OriginNotAllowed        => ("origin_not_allowed", 403, "Origin not allowed"),
 }
 
 impl std::fmt::Display for ErrorCode {

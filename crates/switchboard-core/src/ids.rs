@@ -13,6 +13,8 @@ pub enum IdKind {
     Webhook,
     /// A webhook event (the Standard Webhooks `webhook-id`).
     Message,
+    /// An agent session (`/mcp` access to one install).
+    AgentSession,
 }
 
 impl IdKind {
@@ -24,6 +26,7 @@ impl IdKind {
             Self::Install => "ins",
             Self::Webhook => "whk",
             Self::Message => "msg",
+            Self::AgentSession => "ags",
         }
     }
 
@@ -151,6 +154,8 @@ external_ids! {
     WebhookId = "whk_Hc2mX0bQ9vYtR4kLw1NpZA",
     /// A webhook event id (`msg_…`), the `webhook-id` of its deliveries.
     EventId = "msg_Vt6qP1nW8sKc3JxR0mYbLA",
+    /// An agent session id (`ags_…`), never its token.
+    AgentSessionId = "ags_Rk4nT7wQ2xPzL9mC1vYbHA",
 }
 
 #[cfg(test)]

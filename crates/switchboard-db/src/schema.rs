@@ -256,3 +256,19 @@ diesel::table! {
 
 diesel::joinable!(console_sessions -> api_keys (api_key_id));
 diesel::allow_tables_to_appear_in_same_query!(console_sessions, api_keys);
+// Issue 15, agent sessions for the MCP server (migration 2026-12-07-000001_agent_sessions).
+diesel::table! {
+    agent_sessions (id) {
+        id -> Text,
+        tenant_id -> Text,
+        account_id -> Text,
+        install_id -> Text,
+        connector_id -> Text,
+        token_hash -> Text,
+        methods -> Text,
+        allow_writes -> BigInt,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}

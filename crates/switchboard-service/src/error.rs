@@ -99,6 +99,10 @@ pub enum ServiceError {
     /// Settings whose URLs (as given, or rendered) the outbound address policy refuses.
     #[error("an upstream URL is refused by the outbound policy")]
     UpstreamNotAllowed(Vec<FieldError>),
+    /// An agent session request naming unknown methods, a write without `allow_writes`, or an
+    /// expiry out of range; one entry per bad field.
+    #[error("the agent session request is invalid")]
+    InvalidAgentSession(Vec<FieldError>),
 }
 
 impl ServiceError {
@@ -134,6 +138,7 @@ impl ServiceError {
             Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::IdempotencyKeyInFlight { .. } => ErrorCode::IdempotencyKeyInFlight,
+            Self::InvalidAgentSession(_) => ErrorCode::InvalidAgentSession,
         }
     }
 }

@@ -1,20 +1,22 @@
 //! Application services: one service per resource, each owning only the shared pieces it
 //! needs (keys, setups, accounts+installs, the OAuth callback, method calls, the connector
-//! catalogue), and the token lifecycle ([`TokenKeeper`]: single flight per install, across
-//! replicas through a database lease). Handlers call exactly one function here.
+//! catalogue, agent sessions for `/mcp`), and the token lifecycle ([`TokenKeeper`]: single
+//! flight per install, across replicas through a database lease). Handlers call exactly one function here.
 //!
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, `pagination`, `limits`, `console` (web console sessions, on `clock` and
 //! `tenant`), then `resolve` on `settings`, `audit` on `pagination` and
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
-//! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
+//! `callback`, `methods`, `connectors`, `agent_sessions` on `clock` and `pagination`; they
+//! record through `audit` and write webhook events
 //! through `webhooks::Outbox`) <- `Services` (this file). Key
 //! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
 //! only the database and the key ring.
 //! No service calls another service; the token keeper knows nothing of method calls.
 
 pub mod accounts;
+pub mod agent_sessions;
 pub mod audit;
 pub mod cache;
 pub mod callback;
@@ -84,6 +86,8 @@ pub struct Services {
     pub setup_keys: Arc<signing_keys::SetupKeys>,
     /// Web console sessions (issue 15).
     pub console: Arc<console::ConsoleService>,
+    /// Agent sessions, the access of MCP clients to `/mcp` (issue 15).
+    pub agent_sessions: Arc<agent_sessions::AgentSessionService>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -115,6 +119,7 @@ impl Services {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         let crypto = Arc::new(rotation::load_ring(&settings.secrets, &db)?);
+        let agent_clock = clock.clone();
         let catalog =
             switchboard_connector::load_dir(&settings.connectors.dir).map_err(|diags| {
                 StartupError::Connectors(
@@ -272,6 +277,14 @@ impl Services {
             }),
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
+            }),
+            agent_sessions: Arc::new(agent_sessions::AgentSessionService {
+                db: db.clone(),
+                catalog: catalog.clone(),
+                clock: agent_clock,
+                settings: settings.mcp.clone(),
+                crypto: crypto.clone(),
+                audit: audit.clone(),
             }),
             tokens,
             audit,

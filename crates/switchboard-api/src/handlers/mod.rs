@@ -2,12 +2,14 @@
 //! function and maps the result.
 
 mod accounts;
+mod agent_sessions;
 mod api_keys;
 mod callback;
 mod connectors;
 mod console;
 mod health;
 mod installs;
+mod mcp;
 mod methods;
 mod setups;
 mod tenant;
@@ -39,6 +41,12 @@ pub fn routes() -> Scope {
         .route("/console/session", web::post().to(console::sign_in))
         .route("/console/session", web::get().to(console::get_session))
         .route("/console/session", web::delete().to(console::sign_out))
+        // Issue 15: the MCP server (agent-session bearer, not an API key).
+        .service(
+            web::resource("/mcp")
+                .route(web::post().to(mcp::post))
+                .default_service(web::to(mcp::method_not_allowed)),
+        )
         .service(
             web::scope("/v1")
                 .route("/tenant", web::get().to(tenant::get_tenant))
@@ -114,6 +122,19 @@ pub fn routes() -> Scope {
                 .route(
                     "/webhooks/{webhook}/deliveries/{event}/replay",
                     web::post().to(webhooks::replay_delivery),
+                )
+                // Issue 15: agent sessions (bearer access to /mcp).
+                .route(
+                    "/agent-sessions",
+                    web::post().to(agent_sessions::create_agent_session),
+                )
+                .route(
+                    "/agent-sessions",
+                    web::get().to(agent_sessions::list_agent_sessions),
+                )
+                .route(
+                    "/agent-sessions/{session}",
+                    web::delete().to(agent_sessions::revoke_agent_session),
                 ),
         )
 }

@@ -2,6 +2,7 @@
 //! tenant id first (or an insertable that carries it) and filter by it.
 
 pub mod accounts;
+pub mod agent_sessions;
 pub mod api_keys;
 pub mod audit;
 pub mod console_sessions;
