@@ -312,6 +312,8 @@ pub struct ConsoleSettings {
     pub session_idle_secs: u64,
     /// A session ends this many seconds after sign-in, however active.
     pub session_max_secs: u64,
+}
+
 /// Agent sessions and the MCP server at `/mcp` (issue 15).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
