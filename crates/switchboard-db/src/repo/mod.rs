@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod capability;
 pub mod discovery;
 pub mod idempotency;
 pub mod installs;
