@@ -22,7 +22,7 @@ use switchboard_service::pagination::{AuditQuery, InstallsQuery, PageIn};
 use switchboard_service::setups::SetupOut;
 use switchboard_service::signing_keys::{RotateIn, SetupKeysOut};
 use switchboard_service::webhooks::{
-    DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut,
+    DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut, WebhookPatch,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -430,6 +430,17 @@ mod ops {
     )]
     fn get_webhook() {}
 
+    /// Enable or disable a webhook endpoint, or change its URL or event filter
+    #[utoipa::path(
+        patch,
+        path = "/v1/webhooks/{webhook}",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path)),
+        request_body = WebhookPatch,
+        responses((status = 200, body = WebhookOut))
+    )]
+    fn patch_webhook() {}
+
     /// Delete a webhook endpoint and its deliveries
     #[utoipa::path(
         delete,
@@ -502,6 +513,7 @@ mod ops {
         ops::list_webhooks,
         ops::get_webhook,
         ops::delete_webhook,
+        ops::patch_webhook,
         ops::list_deliveries,
         ops::replay_delivery
     ),
@@ -691,8 +703,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 35);
-        assert_eq!(OPERATIONS.len(), 35);
+        assert_eq!(ops, 36);
+        assert_eq!(OPERATIONS.len(), 36);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
