@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, RefreshPolicy, SettingDef,
+    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, ParamType, RefreshPolicy, SettingDef,
 };
 use crate::settings::settings_used_by_auth;
 
@@ -204,9 +204,156 @@ fn param_view(p: &ParamDef) -> Value {
     Value::Object(v)
 }
 
+/// The JSON Schema (OpenAPI 3.1 dialect) of the body of `POST .../methods/{method}` for this
+/// method: `params` with each parameter's type, enum, pattern (anchored, as the engine applies
+/// it), bounds and arrays where `repeated`, no other key; `max_pages` for paged methods; the
+/// FHIR resource `body` (its `resourceType` and required elements) for writes.
+pub fn method_call_schema(connector: &ConnectorDef, m: &MethodDef) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for p in &m.params {
+        let mut one = Map::new();
+        match p.kind {
+            ParamType::Integer => {
+                one.insert("type".into(), json!("integer"));
+            }
+            ParamType::Number => {
+                one.insert("type".into(), json!("number"));
+            }
+            ParamType::Boolean => {
+                one.insert("type".into(), json!("boolean"));
+            }
+            ParamType::Json => {}
+            ParamType::String | ParamType::Date | ParamType::Token => {
+                one.insert("type".into(), json!("string"));
+            }
+        }
+        if matches!(p.kind, ParamType::Integer | ParamType::Number) {
+            if let Some(min) = p.minimum {
+                one.insert("minimum".into(), json!(min));
+            }
+            if let Some(max) = p.maximum {
+                one.insert("maximum".into(), json!(max));
+            }
+        }
+        if !p.allowed.is_empty() {
+            one.insert("enum".into(), json!(p.allowed));
+        }
+        if let Some(pat) = &p.pattern {
+            one.insert("pattern".into(), json!(format!("^(?:{pat})$")));
+        }
+        let mut schema = Value::Object(one);
+        if p.repeated {
+            schema =
+                json!({ "anyOf": [schema, { "type": "array", "items": schema, "minItems": 1 }] });
+        }
+        if let (Some(d), Value::Object(o)) = (&p.description, &mut schema) {
+            o.insert("description".into(), json!(d));
+        }
+        if p.required {
+            required.push(p.name.clone());
+        }
+        props.insert(p.name.clone(), schema);
+    }
+    let needs_params = !required.is_empty() || !m.require_one_of.is_empty();
+    let mut params =
+        json!({ "type": "object", "properties": props, "additionalProperties": false });
+    if !required.is_empty() {
+        params["required"] = json!(required);
+    }
+    if !m.require_one_of.is_empty() {
+        params["description"] = json!(format!(
+            "Also needs every parameter of one of: {}",
+            m.require_one_of
+                .iter()
+                .map(|set| format!("[{}]", set.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    let mut body = Map::new();
+    body.insert("params".into(), params);
+    let mut top_required = Vec::new();
+    if needs_params {
+        top_required.push("params");
+    }
+    body.insert(
+        "max_pages".into(),
+        json!({
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "Bundle pages to follow (searches; default 1, at most upstream.max_pages)."
+        }),
+    );
+    if let Some(b) = &m.body {
+        let mut req = vec![json!("resourceType")];
+        req.extend(b.required.iter().map(|r| json!(r)));
+        body.insert(
+            "body".into(),
+            json!({
+                "type": "object",
+                "description": "The FHIR resource to create.",
+                "properties": { "resourceType": { "const": b.resource_type } },
+                "required": req
+            }),
+        );
+        top_required.push("body");
+    }
+    json!({
+        "title": format!("{}.{}", connector.id, m.id),
+        "description": format!("{} ({}): {}", m.name, connector.name, m.description.as_deref().unwrap_or("")),
+        "type": "object",
+        "properties": body,
+        "required": top_required,
+        "additionalProperties": false
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_call_schemas_carry_types_enums_patterns_and_bodies() {
+        let canvas = load("canvas");
+        let schema = |id: &str| {
+            let m = canvas.methods.iter().find(|m| m.id == id).unwrap();
+            method_call_schema(&canvas, m)
+        };
+        let search = schema("search_patients");
+        assert_eq!(search["title"], "canvas.search_patients");
+        let params = &search["properties"]["params"]["properties"];
+        assert_eq!(
+            params["gender"]["enum"],
+            json!(["male", "female", "other", "unknown"])
+        );
+        assert_eq!(params["phone"]["pattern"], "^(?:[0-9]{10})$");
+        assert_eq!(params["_count"]["type"], "integer");
+        assert_eq!(params["_count"]["maximum"], 100);
+        assert_eq!(params["identifier"]["anyOf"][1]["type"], "array");
+        assert_eq!(
+            search["properties"]["params"]["additionalProperties"],
+            false
+        );
+        assert_eq!(search["required"], json!([]));
+        let get = schema("get_patient");
+        assert_eq!(get["required"], json!(["params"]));
+        assert_eq!(get["properties"]["params"]["required"], json!(["id"]));
+        let create = schema("create_document_reference");
+        let body = &create["properties"]["body"];
+        assert_eq!(
+            body["properties"]["resourceType"]["const"],
+            "DocumentReference"
+        );
+        assert!(body["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("extension")));
+        assert!(create["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("body")));
+    }
     use std::path::PathBuf;
 
     fn load(id: &str) -> ConnectorDef {
