@@ -41,8 +41,8 @@ pub struct SetupOut {
     /// (`{fhir_base}metadata`, read at the last save) does not list: warnings, never a
     /// refusal. Empty when every one is listed or the statement was not read.
     pub capability_warnings: Vec<CapabilityWarningOut>,
-    /// When the CapabilityStatement was read (the last save); null when the setup's settings
-    /// form no FHIR base (it is left to install overrides).
+    /// When the CapabilityStatement was read (the last save); null when not checked: the
+    /// connector declares no `[discovery]`, or the setup's settings form no FHIR base.
     pub capability_checked_at: Option<String>,
     /// Why the CapabilityStatement could not be read at the last save (URL and HTTP status
     /// or the failure, never a secret); absent when it was read.
@@ -281,8 +281,8 @@ impl SetupService {
         Ok(Some(base.to_string()))
     }
 
-    /// Reads the CapabilityStatement of the FHIR base the setup values form (none formed: no
-    /// check) and lists the declared search parameters it does not list. Best effort: waits at
+    /// For a connector declaring `[discovery]`, reads the CapabilityStatement of the FHIR base
+    /// the setup values form (none formed, or no `[discovery]`: no check, `None`) and lists the declared search parameters it does not list. Best effort: waits at
     /// most `oauth.discovery_timeout_ms`, goes through the outbound policy with the connector's
     /// `[discovery] headers` (no credentials), and a failure becomes the row's `error`.
     async fn check_capabilities(
@@ -292,15 +292,14 @@ impl SetupService {
         values: &std::collections::BTreeMap<String, String>,
     ) -> Option<switchboard_db::CapabilityCheck> {
         use switchboard_engine::capability;
+        // Only connectors that declare `[discovery]` contact their FHIR base at save (the
+        // others' setup save connects to nothing, a guarantee tests hold).
+        connector.def.discovery.as_ref()?;
         let merged =
             switchboard_connector::merge_settings(&connector.def, values, &Default::default());
         let ctx = connector.context(merged).ok()?;
         let base = url::Url::parse(ctx.fhir_base.as_deref()?).ok()?;
-        let headers = if connector.def.discovery.is_some() {
-            connector.render_discovery_headers(&ctx).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let headers = connector.render_discovery_headers(&ctx).unwrap_or_default();
         let read = async {
             let http = self
                 .resolver
