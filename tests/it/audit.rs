@@ -27,6 +27,7 @@ crate::both_backends! {
     upstream_status_of_errors => failed_calls_record_the_ehrs_status_and_no_body;
     callback_record => callback_record_names_its_request_and_the_key_that_started_it;
     shutdown_grace => shutdown_grace_is_configuration;
+    write_patient_hash => writes_hash_the_patient_their_body_is_about;
 }
 
 /// Every record of the tenant, oldest first.
@@ -652,4 +653,69 @@ async fn shutdown_grace_is_configuration(backend: Backend) {
             );
         }
     }
+}
+
+/// A write names its patient in the body (`subject.reference`, or `patient.reference`): the
+/// record carries that patient's keyed hash, the same as a read of that patient, and the id is
+/// stored nowhere; a body about a Group carries none.
+async fn writes_hash_the_patient_their_body_is_about(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let env = install(&app, Via::Medplum, Via::Medplum.fhir().seed_patients(1)).await;
+    let patient = "pat-Wr1teAuditSecret";
+    let observation = |subject: &str| {
+        json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }],
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "8867-4" }] },
+            "subject": { "reference": subject },
+            "valueQuantity": { "value": 72, "unit": "/min" }
+        })
+    };
+    let (s, v) = env
+        .call(
+            &app,
+            "create_observation",
+            json!({"params": {}, "body": observation(&format!("Patient/{patient}"))}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], 201, "{v}");
+    let (s, v) = env
+        .call(
+            &app,
+            "create_observation",
+            json!({"params": {}, "body": observation("Group/cohort-1")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = env
+        .call(&app, "get_patient", json!({"params": {"id": patient}}))
+        .await;
+    assert!(s.is_client_error() || s.is_server_error(), "{s}");
+
+    let rows = calls(&app, &app.tenant).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let expected = app
+        .services
+        .audit
+        .patient_hash(&app.tenant, patient)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].action, "create_observation");
+    assert_eq!(rows[0].patient_hash.as_deref(), Some(expected.as_str()));
+    assert_eq!(rows[1].patient_hash, None, "a Group is no patient");
+    assert_eq!(rows[2].action, "get_patient");
+    assert_eq!(
+        rows[2].patient_hash, rows[0].patient_hash,
+        "the write matches the read of the same patient"
+    );
+    // The audit filter finds the write by the patient id or its reference.
+    for q in [patient.to_owned(), format!("Patient/{patient}")] {
+        let filter = app.services.audit.patient_hash(&app.tenant, &q).await;
+        assert_eq!(filter.unwrap(), expected, "{q}");
+    }
+    let dump = app.dump_database();
+    assert!(dump.contains(&expected));
+    assert!(!dump.contains(patient), "the patient id is stored nowhere");
 }

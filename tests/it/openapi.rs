@@ -23,7 +23,7 @@ async fn documented_operations(app: &TestApp) -> Vec<(Method, String)> {
             ops.push((verb.to_uppercase().parse().unwrap(), path.clone()));
         }
     }
-    assert_eq!(ops.len(), 44, "{ops:?}");
+    assert_eq!(ops.len(), 45, "{ops:?}");
     ops
 }
 
@@ -209,6 +209,93 @@ crate::both_backends! {
     typed_ids_reject_every_bad_path_segment => typed_ids_reject_every_bad_path_segment;
     a_bad_key_is_401_before_a_bad_id => a_bad_key_is_401_before_a_bad_id;
     every_documented_operation_is_routed => every_documented_operation_is_routed;
+    method_bodies => the_document_describes_each_methods_body;
+}
+
+/// `/openapi.json` carries one body schema per connector method (`MethodCall.{c}.{m}`), each
+/// referenced from the method-call operation's `x-method-bodies`, agreeing with the catalogue
+/// (`GET /v1/connectors/{id}`): every method, and each param's enum, pattern (anchored) and
+/// bounds; a write's body names its resourceType and required elements. A value the schema
+/// excludes is what the server refuses.
+async fn the_document_describes_each_methods_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    let op = &doc["paths"]["/v1/accounts/{account}/installs/{install}/methods/{method}"]["post"];
+    assert!(op["requestBody"].is_object(), "the generic body stays");
+    let bodies = op["x-method-bodies"].as_object().expect("x-method-bodies");
+    let (_, list) = app.get("/v1/connectors").await;
+    let mut checked = 0;
+    for c in list["connectors"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap();
+        let (s, catalogue) = app.get(&format!("/v1/connectors/{id}")).await;
+        assert_eq!(s, StatusCode::OK);
+        for m in catalogue["methods"].as_array().unwrap() {
+            let method = m["id"].as_str().unwrap();
+            let name = format!("MethodCall.{id}.{method}");
+            assert_eq!(
+                bodies[id][method]["$ref"],
+                format!("#/components/schemas/{name}"),
+                "{name}"
+            );
+            let schema = &doc["components"]["schemas"][name.as_str()];
+            assert_eq!(schema["title"], format!("{id}.{method}"));
+            let props = &schema["properties"]["params"]["properties"];
+            for p in m["params"].as_array().unwrap() {
+                let got = &props[p["name"].as_str().unwrap()];
+                let got = if p["repeated"] == true {
+                    &got["anyOf"][0]
+                } else {
+                    got
+                };
+                assert!(got.is_object(), "{name}: {p}");
+                if let Some(values) = p.get("enum") {
+                    assert_eq!(&got["enum"], values, "{name}");
+                }
+                if let Some(pattern) = p["pattern"].as_str() {
+                    assert_eq!(got["pattern"], format!("^(?:{pattern})$"), "{name}");
+                }
+                for bound in ["minimum", "maximum"] {
+                    assert_eq!(got.get(bound), p.get(bound), "{name} {bound}");
+                }
+            }
+            if let Some(body) = m.get("body") {
+                let b = &schema["properties"]["body"];
+                assert_eq!(
+                    b["properties"]["resourceType"]["const"],
+                    body["resource_type"]
+                );
+                for element in body["required"].as_array().unwrap() {
+                    assert!(
+                        b["required"].as_array().unwrap().contains(element),
+                        "{name}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked} methods");
+    let gender = &doc["components"]["schemas"]["MethodCall.canvas.search_patients"]["properties"]
+        ["params"]["properties"]["gender"];
+    assert_eq!(
+        gender["enum"],
+        json!(["male", "female", "other", "unknown"])
+    );
+
+    // The server refuses what the schema excludes, before any upstream request.
+    let fhir = FakeFhir::builder().seed_patients(1).start();
+    let install = bearer_install(&app, &fhir).await;
+    fhir.reset();
+    let (s, v) = app
+        .post(
+            &format!("/v1/accounts/acc/installs/{install}/methods/search_patients"),
+            json!({"params": {"gender": "robot"}}),
+        )
+        .await;
+    assert_problem(s, &v, 422, "invalid_params");
+    assert_eq!(fhir.request_count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,7 +520,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
         "console_sign_out",
     ]);
     // Schemathesis leaves out the operation that serves the schema itself unless asked.
-    assert_eq!(selected, 41);
+    assert_eq!(selected, 42);
     assert!(generated >= 300, "only {generated} requests");
     assert_eq!(
         http_status(port, "/v1/tenant", &key),
@@ -441,7 +528,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
         "the run lost its key"
     );
     // Then revoking keys on its own (with the ids it generates) and `GET /openapi.json`:
-    // 41 + 3 = all 44 operations of the document.
+    // 42 + 3 = all 45 operations of the document.
     let (selected, _) = run(&[
         "--include-operation-id",
         "revoke_api_key",

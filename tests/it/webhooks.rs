@@ -598,6 +598,119 @@ crate::both_backends! {
     a_rolled_back_change_emits_nothing => a_rolled_back_change_emits_nothing;
     private_addresses_and_unknown_events_are_refused => private_addresses_and_unknown_events_are_refused;
     webhook_retention_purges_old_finished_events => retention_purges_old_finished_events;
+    disable_and_enable => a_disabled_endpoint_gets_nothing_and_resumes_when_enabled;
+}
+
+/// `PATCH /v1/webhooks/{id}`: a disabled endpoint gets no attempt (its failed-once pending
+/// deliveries wait however long; events emitted while disabled are not queued for it); enabled
+/// again, the pending ones are delivered at once, in order, signed. The event filter and URL
+/// change too (the URL checked as at creation); another tenant cannot patch it.
+async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Backend) {
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), fast_dispatch).await;
+    let receiver = Receiver::start();
+    let (hook, secret) = create_webhook(&app, &receiver.url("p"), json!([])).await;
+    receiver.configure("p", &secret, 1, false).await;
+
+    // setup.changed and install.authorized queued; the first attempt fails (500).
+    let install = canvas_install(&app).await;
+    for _ in 0..10 {
+        if !receiver.received("p").await.is_empty() {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(1)).await;
+    }
+    let seen = receiver.received("p").await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["status"], 500);
+
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"enabled": false}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["enabled"], false);
+    assert!(v["disabled_at"].is_string(), "{v}");
+    let (_, got) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(got["enabled"], false);
+    assert_eq!(got["disabled_at"], v["disabled_at"]);
+
+    // Disabled: hours pass, no attempt; a new event is recorded but not queued for it.
+    for _ in 0..3 {
+        advance(&app, &clock, Duration::from_secs(3600)).await;
+    }
+    assert_eq!(
+        receiver.received("p").await.len(),
+        1,
+        "no attempt while disabled"
+    );
+    let (s, _) = app
+        .delete(&format!("/v1/accounts/acc/installs/{install}"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let written = events(&app).await;
+    assert_eq!(written.len(), 3, "the event is still written: {written:?}");
+    assert_eq!(
+        delivery_states(&app).await[&hook],
+        vec![("pending".into(), 1), ("pending".into(), 0)],
+        "kept, and nothing queued for install.deleted"
+    );
+
+    // Enabled: both pending deliveries go out at once, in order.
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["enabled"], true);
+    assert!(v["disabled_at"].is_null(), "{v}");
+    for _ in 0..10 {
+        if receiver.accepted("p").await.len() == 2 {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(1)).await;
+    }
+    let ids: Vec<String> = written[..2].iter().map(|e| e.0.clone()).collect();
+    assert_eq!(receiver.accepted("p").await, ids);
+    assert!(receiver
+        .received("p")
+        .await
+        .iter()
+        .all(|r| r["verified"] == true));
+
+    // The filter and the URL change; a refused URL or unknown type changes nothing.
+    let (s, v) = app
+        .patch(
+            &format!("/v1/webhooks/{hook}"),
+            json!({"events": ["install.deleted", "install.deleted"], "url": receiver.url("q")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["events"], json!(["install.deleted"]));
+    assert_eq!(v["url"], receiver.url("q"));
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"events": ["nope"]}))
+        .await;
+    assert_problem(s, &v, 400, "invalid_request");
+    let (s, v) = app
+        .patch(
+            &format!("/v1/webhooks/{hook}"),
+            json!({"url": "ftp://hooks.example.com/x"}),
+        )
+        .await;
+    assert_problem(s, &v, 400, "invalid_request");
+    let (_, got) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(got["url"], receiver.url("q"));
+    let (_, other_key) = app.new_tenant("Other").await;
+    let (s, v) = app
+        .call_as(
+            &other_key,
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{hook}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_problem(s, &v, 404, "not_found");
+    let (_, got) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(got["enabled"], true);
 }
 
 // ---------------------------------------------------------------------------------------------

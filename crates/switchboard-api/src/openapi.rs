@@ -4,7 +4,7 @@
 //! is computed from it, an end-to-end test compares it with the routes, and schemathesis fuzzes
 //! the running server against it (tests/it/openapi.rs).
 
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
@@ -24,8 +24,9 @@ use switchboard_service::pagination::{AuditQuery, InstallsQuery, PageIn};
 use switchboard_service::setups::SetupOut;
 use switchboard_service::signing_keys::{RotateIn, SetupKeysOut};
 use switchboard_service::webhooks::{
-    DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut,
+    DeliveryList, DeliveryOut, WebhookCreated, WebhookIn, WebhookList, WebhookOut, WebhookPatch,
 };
+use switchboard_service::Services;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -433,6 +434,17 @@ mod ops {
     )]
     fn get_webhook() {}
 
+    /// Enable or disable a webhook endpoint, or change its URL or event filter
+    #[utoipa::path(
+        patch,
+        path = "/v1/webhooks/{webhook}",
+        tag = "webhooks",
+        params(("webhook" = WebhookId, Path)),
+        request_body = WebhookPatch,
+        responses((status = 200, body = WebhookOut))
+    )]
+    fn patch_webhook() {}
+
     /// Delete a webhook endpoint and its deliveries
     #[utoipa::path(
         delete,
@@ -595,6 +607,7 @@ mod ops {
         ops::list_webhooks,
         ops::get_webhook,
         ops::delete_webhook,
+        ops::patch_webhook,
         ops::list_deliveries,
         ops::replay_delivery,
         ops::console_index,
@@ -705,10 +718,43 @@ pub(crate) static OPERATIONS: LazyLock<Vec<(&'static str, String)>> = LazyLock::
 static JSON: LazyLock<String> =
     LazyLock::new(|| document().to_json().unwrap_or_else(|_| "{}".into()));
 
-pub async fn openapi_json() -> HttpResponse {
+/// The served document: [`JSON`] plus, from this server's loaded catalogue, one component
+/// schema per connector method (`MethodCall.{connector}.{method}`: its params' types, enums,
+/// patterns and bounds, its FHIR body for writes), referenced per connector and method under
+/// the method-call operation's `x-method-bodies`. The generic `MethodIn` body stays the
+/// operation's request body (the connector is the install's, not the path's), so fuzzers and
+/// client generators keep one operation and clients get a typed model per method.
+fn with_method_bodies(doc: &str, schemas: Vec<(String, Value)>) -> String {
+    let Ok(mut doc) = serde_json::from_str::<Value>(doc) else {
+        return doc.to_owned();
+    };
+    let mut by_connector: serde_json::Map<String, Value> = serde_json::Map::new();
+    for (name, schema) in schemas {
+        let mut parts = name.splitn(3, '.').skip(1);
+        if let (Some(connector), Some(method)) = (parts.next(), parts.next()) {
+            let refs = by_connector
+                .entry(connector.to_owned())
+                .or_insert_with(|| Value::Object(Default::default()));
+            refs[method] = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+        }
+        doc["components"]["schemas"][name] = schema;
+    }
+    let op = &mut doc["paths"][METHOD_CALL_PATH]["post"];
+    if op.is_object() {
+        op["x-method-bodies"] = Value::Object(by_connector);
+    }
+    doc.to_string()
+}
+
+/// The generic method-call operation.
+const METHOD_CALL_PATH: &str = "/v1/accounts/{account}/installs/{install}/methods/{method}";
+
+pub async fn openapi_json(s: web::Data<Services>) -> HttpResponse {
+    // Built per request (a few milliseconds; not a hot path): each server has its catalogue.
+    let body = with_method_bodies(&JSON, s.connectors.method_call_schemas());
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(JSON.as_str())
+        .body(body)
 }
 
 #[cfg(test)]
@@ -795,8 +841,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 44);
-        assert_eq!(OPERATIONS.len(), 44);
+        assert_eq!(ops, 45);
+        assert_eq!(OPERATIONS.len(), 45);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

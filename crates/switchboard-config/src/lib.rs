@@ -124,7 +124,8 @@ pub struct OAuthSettings {
     pub discovery_ttl_secs: u64,
     /// How long a setup save waits for SMART discovery of a connector that declares every
     /// endpoint and its issuer (best effort: a slower or failed read is shown as
-    /// `discovery_error`, the setup is still saved).
+    /// `discovery_error`, the setup is still saved). It also bounds the CapabilityStatement
+    /// check at setup save (`capability_error`).
     pub discovery_timeout_ms: u64,
 }
 

@@ -58,4 +58,4 @@ pub use settings::{
     check_url, merge_settings, missing_for_auth, settings_used_by_auth, MAX_SETTING_LEN,
 };
 pub use template::{render_str, Filter, Template, TemplateContext, TemplateError, Variable};
-pub use view::{method_input_schema, public_view, summary};
+pub use view::{method_call_schema, method_input_schema, public_view, summary};

@@ -485,7 +485,7 @@ pub enum Paging {
 pub struct ParamDef {
     /// Name the caller uses in `params`.
     pub name: String,
-    /// Name sent upstream when it differs (e.g. Canvas spells `birthdate` as `birthDate`).
+    /// Name sent upstream when it differs from the name callers use (a vendor's own spelling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_name: Option<String>,
     #[serde(rename = "in")]

@@ -742,7 +742,8 @@ fn compiled_methods_render_paths_and_check_patterns() {
     let search = canvas.method("search_patients").unwrap();
     assert_eq!(
         search.param("birthdate").unwrap().def.wire_name(),
-        "birthDate"
+        "birthdate",
+        "Canvas's Patient search_parameters list `birthdate` (see canvas.toml)"
     );
     let count = &search.param("_count").unwrap().def;
     assert_eq!((count.minimum, count.maximum), (Some(1), Some(100)));

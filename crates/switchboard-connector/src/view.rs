@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, RefreshPolicy, SettingDef,
+    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, ParamType, RefreshPolicy, SettingDef,
 };
 use crate::settings::settings_used_by_auth;
 
@@ -219,18 +219,8 @@ pub fn method_input_schema(m: &MethodDef) -> Value {
             required.push(p.name.clone());
         }
     }
-    if let Some(body) = &m.body {
-        let mut need = vec!["resourceType".to_owned()];
-        need.extend(body.required.iter().cloned());
-        props.insert(
-            "body".into(),
-            json!({
-                "type": "object",
-                "description": format!("The FHIR {} resource to send", body.resource_type),
-                "properties": { "resourceType": { "const": body.resource_type } },
-                "required": need,
-            }),
-        );
+    if let Some(body) = body_schema(m) {
+        props.insert("body".into(), body);
         required.push("body".into());
     }
     if m.paging == crate::model::Paging::FhirBundle && m.param("max_pages").is_none() {
@@ -264,6 +254,20 @@ pub fn method_input_schema(m: &MethodDef) -> Value {
     Value::Object(schema)
 }
 
+/// The schema of a write method's FHIR resource body: its `resourceType` fixed and its required
+/// elements (shared by the MCP tool schema and the OpenAPI method-call body).
+fn body_schema(m: &MethodDef) -> Option<Value> {
+    let body = m.body.as_ref()?;
+    let mut need = vec!["resourceType".to_owned()];
+    need.extend(body.required.iter().cloned());
+    Some(json!({
+        "type": "object",
+        "description": format!("The FHIR {} resource to send", body.resource_type),
+        "properties": { "resourceType": { "const": body.resource_type } },
+        "required": need,
+    }))
+}
+
 fn param_schema(p: &ParamDef) -> Value {
     use crate::model::ParamType as T;
     let mut one = Map::new();
@@ -288,17 +292,19 @@ fn param_schema(p: &ParamDef) -> Value {
     if let Some(pat) = &p.pattern {
         one.insert("pattern".into(), json!(format!("^(?:{pat})$")));
     }
-    if let Some(min) = p.minimum {
-        one.insert("minimum".into(), json!(min));
-    }
-    if let Some(max) = p.maximum {
-        one.insert("maximum".into(), json!(max));
+    if matches!(p.kind, T::Integer | T::Number) {
+        if let Some(min) = p.minimum {
+            one.insert("minimum".into(), json!(min));
+        }
+        if let Some(max) = p.maximum {
+            one.insert("maximum".into(), json!(max));
+        }
     }
     let mut v = if p.repeated {
         let mut either = Map::new();
         either.insert(
             "anyOf".into(),
-            json!([Value::Object(one.clone()), {"type": "array", "items": Value::Object(one)}]),
+            json!([Value::Object(one.clone()), {"type": "array", "items": Value::Object(one), "minItems": 1}]),
         );
         either
     } else {
@@ -310,9 +316,109 @@ fn param_schema(p: &ParamDef) -> Value {
     Value::Object(v)
 }
 
+/// The JSON Schema (OpenAPI 3.1 dialect) of the body of `POST .../methods/{method}` for this
+/// method: `params` with each parameter's type, enum, pattern (anchored, as the engine applies
+/// it), bounds and arrays where `repeated`, no other key; `max_pages` for paged methods; the
+/// FHIR resource `body` (its `resourceType` and required elements) for writes.
+pub fn method_call_schema(connector: &ConnectorDef, m: &MethodDef) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for p in &m.params {
+        let schema = param_schema(p);
+        if p.required {
+            required.push(p.name.clone());
+        }
+        props.insert(p.name.clone(), schema);
+    }
+    let needs_params = !required.is_empty() || !m.require_one_of.is_empty();
+    let mut params =
+        json!({ "type": "object", "properties": props, "additionalProperties": false });
+    if !required.is_empty() {
+        params["required"] = json!(required);
+    }
+    if !m.require_one_of.is_empty() {
+        params["description"] = json!(format!(
+            "Also needs every parameter of one of: {}",
+            m.require_one_of
+                .iter()
+                .map(|set| format!("[{}]", set.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    let mut body = Map::new();
+    body.insert("params".into(), params);
+    let mut top_required = Vec::new();
+    if needs_params {
+        top_required.push("params");
+    }
+    body.insert(
+        "max_pages".into(),
+        json!({
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "Bundle pages to follow (searches; default 1, at most upstream.max_pages)."
+        }),
+    );
+    if let Some(b) = body_schema(m) {
+        body.insert("body".into(), b);
+        top_required.push("body");
+    }
+    json!({
+        "title": format!("{}.{}", connector.id, m.id),
+        "description": format!("{} ({}): {}", m.name, connector.name, m.description.as_deref().unwrap_or("")),
+        "type": "object",
+        "properties": body,
+        "required": top_required,
+        "additionalProperties": false
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_call_schemas_carry_types_enums_patterns_and_bodies() {
+        let canvas = load("canvas");
+        let schema = |id: &str| {
+            let m = canvas.methods.iter().find(|m| m.id == id).unwrap();
+            method_call_schema(&canvas, m)
+        };
+        let search = schema("search_patients");
+        assert_eq!(search["title"], "canvas.search_patients");
+        let params = &search["properties"]["params"]["properties"];
+        assert_eq!(
+            params["gender"]["enum"],
+            json!(["male", "female", "other", "unknown"])
+        );
+        assert_eq!(params["phone"]["pattern"], "^(?:[0-9]{10})$");
+        assert_eq!(params["_count"]["type"], "integer");
+        assert_eq!(params["_count"]["maximum"], 100);
+        assert_eq!(params["identifier"]["anyOf"][1]["type"], "array");
+        assert_eq!(
+            search["properties"]["params"]["additionalProperties"],
+            false
+        );
+        assert_eq!(search["required"], json!([]));
+        let get = schema("get_patient");
+        assert_eq!(get["required"], json!(["params"]));
+        assert_eq!(get["properties"]["params"]["required"], json!(["id"]));
+        let create = schema("create_document_reference");
+        let body = &create["properties"]["body"];
+        assert_eq!(
+            body["properties"]["resourceType"]["const"],
+            "DocumentReference"
+        );
+        assert!(body["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("extension")));
+        assert!(create["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("body")));
+    }
     use std::path::PathBuf;
 
     fn load(id: &str) -> ConnectorDef {

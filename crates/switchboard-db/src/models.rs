@@ -469,3 +469,16 @@ pub struct Discovery {
     pub fetched_at: i64,
     pub expires_at: i64,
 }
+
+/// A setup's CapabilityStatement check (issue 12): the declared search parameters the server
+/// does not list, as JSON, or why its `metadata` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = crate::schema::setup_capability_checks, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct CapabilityCheck {
+    pub tenant_id: String,
+    pub connector_id: String,
+    pub fhir_base: String,
+    pub warnings: String,
+    pub error: Option<String>,
+    pub checked_at: i64,
+}

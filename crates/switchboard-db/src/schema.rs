@@ -272,3 +272,16 @@ diesel::table! {
         revoked_at -> Nullable<BigInt>,
     }
 }
+
+// Issue 12, parameter names checked against the server: the setup's CapabilityStatement check
+// (migration 2026-12-07-000005_capability_check).
+diesel::table! {
+    setup_capability_checks (tenant_id, connector_id) {
+        tenant_id -> Text,
+        connector_id -> Text,
+        fhir_base -> Text,
+        warnings -> Text,
+        error -> Nullable<Text>,
+        checked_at -> BigInt,
+    }
+}

@@ -6,6 +6,7 @@
 //! install's rendered FHIR base and static headers ([`static_headers`]) come from the caller.
 
 mod body;
+pub mod capability;
 mod error;
 mod execute;
 mod params;

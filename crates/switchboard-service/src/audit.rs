@@ -142,13 +142,16 @@ impl AuditLog {
         }
     }
 
-    /// Hex HMAC-SHA256 of `patient` under the tenant's audit key (created on first use).
+    /// Hex HMAC-SHA256 of `patient` under the tenant's audit key (created on first use). A
+    /// Patient reference is hashed as its id ([`patient_key`]), so `123`, `Patient/123` and a
+    /// write's `subject.reference` of `Patient/123` match the same records.
     pub async fn patient_hash(
         &self,
         tenant_id: &str,
         patient: &str,
     ) -> Result<String, ServiceError> {
         let key = self.tenant_key(tenant_id).await?;
+        let patient = patient_key(patient).unwrap_or(patient);
         Ok(hex::encode(hmac_sha256(&key, patient.as_bytes())))
     }
 
@@ -470,6 +473,19 @@ fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// The patient id a value names: a bare id (`123`) as is; a Patient reference, relative or
+/// absolute, possibly versioned (`Patient/123`, `https://ehr/fhir/Patient/123/_history/2`), its
+/// id. `None` for a reference to another resource type (`Group/7`).
+pub fn patient_key(value: &str) -> Option<&str> {
+    if !value.contains('/') {
+        return Some(value);
+    }
+    let path = value.split(['?', '#']).next().unwrap_or(value);
+    let segments: Vec<&str> = path.split('/').collect();
+    let at = segments.iter().rposition(|s| *s == "Patient")?;
+    segments.get(at + 1).copied().filter(|id| !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,5 +574,17 @@ mod tests {
             hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn patient_key_takes_the_id_of_patient_references_only() {
+        assert_eq!(patient_key("123"), Some("123"));
+        assert_eq!(patient_key("Patient/123"), Some("123"));
+        assert_eq!(
+            patient_key("https://ehr.example/fhir/R4/Patient/abc-1/_history/2"),
+            Some("abc-1")
+        );
+        assert_eq!(patient_key("Group/7"), None);
+        assert_eq!(patient_key("Patient/"), None);
     }
 }

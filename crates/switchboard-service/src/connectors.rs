@@ -26,4 +26,20 @@ impl ConnectorService {
             .map(|c| switchboard_connector::public_view(&c.def))
             .ok_or_else(|| ServiceError::UnknownConnector(id.to_string()))
     }
+
+    /// `(name, JSON Schema)` of every connector method's call body, named
+    /// `MethodCall.{connector}.{method}` (the OpenAPI document's per-method bodies).
+    pub fn method_call_schemas(&self) -> Vec<(String, Value)> {
+        self.catalog
+            .iter()
+            .flat_map(|c| {
+                c.def.methods.iter().map(|m| {
+                    (
+                        format!("MethodCall.{}.{}", c.def.id, m.id),
+                        switchboard_connector::method_call_schema(&c.def, m),
+                    )
+                })
+            })
+            .collect()
+    }
 }

@@ -207,8 +207,11 @@ pub struct MethodService {
 }
 
 /// The patient a call is about, by parameter: `patient` or `subject` (searches), or the `id`
-/// of `get_patient`. Only its keyed hash is recorded.
-fn patient_param<'a>(method_id: &MethodId, params: &'a Map<String, Value>) -> Option<&'a str> {
+/// of `get_patient`; for a write without such a parameter, the body's Patient reference
+/// (`subject.reference`, or `patient.reference` as AllergyIntolerance and Immunization name
+/// it). Only its keyed hash is recorded (see [`crate::audit::patient_key`]).
+fn patient_param<'a>(method_id: &MethodId, input: &'a MethodIn) -> Option<&'a str> {
+    let params = &input.params;
     let name = if method_id.as_str() == "get_patient" {
         "id"
     } else if params.contains_key("patient") {
@@ -216,7 +219,19 @@ fn patient_param<'a>(method_id: &MethodId, params: &'a Map<String, Value>) -> Op
     } else {
         "subject"
     };
-    params.get(name).and_then(Value::as_str)
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .or_else(|| body_patient(input.body.as_ref()?))
+}
+
+/// The Patient a FHIR resource is about: its `subject` or `patient` reference when that names
+/// a Patient (a subject may be a Group or a Device: not a patient, no hash).
+fn body_patient(body: &Value) -> Option<&str> {
+    ["subject", "patient"]
+        .iter()
+        .filter_map(|k| body.get(k)?.get("reference")?.as_str())
+        .find(|r| crate::audit::patient_key(r).is_some())
 }
 
 /// Refuses, before anything is sent, a method whose declared scope the install was not granted
@@ -375,7 +390,7 @@ impl MethodService {
         idempotency_key: Option<&str>,
     ) -> Result<MethodReply, ServiceError> {
         let started = Instant::now();
-        let patient = patient_param(method_id, &input.params).map(str::to_owned);
+        let patient = patient_param(method_id, &input).map(str::to_owned);
         let mut seen = Seen::default();
         let result = self
             .call_method_inner(

@@ -5,12 +5,12 @@ use crate::error::ServiceError;
 use crate::resolve::{needs_discovery, Resolver};
 use crate::settings::{self, Layer};
 use crate::tenant::TenantCtx;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use switchboard_core::{ms_to_rfc3339, now_ms, ConnectorId};
 use switchboard_crypto::KeyRing;
-use switchboard_db::repo::{discovery, setups, webhooks};
+use switchboard_db::repo::{capability, discovery, setups, webhooks};
 use switchboard_db::Db;
 
 use crate::signing_keys::{RotateIn, SetupKeys, SetupKeysOut, SigningKeyIn};
@@ -37,6 +37,42 @@ pub struct SetupOut {
     /// only); absent when it succeeded or was not attempted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery_error: Option<String>,
+    /// The connector's declared search parameters that the FHIR server's CapabilityStatement
+    /// (`{fhir_base}metadata`, read at the last save) does not list: warnings, never a
+    /// refusal. Empty when every one is listed or the statement was not read.
+    pub capability_warnings: Vec<CapabilityWarningOut>,
+    /// When the CapabilityStatement was read (the last save); null when not checked: the
+    /// connector declares no `[discovery]`, or the setup's settings form no FHIR base.
+    pub capability_checked_at: Option<String>,
+    /// Why the CapabilityStatement could not be read at the last save (URL and HTTP status
+    /// or the failure, never a secret); absent when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability_error: Option<String>,
+}
+
+/// A declared search parameter the FHIR server does not list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CapabilityWarningOut {
+    /// The connector method that sends it, e.g. `search_patients`.
+    pub method: String,
+    /// The resource type it searches, e.g. `Patient`.
+    pub resource: String,
+    /// The parameter's upstream name, e.g. `birthDate`.
+    pub param: String,
+}
+
+/// The capability fields of a setup: (warnings, checked_at, error).
+type CapabilityView = (Vec<CapabilityWarningOut>, Option<String>, Option<String>);
+
+fn capability_view(row: Option<&switchboard_db::CapabilityCheck>) -> CapabilityView {
+    match row {
+        Some(r) => (
+            serde_json::from_str(&r.warnings).unwrap_or_default(),
+            Some(ms_to_rfc3339(r.checked_at)),
+            r.error.clone(),
+        ),
+        None => (Vec::new(), None, None),
+    }
 }
 
 /// A SMART discovery document as `GET .../setup` shows it.
@@ -139,12 +175,20 @@ impl SetupService {
         }
         // Discovery before anything is written: a failure is a 422 naming the URL and status,
         // except for connectors that declare every endpoint (best effort, never blocking).
-        let discovered_base = if def.discovery.is_some() {
-            self.discover_for(t, &connector, &values, needs_discovery(def))
-                .await?
-        } else {
-            None
+        // The CapabilityStatement check runs beside it and never blocks.
+        let discovery = async {
+            if def.discovery.is_some() {
+                self.discover_for(t, &connector, &values, needs_discovery(def))
+                    .await
+            } else {
+                Ok(None)
+            }
         };
+        let (discovered_base, checked) = tokio::join!(
+            discovery,
+            self.check_capabilities(&t.tenant_id, &connector, &values)
+        );
+        let discovered_base = discovered_base?;
         let plan = self
             .keys
             .plan(&t.tenant_id, &connector, signing_key)
@@ -154,6 +198,7 @@ impl SetupService {
         let (tenant, cid, now) = (t.tenant_id.clone(), connector_id.to_string(), now_ms());
         let event = self.outbox.setup_event(&tenant, &cid, "saved");
         let keys = self.keys.clone();
+        let capability_row = checked.clone();
         let row = self
             .db
             .run(move |conn| {
@@ -161,6 +206,12 @@ impl SetupService {
                     let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
                     webhooks::emit(conn, &event)?;
                     keys.apply(conn, &tenant, &cid, &plan)?;
+                    match &capability_row {
+                        Some(c) => capability::upsert(conn, c)?,
+                        None => {
+                            capability::delete_for(conn, &tenant, &cid)?;
+                        }
+                    }
                     Ok(row)
                 })
             })
@@ -178,6 +229,8 @@ impl SetupService {
             Some(base) => self.cached(t, connector_id, &base).await?,
             None => (None, None),
         };
+        let (capability_warnings, capability_checked_at, capability_error) =
+            capability_view(checked.as_ref());
         Ok(SetupOut {
             connector: connector_id.to_string(),
             settings: settings::masked(def, &values),
@@ -187,6 +240,9 @@ impl SetupService {
             signing_keys: None,
             discovered,
             discovery_error,
+            capability_warnings,
+            capability_checked_at,
+            capability_error,
         }
         .with_keys(key_view))
     }
@@ -223,6 +279,64 @@ impl SetupService {
                 .await?;
         }
         Ok(Some(base.to_string()))
+    }
+
+    /// For a connector declaring `[discovery]`, reads the CapabilityStatement of the FHIR base
+    /// the setup values form (none formed, or no `[discovery]`: no check, `None`) and lists the declared search parameters it does not list. Best effort: waits at
+    /// most `oauth.discovery_timeout_ms`, goes through the outbound policy with the connector's
+    /// `[discovery] headers` (no credentials), and a failure becomes the row's `error`.
+    async fn check_capabilities(
+        &self,
+        tenant_id: &str,
+        connector: &switchboard_connector::Connector,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> Option<switchboard_db::CapabilityCheck> {
+        use switchboard_engine::capability;
+        // Only connectors that declare `[discovery]` contact their FHIR base at save (the
+        // others' setup save connects to nothing, a guarantee tests hold).
+        connector.def.discovery.as_ref()?;
+        let merged =
+            switchboard_connector::merge_settings(&connector.def, values, &Default::default());
+        let ctx = connector.context(merged).ok()?;
+        let base = url::Url::parse(ctx.fhir_base.as_deref()?).ok()?;
+        let headers = connector.render_discovery_headers(&ctx).unwrap_or_default();
+        let read = async {
+            let http = self
+                .resolver
+                .outbound
+                .client_for(&base)
+                .map_err(|e| format!("refused: {e}"))?;
+            capability::read(http, &base, &headers)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let wait = self.resolver.discovery_timeout;
+        let read = match tokio::time::timeout(wait, read).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "{} did not answer within {} ms",
+                capability::metadata_url(&base),
+                wait.as_millis()
+            )),
+        };
+        let (warnings, error) = match read {
+            Ok(server) => (capability::unlisted_params(connector, &server), None),
+            Err(e) => {
+                tracing::info!(connector = %connector.def.id, error = %e, "CapabilityStatement not read");
+                (
+                    Vec::new(),
+                    Some(format!("CapabilityStatement not read: {e}")),
+                )
+            }
+        };
+        Some(switchboard_db::CapabilityCheck {
+            tenant_id: tenant_id.to_owned(),
+            connector_id: connector.def.id.clone(),
+            fhir_base: base.to_string(),
+            warnings: serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".into()),
+            error,
+            checked_at: now_ms(),
+        })
     }
 
     async fn cached(
@@ -265,6 +379,13 @@ impl SetupService {
             &settings::setup_aad(&t.tenant_id, connector_id),
         )?;
         let key_view = self.keys.view(&t.tenant_id, connector_id).await?;
+        let (tenant, cid) = (t.tenant_id.clone(), connector_id.to_string());
+        let checked = self
+            .db
+            .run(move |conn| capability::find(conn, &tenant, &cid))
+            .await?;
+        let (capability_warnings, capability_checked_at, capability_error) =
+            capability_view(checked.as_ref());
         let (discovered, discovery_error) = if connector.def.discovery.is_some() {
             let merged =
                 switchboard_connector::merge_settings(&connector.def, &values, &Default::default());
@@ -289,6 +410,9 @@ impl SetupService {
             signing_keys: None,
             discovered,
             discovery_error,
+            capability_warnings,
+            capability_checked_at,
+            capability_error,
         }
         .with_keys(key_view))
     }
@@ -326,6 +450,7 @@ impl SetupService {
                 conn.write_transaction(|conn| {
                     SetupKeys::delete_all(conn, &tenant, &cid)?;
                     discovery::delete_for(conn, &tenant, &cid)?;
+                    capability::delete_for(conn, &tenant, &cid)?;
                     let deleted = setups::delete(conn, &tenant, &cid)?;
                     if deleted {
                         webhooks::emit(conn, &event)?;

@@ -178,6 +178,26 @@ pub struct WebhookOut {
     /// The event filter; empty: every type.
     pub events: Vec<String>,
     pub created_at: String,
+    /// False after `PATCH {"enabled": false}`: no delivery is queued for new events and the
+    /// pending ones wait until it is enabled again.
+    pub enabled: bool,
+    /// When it was disabled (null while enabled).
+    pub disabled_at: Option<String>,
+}
+
+/// `PATCH /v1/webhooks/{id}`: the fields to change; absent ones stay.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": false}))]
+pub struct WebhookPatch {
+    /// False: stop delivering (events emitted while disabled are not queued for this
+    /// endpoint; its pending deliveries are kept). True: resume, the pending deliveries due
+    /// at once with a new retry window.
+    pub enabled: Option<bool>,
+    /// A new event filter (empty: every type); it applies to events emitted from now on.
+    pub events: Option<Vec<String>>,
+    /// A new URL (the outbound policy applies); pending deliveries go to it.
+    pub url: Option<String>,
 }
 
 /// `POST /v1/webhooks`: the endpoint and its signing secret, shown this once.
@@ -236,7 +256,26 @@ fn webhook_out(row: &WebhookEndpoint) -> WebhookOut {
         url: row.url.clone(),
         events: row.events.split_whitespace().map(str::to_owned).collect(),
         created_at: ms_to_rfc3339(row.created_at),
+        enabled: row.disabled_at.is_none(),
+        disabled_at: row.disabled_at.map(ms_to_rfc3339),
     }
+}
+
+/// The event filter as stored (space-separated, each type once): 422 for an unknown type.
+fn event_filter(names: &[String]) -> Result<String, ServiceError> {
+    let mut events: Vec<&str> = Vec::new();
+    for name in names {
+        let Some(kind) = EventType::parse(name) else {
+            return Err(ServiceError::InvalidRequest(format!(
+                "unknown event type; known: {}",
+                EventType::ALL.map(EventType::as_str).join(", ")
+            )));
+        };
+        if !events.contains(&kind.as_str()) {
+            events.push(kind.as_str());
+        }
+    }
+    Ok(events.join(" "))
 }
 
 fn delivery_out((d, e): (WebhookDelivery, WebhookEvent)) -> DeliveryOut {
@@ -278,32 +317,8 @@ impl WebhookService {
         t: &TenantCtx,
         input: WebhookIn,
     ) -> Result<WebhookCreated, ServiceError> {
-        let url = Url::parse(input.url.trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .ok_or_else(|| {
-                ServiceError::InvalidRequest("url must be an absolute https URL".into())
-            })?;
-        self.outbound
-            .check_url(&url)
-            .map_err(|e| ServiceError::Upstream {
-                code: ErrorCode::UpstreamNotAllowed,
-                detail: format!("webhook url: {e}"),
-                retry_after_secs: None,
-                issues: vec![],
-            })?;
-        let mut events: Vec<&str> = Vec::new();
-        for name in &input.events {
-            let Some(kind) = EventType::parse(name) else {
-                return Err(ServiceError::InvalidRequest(format!(
-                    "unknown event type; known: {}",
-                    EventType::ALL.map(EventType::as_str).join(", ")
-                )));
-            };
-            if !events.contains(&kind.as_str()) {
-                events.push(kind.as_str());
-            }
-        }
+        let url = self.checked_url(&input.url)?;
+        let events = event_filter(&input.events)?;
         let id = IdKind::Webhook.generate();
         let mut key = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut key);
@@ -315,7 +330,7 @@ impl WebhookService {
             id,
             tenant_id: t.tenant_id.clone(),
             url: url.to_string(),
-            events: events.join(" "),
+            events,
             created_at: self.outbox.clock.now_ms(),
             disabled_at: None,
             lease_owner: None,
@@ -329,6 +344,56 @@ impl WebhookService {
             webhook: webhook_out(&row),
             secret,
         })
+    }
+
+    /// A webhook URL: absolute http(s) (422 otherwise) passing the outbound policy (422
+    /// `upstream_not_allowed`).
+    fn checked_url(&self, raw: &str) -> Result<Url, ServiceError> {
+        let url = Url::parse(raw.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                ServiceError::InvalidRequest("url must be an absolute https URL".into())
+            })?;
+        self.outbound
+            .check_url(&url)
+            .map_err(|e| ServiceError::Upstream {
+                code: ErrorCode::UpstreamNotAllowed,
+                detail: format!("webhook url: {e}"),
+                retry_after_secs: None,
+                issues: vec![],
+            })?;
+        Ok(url)
+    }
+
+    /// `PATCH /v1/webhooks/{id}`: enables or disables the endpoint, or changes its URL (checked
+    /// as at creation) or event filter. 404 if the tenant has no such endpoint.
+    pub async fn patch_webhook(
+        &self,
+        t: &TenantCtx,
+        id: &str,
+        input: WebhookPatch,
+    ) -> Result<WebhookOut, ServiceError> {
+        let change = repo::EndpointChange {
+            url: match &input.url {
+                Some(raw) => Some(self.checked_url(raw)?.to_string()),
+                None => None,
+            },
+            events: input.events.as_deref().map(event_filter).transpose()?,
+            enabled: input.enabled,
+        };
+        let (tenant, id) = (t.tenant_id.clone(), id.to_owned());
+        let now = self.outbox.clock.now_ms();
+        let row = self
+            .db
+            .run(move |conn| repo::update_endpoint(conn, &tenant, &id, &change, now))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("webhook not found".into()))?;
+        if input.enabled == Some(true) {
+            // Its pending deliveries are due now.
+            self.outbox.committed();
+        }
+        Ok(webhook_out(&row))
     }
 
     async fn find(&self, t: &TenantCtx, id: &str) -> Result<WebhookEndpoint, ServiceError> {
@@ -616,6 +681,10 @@ impl Dispatcher {
     }
 
     async fn deliver_queue(&self, endpoint: &WebhookEndpoint) -> Result<usize, ServiceError> {
+        if endpoint.disabled_at.is_some() {
+            // Disabled after it was found due: its deliveries wait.
+            return Ok(0);
+        }
         let secret = self
             .crypto
             .decrypt(&endpoint.secret, secret_aad(&endpoint.id).as_bytes())?;

@@ -269,6 +269,11 @@ struct State {
     smart_config: Option<Value>,
     /// Every `.well-known/smart-configuration` request (configured document or not).
     discovery_requests: Vec<RecordedRequest>,
+    /// What `GET {base}metadata` answers: the CapabilityStatement (None: the default one), or
+    /// an HTTP error status.
+    metadata: Result<Option<Value>, u16>,
+    /// Every `metadata` request (kept apart from [`FakeFhir::requests`]).
+    metadata_requests: Vec<RecordedRequest>,
 }
 
 struct Shared {
@@ -439,6 +444,8 @@ impl FakeFhir {
                 require_accept: true,
                 smart_config: None,
                 discovery_requests: Vec::new(),
+                metadata: Ok(None),
+                metadata_requests: Vec::new(),
             },
         }
     }
@@ -630,6 +637,19 @@ impl FakeFhir {
         self.shared.state().discovery_requests.clone()
     }
 
+    /// What `GET {base}metadata` answers from now on: `Ok(Some(doc))` that CapabilityStatement,
+    /// `Ok(None)` the default one (Patient with `_id`, `family`, `given`, `name`, `birthdate`,
+    /// `gender`, `identifier`), `Err(status)` that HTTP error.
+    pub fn set_capability_statement(&self, answer: Result<Option<Value>, u16>) {
+        self.shared.state().metadata = answer;
+    }
+
+    /// The `metadata` requests received. They are not in [`FakeFhir::requests`] and take no
+    /// queued fault (a setup save reads them, unrelated to the calls a test counts).
+    pub fn metadata_requests(&self) -> Vec<RecordedRequest> {
+        self.shared.state().metadata_requests.clone()
+    }
+
     /// Forgets recorded requests and queued faults (tokens, patients and modes stay).
     pub fn reset(&self) {
         let mut s = self.shared.state();
@@ -762,6 +782,24 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
         if s.smart_config.is_none() {
             return outcome(StatusCode::NOT_FOUND, "not-found", "No SMART configuration");
         }
+    }
+    if req.method() == actix_web::http::Method::GET
+        && req.uri().path() == format!("{}metadata", shared.config.prefix)
+    {
+        let answer = {
+            let mut s = shared.state();
+            s.metadata_requests.push(recorded.clone());
+            s.metadata.clone()
+        };
+        return match answer {
+            Ok(doc) => fhir_response(StatusCode::OK)
+                .body(doc.unwrap_or_else(capability_statement).to_string()),
+            Err(status) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                outcome(status, "exception", "CapabilityStatement unavailable")
+            }
+        };
     }
     let fault = {
         let mut s = shared.state();

@@ -116,6 +116,10 @@ pub fn routes() -> Scope {
                     web::delete().to(webhooks::delete_webhook),
                 )
                 .route(
+                    "/webhooks/{webhook}",
+                    web::patch().to(webhooks::patch_webhook),
+                )
+                .route(
                     "/webhooks/{webhook}/deliveries",
                     web::get().to(webhooks::list_deliveries),
                 )

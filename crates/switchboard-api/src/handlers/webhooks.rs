@@ -3,7 +3,7 @@ use crate::extract::{Ids, Tenant};
 use actix_web::{web, HttpResponse};
 use switchboard_core::{EventId, WebhookId};
 use switchboard_service::pagination::PageIn;
-use switchboard_service::webhooks::WebhookIn;
+use switchboard_service::webhooks::{WebhookIn, WebhookPatch};
 use switchboard_service::Services;
 
 pub async fn create_webhook(
@@ -31,6 +31,19 @@ pub async fn get_webhook(
     Ids(id): Ids<WebhookId>,
 ) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(s.webhooks.get_webhook(&t.0, &id).await?))
+}
+
+pub async fn patch_webhook(
+    t: Tenant,
+    s: web::Data<Services>,
+    Ids(id): Ids<WebhookId>,
+    body: web::Json<WebhookPatch>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(
+        s.webhooks
+            .patch_webhook(&t.0, &id, body.into_inner())
+            .await?,
+    ))
 }
 
 pub async fn delete_webhook(

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod agent_sessions;
 pub mod api_keys;
 pub mod audit;
+pub mod capability;
 pub mod console_sessions;
 pub mod discovery;
 pub mod idempotency;

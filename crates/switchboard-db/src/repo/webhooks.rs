@@ -161,7 +161,8 @@ pub fn latest_install_event(
         .optional()?)
 }
 
-/// Endpoints with a pending delivery due at `now` whose lease is free, at most `limit`.
+/// Enabled endpoints with a pending delivery due at `now` whose lease is free, at most
+/// `limit` (a disabled endpoint's deliveries wait until it is enabled again).
 pub fn due_endpoints(
     conn: &mut AnyConnection,
     now: i64,
@@ -170,6 +171,7 @@ pub fn due_endpoints(
     Ok(d::webhook_deliveries
         .inner_join(e::webhook_endpoints)
         .filter(d::state.eq(PENDING))
+        .filter(e::disabled_at.is_null())
         .filter(d::next_attempt_at.le(now))
         .filter(e::lease_until.is_null().or(e::lease_until.le(now)))
         .select(d::endpoint_id)
@@ -403,4 +405,61 @@ pub fn purge_finished(conn: &mut AnyConnection, before: i64) -> Result<usize, Db
             .filter(diesel::dsl::not(ev::seq.eq_any(left))),
     )
     .execute(conn)?)
+}
+
+/// A change to an endpoint (`PATCH /v1/webhooks/{id}`); `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointChange {
+    pub url: Option<String>,
+    /// Space-separated event types; empty: every type.
+    pub events: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// Applies `change` to the tenant's endpoint at `now`; None if it has no such endpoint.
+/// Disabling sets `disabled_at` (no delivery is queued for events emitted from then on, and
+/// its pending deliveries wait). Enabling a disabled endpoint clears it and makes its pending
+/// deliveries due at `now` with a new retry window (the time disabled does not count).
+pub fn update_endpoint(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+    change: &EndpointChange,
+    now: i64,
+) -> Result<Option<WebhookEndpoint>, DbError> {
+    conn.write_transaction(|conn| {
+        let Some(before) = find_endpoint(conn, tenant_id, id)? else {
+            return Ok(None);
+        };
+        let target = e::webhook_endpoints.filter(e::id.eq(id));
+        if let Some(url) = &change.url {
+            diesel::update(target).set(e::url.eq(url)).execute(conn)?;
+        }
+        if let Some(events) = &change.events {
+            diesel::update(target)
+                .set(e::events.eq(events))
+                .execute(conn)?;
+        }
+        match (change.enabled, before.disabled_at) {
+            (Some(false), None) => {
+                diesel::update(target)
+                    .set(e::disabled_at.eq(Some(now)))
+                    .execute(conn)?;
+            }
+            (Some(true), Some(_)) => {
+                diesel::update(target)
+                    .set(e::disabled_at.eq(None::<i64>))
+                    .execute(conn)?;
+                diesel::update(
+                    d::webhook_deliveries
+                        .filter(d::endpoint_id.eq(id))
+                        .filter(d::state.eq(PENDING)),
+                )
+                .set((d::next_attempt_at.eq(now), d::retry_from.eq(now)))
+                .execute(conn)?;
+            }
+            _ => {}
+        }
+        find_endpoint(conn, tenant_id, id)
+    })
 }
