@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, ParamType, RefreshPolicy, SettingDef,
+    AuthDef, ClientAuth, ConnectorDef, MethodDef, ParamDef, RefreshPolicy, SettingDef,
 };
 use crate::settings::settings_used_by_auth;
 
