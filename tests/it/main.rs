@@ -14,6 +14,7 @@ mod api_keys;
 mod audit;
 mod backend_services;
 mod cli;
+mod connect;
 mod connectors;
 mod db_outage;
 mod error_codes;

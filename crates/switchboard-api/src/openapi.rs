@@ -8,11 +8,13 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem, WebhookId,
+    AccountId, ApiKeyId, ConnectSessionId, ConnectorId, EventId, InstallId, MethodId, Problem,
+    WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
+use switchboard_service::connect::{ConnectSessionCreated, ConnectSessionIn, ConnectSessionOut};
 use switchboard_service::installs::{
     AuthorizeIn, InstallCreated, InstallIn, InstallList, InstallOut,
 };
@@ -460,6 +462,26 @@ mod ops {
         responses((status = 202, body = DeliveryOut))
     )]
     fn replay_delivery() {}
+
+    /// Create a single-use link to the hosted connect page (`url`, shown only here)
+    #[utoipa::path(
+        post,
+        path = "/v1/connect-sessions",
+        tag = "connect",
+        request_body = ConnectSessionIn,
+        responses((status = 201, body = ConnectSessionCreated))
+    )]
+    fn create_connect_session() {}
+
+    /// A connect session's status (pending, used, expired) and the install it created
+    #[utoipa::path(
+        get,
+        path = "/v1/connect-sessions/{session}",
+        tag = "connect",
+        params(("session" = ConnectSessionId, Path)),
+        responses((status = 200, body = ConnectSessionOut))
+    )]
+    fn get_connect_session() {}
 }
 
 #[derive(OpenApi)]
@@ -503,7 +525,9 @@ mod ops {
         ops::get_webhook,
         ops::delete_webhook,
         ops::list_deliveries,
-        ops::replay_delivery
+        ops::replay_delivery,
+        ops::create_connect_session,
+        ops::get_connect_session
     ),
     components(schemas(
         Problem,
@@ -513,7 +537,8 @@ mod ops {
         ConnectorId,
         MethodId,
         WebhookId,
-        EventId
+        EventId,
+        ConnectSessionId
     )),
     modifiers(&Conventions)
 )]
@@ -642,6 +667,7 @@ mod tests {
                                     "connector" => "ConnectorId",
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
+                                    "session" => "ConnectSessionId",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -691,8 +717,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 35);
-        assert_eq!(OPERATIONS.len(), 35);
+        assert_eq!(ops, 37);
+        assert_eq!(OPERATIONS.len(), 37);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

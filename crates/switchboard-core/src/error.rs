@@ -65,6 +65,11 @@ error_codes! {
     // call holding the key is still running.
     IdempotencyKeyReused    => ("idempotency_key_reused", 422, "Idempotency-Key already used with a different request"),
     IdempotencyKeyInFlight  => ("idempotency_key_in_flight", 409, "A call with this Idempotency-Key is in progress"),
+    // Issue 15, hosted connect page: the single-use link was already used or has expired; the
+    // connect form came without its form token (or from another origin).
+    ConnectLinkUsed         => ("connect_link_used", 410, "This connect link was already used"),
+    ConnectLinkExpired      => ("connect_link_expired", 410, "This connect link has expired"),
+    ConnectFormRejected     => ("connect_form_rejected", 403, "The connect form could not be verified"),
 }
 
 impl std::fmt::Display for ErrorCode {

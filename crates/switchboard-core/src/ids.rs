@@ -13,6 +13,8 @@ pub enum IdKind {
     Webhook,
     /// A webhook event (the Standard Webhooks `webhook-id`).
     Message,
+    /// A connect session (the hosted connect page's link).
+    ConnectSession,
 }
 
 impl IdKind {
@@ -24,6 +26,7 @@ impl IdKind {
             Self::Install => "ins",
             Self::Webhook => "whk",
             Self::Message => "msg",
+            Self::ConnectSession => "cns",
         }
     }
 
@@ -151,6 +154,8 @@ external_ids! {
     WebhookId = "whk_Hc2mX0bQ9vYtR4kLw1NpZA",
     /// A webhook event id (`msg_…`), the `webhook-id` of its deliveries.
     EventId = "msg_Vt6qP1nW8sKc3JxR0mYbLA",
+    /// A connect session id (`cns_…`), never its link token.
+    ConnectSessionId = "cns_R8kW2mQx5vNb7TzL0pYcHA",
 }
 
 #[cfg(test)]

@@ -99,6 +99,12 @@ pub enum ServiceError {
     /// Settings whose URLs (as given, or rendered) the outbound address policy refuses.
     #[error("an upstream URL is refused by the outbound policy")]
     UpstreamNotAllowed(Vec<FieldError>),
+    /// A connect link whose form was already submitted (single use).
+    #[error("this connect link was already used")]
+    ConnectLinkUsed,
+    /// A connect link past its `expires_at`.
+    #[error("this connect link has expired")]
+    ConnectLinkExpired,
 }
 
 impl ServiceError {
@@ -134,6 +140,8 @@ impl ServiceError {
             Self::InsufficientScope(_) => ErrorCode::InsufficientScope,
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::IdempotencyKeyInFlight { .. } => ErrorCode::IdempotencyKeyInFlight,
+            Self::ConnectLinkUsed => ErrorCode::ConnectLinkUsed,
+            Self::ConnectLinkExpired => ErrorCode::ConnectLinkExpired,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod connect_sessions;
 pub mod discovery;
 pub mod idempotency;
 pub mod installs;
