@@ -4,7 +4,7 @@
 -- submitted, then `used` (claimed atomically: one UPDATE ... WHERE status = 'pending'), with
 -- the install it created; an expired session is a pending one past `expires_at`.
 CREATE TABLE connect_sessions (
-    id           TEXT   PRIMARY KEY,
+    id           TEXT   NOT NULL PRIMARY KEY,
     tenant_id    TEXT   NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     account_id   TEXT   NOT NULL,
     connector_id TEXT   NOT NULL,
