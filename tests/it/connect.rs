@@ -618,6 +618,46 @@ async fn required_settings(backend: Backend) {
     assert_eq!(session_status(&app, id).await["status"], "pending");
 }
 
+/// Two tabs submit the same link at once: exactly one creates an install (303), the other gets
+/// the "already used" page. Without a `return_url` the callback ends on its own result page.
+async fn single_use_under_race_and_result_page(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.create_account(ACCOUNT).await;
+    let ehr = epic(&app).await;
+    let session = create_session(&app, json!({"account_id": ACCOUNT, "connector": "epic"})).await;
+    let path = link_path(&app, &session);
+    let form = open(&app, &path).await;
+    let (cookie, token) = (form.cookie.clone().unwrap(), form.form_token());
+    let endpoint = ehr.pasted_endpoint();
+    let fields = [("endpoint", endpoint.as_str())];
+    let (a, b) = futures_util::join!(
+        submit(&app, &path, Some(&cookie), Some(&token), &fields, None),
+        submit(&app, &path, Some(&cookie), Some(&token), &fields, None),
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [303, 410], "{} / {}", a.text, b.text);
+    let loser = if a.status == StatusCode::GONE { &a } else { &b };
+    assert_page(loser, 410, "This link was already used");
+    let winner = if a.status == StatusCode::SEE_OTHER {
+        &a
+    } else {
+        &b
+    };
+    assert_eq!(install_count(&app).await, 1);
+    let v = session_status(&app, session["id"].as_str().unwrap()).await;
+    let install = v["install_id"].as_str().unwrap().to_owned();
+
+    let authorize = winner.resp_headers[LOCATION].to_str().unwrap();
+    let res = app.http.get(authorize).send().await.unwrap();
+    let callback = res.headers()[LOCATION].to_str().unwrap().to_owned();
+    let page = read_html(app.http.get(&callback).send().await.unwrap()).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("Connected"), "{}", page.text);
+    assert!(page.text.contains(&install), "{}", page.text);
+    assert_authorized_and_callable(&app, &ehr, &install).await;
+}
+
 async fn assert_authorized_and_callable(app: &TestApp, ehr: &Ehr, install: &str) {
     let row = install_row(app, install).await.expect("install row");
     assert_eq!(row.status.to_string(), "authorized");
@@ -730,5 +770,6 @@ crate::both_backends! {
     sessions_api => sessions_api;
     pages => pages;
     required_settings => required_settings;
+    single_use_under_race_and_result_page => single_use_under_race_and_result_page;
     in_the_browser => in_the_browser;
 }
