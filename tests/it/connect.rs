@@ -351,6 +351,67 @@ async fn sessions_api(backend: Backend) {
     assert_eq!(created, 2, "{audit}");
 }
 
+/// `limits.max_pending_connect_sessions_per_tenant`: pending links count, used and expired ones
+/// do not; beyond it 409 `quota_exceeded`, nothing written.
+async fn pending_sessions_quota(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.max_pending_connect_sessions_per_tenant = 2;
+    })
+    .await;
+    app.create_account(ACCOUNT).await;
+    let body = json!({"account_id": ACCOUNT, "connector": "epic"});
+    let first = create_session(&app, body.clone()).await;
+    create_session(&app, body.clone()).await;
+    let r = req(
+        &app,
+        Method::POST,
+        "/v1/connect-sessions",
+        Some(body.clone()),
+    )
+    .await;
+    problem(&r, 409, "quota_exceeded");
+    assert_eq!(r.json["quota"], "pending_connect_sessions");
+    assert_eq!(r.json["limit"], 2);
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_pending_connect_sessions_per_tenant"),
+        "{}",
+        r.text
+    );
+    // Another tenant has its own quota.
+    let (_, other) = app.new_tenant("Other").await;
+    let r = req_as(
+        &app,
+        &other,
+        Method::POST,
+        "/v1/accounts",
+        Some(json!({"id": ACCOUNT, "name": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = req_as(
+        &app,
+        &other,
+        Method::POST,
+        "/v1/connect-sessions",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // An expired link frees its place.
+    let id = first["id"].as_str().unwrap().to_owned();
+    app.db(move |conn| {
+        diesel::update(schema::connect_sessions::table.find(id))
+            .set(schema::connect_sessions::expires_at.eq(switchboard_core::now_ms() - 1))
+            .execute(conn)?;
+        Ok(())
+    })
+    .await;
+    create_session(&app, body).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The pages
 // ---------------------------------------------------------------------------------------------
@@ -768,6 +829,7 @@ async fn in_the_browser(backend: Backend) {
 
 crate::both_backends! {
     sessions_api => sessions_api;
+    pending_sessions_quota => pending_sessions_quota;
     pages => pages;
     required_settings => required_settings;
     single_use_under_race_and_result_page => single_use_under_race_and_result_page;

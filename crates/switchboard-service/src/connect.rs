@@ -253,12 +253,27 @@ impl InstallService {
             used_at: None,
         };
         let stored = row.clone();
-        self.db
+        let limit = self.settings.limits.max_pending_connect_sessions_per_tenant;
+        let inserted = self
+            .db
             .run(move |conn| {
                 connect_sessions::purge_expired(conn, &stored.tenant_id, now - KEEP_EXPIRED_MS)?;
-                connect_sessions::insert(conn, &stored)
+                conn.write_transaction(|conn| {
+                    if limit > 0
+                        && connect_sessions::count_pending(conn, &stored.tenant_id, now)? >= limit
+                    {
+                        return Ok(false);
+                    }
+                    connect_sessions::insert(conn, &stored).map(|()| true)
+                })
             })
             .await?;
+        if !inserted {
+            return Err(ServiceError::QuotaExceeded {
+                quota: "pending_connect_sessions",
+                limit,
+            });
+        }
         let target = crate::audit::Target {
             account_id: Some(row.account_id.clone()),
             install_id: None,

@@ -113,6 +113,18 @@ pub fn set_install(conn: &mut AnyConnection, id: &str, install_id: &str) -> Resu
     Ok(())
 }
 
+/// How many of the tenant's sessions are pending (not used, not expired at `now`): the
+/// `limits.max_pending_connect_sessions_per_tenant` quota.
+pub fn count_pending(conn: &mut AnyConnection, tenant_id: &str, now: i64) -> Result<u64, DbError> {
+    let n: i64 = c::connect_sessions
+        .filter(c::tenant_id.eq(tenant_id))
+        .filter(c::status.eq(PENDING))
+        .filter(c::expires_at.gt(now))
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}
+
 /// Deletes the tenant's sessions that expired before `before`; returns how many.
 pub fn purge_expired(
     conn: &mut AnyConnection,
