@@ -15,6 +15,7 @@ mod audit;
 mod backend_services;
 mod capability;
 mod cli;
+mod connect;
 mod connectors;
 mod console;
 mod db_outage;

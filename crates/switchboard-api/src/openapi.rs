@@ -8,13 +8,14 @@ use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, AgentSessionId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem,
-    WebhookId,
+    AccountId, AgentSessionId, ApiKeyId, ConnectSessionId, ConnectorId, EventId, InstallId,
+    MethodId, Problem, WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::agent_sessions::{AgentSessionCreated, AgentSessionIn, AgentSessionList};
 use switchboard_service::audit::AuditList;
 use switchboard_service::callback::CallbackIn;
+use switchboard_service::connect::{ConnectSessionCreated, ConnectSessionIn, ConnectSessionOut};
 use switchboard_service::installs::{
     AuthorizeIn, InstallCreated, InstallIn, InstallList, InstallOut,
 };
@@ -565,6 +566,25 @@ mod ops {
         responses((status = 204, description = "Revoked"))
     )]
     fn revoke_agent_session() {}
+    /// Create a single-use link to the hosted connect page (`url`, shown only here)
+    #[utoipa::path(
+        post,
+        path = "/v1/connect-sessions",
+        tag = "connect",
+        request_body = ConnectSessionIn,
+        responses((status = 201, body = ConnectSessionCreated))
+    )]
+    fn create_connect_session() {}
+
+    /// A connect session's status (pending, used, expired) and the install it created
+    #[utoipa::path(
+        get,
+        path = "/v1/connect-sessions/{session}",
+        tag = "connect",
+        params(("session" = ConnectSessionId, Path)),
+        responses((status = 200, body = ConnectSessionOut))
+    )]
+    fn get_connect_session() {}
 }
 
 #[derive(OpenApi)]
@@ -618,7 +638,9 @@ mod ops {
         ops::console_sign_out,
         ops::create_agent_session,
         ops::list_agent_sessions,
-        ops::revoke_agent_session
+        ops::revoke_agent_session,
+        ops::create_connect_session,
+        ops::get_connect_session
     ),
     components(schemas(
         Problem,
@@ -629,7 +651,8 @@ mod ops {
         MethodId,
         WebhookId,
         EventId,
-        AgentSessionId
+        AgentSessionId,
+        ConnectSessionId
     )),
     modifiers(&Conventions)
 )]
@@ -792,6 +815,7 @@ mod tests {
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
                                     "session" => "AgentSessionId",
+                                    "session" => "ConnectSessionId",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -841,8 +865,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 45);
-        assert_eq!(OPERATIONS.len(), 45);
+        assert_eq!(ops, 47);
+        assert_eq!(OPERATIONS.len(), 47);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

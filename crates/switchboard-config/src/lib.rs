@@ -241,6 +241,8 @@ pub struct LimitsSettings {
     pub replicas: u32,
     /// Longest wait for a connector-declared outbound limit before 429.
     pub outbound_queue_ms: u64,
+    /// Connect sessions (hosted connect page links) not yet used or expired, per tenant.
+    pub max_pending_connect_sessions_per_tenant: u64,
 }
 
 impl LimitsSettings {

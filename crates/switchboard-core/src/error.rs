@@ -73,6 +73,11 @@ error_codes! {
     // the operator does not allow (DNS rebinding guard of the MCP transport).
     InvalidAgentSession     => ("invalid_agent_session", 422, "Invalid agent session request"),
     OriginNotAllowed        => ("origin_not_allowed", 403, "Origin not allowed"),
+    // Issue 15, hosted connect page: the single-use link was already used or has expired; the
+    // connect form came without its form token (or from another origin).
+    ConnectLinkUsed         => ("connect_link_used", 410, "This connect link was already used"),
+    ConnectLinkExpired      => ("connect_link_expired", 410, "This connect link has expired"),
+    ConnectFormRejected     => ("connect_form_rejected", 403, "The connect form could not be verified"),
 }
 
 impl std::fmt::Display for ErrorCode {

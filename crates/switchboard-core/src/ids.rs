@@ -15,6 +15,8 @@ pub enum IdKind {
     Message,
     /// An agent session (`/mcp` access to one install).
     AgentSession,
+    /// A connect session (the hosted connect page's link).
+    ConnectSession,
 }
 
 impl IdKind {
@@ -27,6 +29,7 @@ impl IdKind {
             Self::Webhook => "whk",
             Self::Message => "msg",
             Self::AgentSession => "ags",
+            Self::ConnectSession => "cns",
         }
     }
 
@@ -156,6 +159,8 @@ external_ids! {
     EventId = "msg_Vt6qP1nW8sKc3JxR0mYbLA",
     /// An agent session id (`ags_…`), never its token.
     AgentSessionId = "ags_Rk4nT7wQ2xPzL9mC1vYbHA",
+    /// A connect session id (`cns_…`), never its link token.
+    ConnectSessionId = "cns_R8kW2mQx5vNb7TzL0pYcHA",
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ pub mod status;
 
 pub use error::{ErrorCode, Problem};
 pub use ids::{
-    random_token, valid_external_id, AccountId, AgentSessionId, ApiKeyId, ConnectorId, EventId,
-    IdKind, InstallId, InvalidId, MethodId, WebhookId,
+    random_token, valid_external_id, AccountId, AgentSessionId, ApiKeyId, ConnectSessionId,
+    ConnectorId, EventId, IdKind, InstallId, InvalidId, MethodId, WebhookId,
 };
 pub use status::InstallStatus;
 

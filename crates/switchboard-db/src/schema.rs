@@ -285,3 +285,21 @@ diesel::table! {
         checked_at -> BigInt,
     }
 }
+
+// Issue 15, hosted connect page: connect sessions (migration 2026-12-07-000002_connect_sessions).
+diesel::table! {
+    connect_sessions (id) {
+        id -> Text,
+        tenant_id -> Text,
+        account_id -> Text,
+        connector_id -> Text,
+        token_hash -> Text,
+        return_url -> Nullable<Text>,
+        api_key_id -> Nullable<Text>,
+        status -> Text,
+        install_id -> Nullable<Text>,
+        expires_at -> BigInt,
+        created_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}

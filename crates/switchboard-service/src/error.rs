@@ -103,6 +103,12 @@ pub enum ServiceError {
     /// expiry out of range; one entry per bad field.
     #[error("the agent session request is invalid")]
     InvalidAgentSession(Vec<FieldError>),
+    /// A connect link whose form was already submitted (single use).
+    #[error("this connect link was already used")]
+    ConnectLinkUsed,
+    /// A connect link past its `expires_at`.
+    #[error("this connect link has expired")]
+    ConnectLinkExpired,
 }
 
 impl ServiceError {
@@ -139,6 +145,8 @@ impl ServiceError {
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::IdempotencyKeyInFlight { .. } => ErrorCode::IdempotencyKeyInFlight,
             Self::InvalidAgentSession(_) => ErrorCode::InvalidAgentSession,
+            Self::ConnectLinkUsed => ErrorCode::ConnectLinkUsed,
+            Self::ConnectLinkExpired => ErrorCode::ConnectLinkExpired,
         }
     }
 }

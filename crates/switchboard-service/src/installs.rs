@@ -147,7 +147,11 @@ pub struct InstallService {
 }
 
 impl InstallService {
-    fn check_return_url(&self, allowed_tenant: &[String], url: &str) -> Result<(), ServiceError> {
+    pub(crate) fn check_return_url(
+        &self,
+        allowed_tenant: &[String],
+        url: &str,
+    ) -> Result<(), ServiceError> {
         validate_return_prefix(url)?;
         let security = &self.settings.security;
         // A tenant prefix counts only while it is under what the operator allows.
@@ -172,7 +176,10 @@ impl InstallService {
         }
     }
 
-    async fn tenant_return_prefixes(&self, t: &TenantCtx) -> Result<Vec<String>, ServiceError> {
+    pub(crate) async fn tenant_return_prefixes(
+        &self,
+        t: &TenantCtx,
+    ) -> Result<Vec<String>, ServiceError> {
         let tenant = t.tenant_id.clone();
         let row = self
             .db

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod cache;
 pub mod callback;
 pub mod clock;
+pub mod connect;
 pub mod connectors;
 pub mod console;
 pub mod error;

@@ -191,6 +191,7 @@ mod tests {
             key_lookup_concurrency: 0,
             replicas: 1,
             outbound_queue_ms: 0,
+            max_pending_connect_sessions_per_tenant: 0,
         };
         let l = KeyRateLimit::new(&cfg);
         assert!(l.check("key_a").is_ok());

@@ -1,7 +1,9 @@
 //! The authenticated tenant of a request. Depends on nothing else in the crate.
 
 /// The tenant a request is authenticated as. Only [`crate::keys::KeyService::authenticate`]
-/// creates one, so a function taking `&TenantCtx` is tenant-scoped by its signature.
+/// creates one (and a submitted connect link, for the tenant and API key that created it:
+/// `connect::submit_connect`), so a function taking `&TenantCtx` is tenant-scoped by its
+/// signature.
 #[derive(Debug, Clone)]
 pub struct TenantCtx {
     pub(crate) tenant_id: String,

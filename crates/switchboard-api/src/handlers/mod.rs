@@ -5,6 +5,8 @@ mod accounts;
 mod agent_sessions;
 mod api_keys;
 mod callback;
+mod connect;
+mod connect_sessions;
 mod connectors;
 mod console;
 mod health;
@@ -31,6 +33,8 @@ pub fn routes() -> Scope {
         .route("/metrics", web::get().to(health::metrics))
         .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
         .route("/connector/callback", web::get().to(callback::callback))
+        .route("/connect/{token}", web::get().to(connect::page))
+        .route("/connect/{token}", web::post().to(connect::submit))
         .route("/jwks/{jwks_id}.json", web::get().to(setups::jwks))
         // Any other name under /jwks/ is an unknown JWK Set (404), not an unknown route.
         .route("/jwks/{jwks_file}", web::get().to(setups::jwks_unknown))
@@ -139,6 +143,14 @@ pub fn routes() -> Scope {
                 .route(
                     "/agent-sessions/{session}",
                     web::delete().to(agent_sessions::revoke_agent_session),
+                )
+                .route(
+                    "/connect-sessions",
+                    web::post().to(connect_sessions::create_connect_session),
+                )
+                .route(
+                    "/connect-sessions/{session}",
+                    web::get().to(connect_sessions::get_connect_session),
                 ),
         )
 }

@@ -6,6 +6,7 @@ pub mod agent_sessions;
 pub mod api_keys;
 pub mod audit;
 pub mod capability;
+pub mod connect_sessions;
 pub mod console_sessions;
 pub mod discovery;
 pub mod idempotency;
