@@ -814,7 +814,9 @@ mod tests {
                                     "connector" => "ConnectorId",
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
-                                    "session" => "AgentSessionId",
+                                    "session" if path.starts_with("/v1/agent-sessions") => {
+                                        "AgentSessionId"
+                                    }
                                     "session" => "ConnectSessionId",
                                     _ => "ApiKeyId",
                                 }
