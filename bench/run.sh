@@ -267,7 +267,7 @@ start_switchboard() { # backend database_url audit(true|false)
     local wrap=()
     if [ "$CALLGRIND" = 1 ]; then
         command -v valgrind >/dev/null 2>&1 || die "CALLGRIND=1 needs valgrind"
-        wrap=(valgrind --tool=callgrind --collect-atstart=no --instr-atstart=no
+        wrap=(valgrind --tool=callgrind --instr-atstart=no
             "--callgrind-out-file=$OUT/callgrind.$backend-$SB_STARTS.out")
     fi
     (cd "$data" && exec env -u RUST_LOG -u SWITCHBOARD_ENV "${env[@]}" "${wrap[@]}" "$BIN" serve >>"$data/switchboard.log" 2>&1) &
@@ -392,7 +392,7 @@ run_wrk() { # backend label conns method url body auth server-pid
     local ir=0
     if [ -n "$cg" ]; then
         callgrind_control -i off "$server" >/dev/null
-        callgrind_control -d "$label-c$conns-r$ROUND" "$server" >/dev/null
+        callgrind_control -d "$label-c$conns-r$ROUND" "$server" >/dev/null 2>&1
         local dump
         dump=$(ls -t "$OUT"/callgrind.*.out* | head -n 1)
         ir=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump")
