@@ -128,6 +128,29 @@ mod tests {
     }
 
     #[test]
+    fn http_statuses_render_whether_static_or_formatted() {
+        // 200 and 404 are static label strings, 418 is formatted: the series look the same.
+        let m = Metrics::new(None, false);
+        m.with(|| {
+            for status in [200, 404, 418, 200] {
+                switchboard_metrics::http_request(
+                    "POST",
+                    "/v1/accounts/{account}/installs/{install}/methods/{method}",
+                    status,
+                    Duration::from_millis(1),
+                );
+            }
+        });
+        let text = m.render();
+        for (status, n) in [("200", 2), ("404", 1), ("418", 1)] {
+            let line = format!(
+                "switchboard_http_requests_total{{route=\"/v1/accounts/{{account}}/installs/{{install}}/methods/{{method}}\",method=\"POST\",status=\"{status}\"}} {n}"
+            );
+            assert!(text.contains(&line), "missing `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
     fn futures_record_into_the_registry_they_run_in() {
         let (a, b) = (Metrics::new(None, false), Metrics::new(None, false));
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -2,7 +2,9 @@
 //! them in batches (up to [`BATCH_MAX`] rows, or what arrived within [`BATCH_WINDOW`]) in one
 //! transaction each. Queuing never waits: when the buffer is full the record is dropped and
 //! counted (`switchboard_audit_dropped_total`), or, with `audit.fail_closed`, the caller gets
-//! 503 with Retry-After. A leaf: it knows the database and the metrics, no other service.
+//! 503 with Retry-After. Queuing a record does not wake the writer either (only the first
+//! record of a batch, a full batch waiting, or a flush does), so a call pays no cross-thread
+//! wakeup for its record. A leaf: it knows the database and the metrics, no other service.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +16,7 @@ use switchboard_crypto::KeyRing;
 
 use switchboard_config::AuditSettings;
 use switchboard_db::{repo, AuditEvent, Db};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::ServiceError;
 use crate::pagination::{self, AuditQuery};
@@ -100,8 +102,8 @@ pub fn parse_time(name: &str, v: &str) -> Result<i64, ServiceError> {
         })
 }
 
-/// Most rows written in one transaction.
-pub const BATCH_MAX: usize = 500;
+/// Most rows written in one transaction (one INSERT statement: see the repo's chunk size).
+pub const BATCH_MAX: usize = 1_000;
 /// How long the writer gathers rows after the first one of a batch.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
@@ -120,6 +122,10 @@ pub struct AuditLog {
     fail_closed: bool,
     tx: mpsc::Sender<Msg>,
     rx: Mutex<Option<mpsc::Receiver<Msg>>>,
+    /// Wakes the writer while it gathers a batch: a full batch is waiting, or a flush/stop.
+    wake: Arc<Notify>,
+    /// Queued records that make a full batch: [`BATCH_MAX`], or half the buffer when smaller.
+    wake_at: usize,
     db: Db,
     crypto: Arc<KeyRing>,
     /// Tenants' patient-hash keys, opened once per process.
@@ -135,6 +141,8 @@ impl AuditLog {
             fail_closed: settings.fail_closed,
             tx,
             rx: Mutex::new(Some(rx)),
+            wake: Arc::new(Notify::new()),
+            wake_at: (settings.buffer.max(1) / 2).clamp(1, BATCH_MAX),
             db,
             crypto,
             keys: Mutex::new(HashMap::new()),
@@ -299,7 +307,7 @@ impl AuditLog {
     /// [`AuditLog::shutdown`].
     pub fn writer(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let rx = self.rx.lock().ok()?.take()?;
-        Some(write_loop(self.db.clone(), rx))
+        Some(write_loop(self.db.clone(), rx, self.wake.clone()))
     }
 
     /// A fresh record id (unique; the trail is ordered by `(at, id)`).
@@ -313,10 +321,14 @@ impl AuditLog {
         if !self.enabled {
             return Ok(());
         }
-        let result = self.tx.try_send(Msg::Record(Box::new(event)));
-        switchboard_metrics::audit_queue_depth(self.tx.max_capacity() - self.tx.capacity());
-        match result {
-            Ok(()) => Ok(()),
+        // The writer sets the queue-depth gauge when it takes a batch: no metric lookup here.
+        match self.tx.try_send(Msg::Record(Box::new(event))) {
+            Ok(()) => {
+                if self.tx.max_capacity() - self.tx.capacity() >= self.wake_at {
+                    self.wake.notify_one();
+                }
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) if self.fail_closed => Err(
                 ServiceError::Unavailable("the audit trail is busy; retry shortly".into()),
             ),
@@ -406,18 +418,33 @@ impl AuditLog {
         }
         let (done, wait) = oneshot::channel();
         if self.tx.send(msg(done)).await.is_ok() {
+            self.wake.notify_one();
             let _ = wait.await;
         }
     }
 }
 
-async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>) {
+/// Takes batches off the queue and writes them. Idle, it waits for the first record of a
+/// batch (one wakeup); then it sleeps until [`BATCH_WINDOW`] has passed, a full batch is
+/// queued or a flush/stop arrives (the `wake` notification), and drains what is queued without
+/// waiting. Senders never wake it per record.
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
+    // A full batch was written and more was queued: drain again at once.
+    let mut backlog = false;
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         let mut answer = None;
         let mut stop = false;
+        let mut next = Some(first);
+        if !backlog && matches!(next, Some(Msg::Record(_))) {
+            // Gather: the senders queue without waking this task.
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = wake.notified() => {}
+            }
+        }
+        switchboard_metrics::audit_queue_depth(rx.len());
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(e) => batch.push(*e),
@@ -434,11 +461,9 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>) {
             if batch.len() >= BATCH_MAX {
                 break;
             }
-            next = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .ok()
-                .flatten();
+            next = rx.try_recv().ok();
         }
+        backlog = batch.len() >= BATCH_MAX && !rx.is_empty();
         write(&db, &mut batch).await;
         if let Some(done) = answer {
             let _ = done.send(());

@@ -257,7 +257,7 @@ impl KeyService {
     pub async fn authenticate(&self, presented: &str) -> Result<Option<TenantCtx>, ServiceError> {
         let found = self.lookup(presented).await?;
         if let Some(ctx) = &found {
-            self.rate.check(&ctx.key_id)?;
+            self.rate.check_ctx(ctx)?;
         }
         Ok(found)
     }

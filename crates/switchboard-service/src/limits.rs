@@ -8,6 +8,7 @@ use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_config::LimitsSettings;
@@ -18,6 +19,9 @@ type Limiter = DefaultKeyedRateLimiter<String>;
 
 /// Keys kept per limiter before idle buckets are swept (`retain_recent`).
 const SWEEP_ABOVE: usize = 10_000;
+/// How often (in checks) a limiter counts its keys for the sweep: counting locks every shard of
+/// its map, too dear for every call.
+const SWEEP_EVERY: u64 = 1_024;
 
 /// `per_period` events per `period`, with a burst of `burst`; `None` when `per_period` is 0.
 fn quota(per_period: u32, period: Duration, burst: u32) -> Option<Quota> {
@@ -32,8 +36,12 @@ fn retry_after_secs(wait: Duration) -> u64 {
     s.max(1)
 }
 
-fn sweep(limiter: &DefaultKeyedRateLimiter<String>) {
-    if limiter.len() > SWEEP_ABOVE {
+fn sweep(limiter: &DefaultKeyedRateLimiter<String>, checks: &AtomicU64) {
+    if checks
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(SWEEP_EVERY)
+        && limiter.len() > SWEEP_ABOVE
+    {
         limiter.retain_recent();
     }
 }
@@ -41,6 +49,7 @@ fn sweep(limiter: &DefaultKeyedRateLimiter<String>) {
 /// The request rate of each API key (`limits.api_key_requests_per_minute`, `api_key_burst`).
 pub struct KeyRateLimit {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    checks: AtomicU64,
 }
 
 impl KeyRateLimit {
@@ -52,16 +61,28 @@ impl KeyRateLimit {
                 cfg.api_key_burst,
             )
             .map(RateLimiter::keyed),
+            checks: AtomicU64::new(0),
         }
     }
 
     /// Counts one request of `key_id`: 429 `rate_limited` with the wait when its bucket is empty.
     pub fn check(&self, key_id: &str) -> Result<(), ServiceError> {
+        self.check_key(&key_id.to_owned())
+    }
+
+    /// [`KeyRateLimit::check`] of an authenticated request's key, with no allocation.
+    pub(crate) fn check_ctx(&self, ctx: &crate::tenant::TenantCtx) -> Result<(), ServiceError> {
+        self.check_key(&ctx.key_id)
+    }
+
+    // governor's keyed limiter looks the key up by `&K`.
+    #[allow(clippy::ptr_arg)]
+    fn check_key(&self, key_id: &String) -> Result<(), ServiceError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        sweep(limiter);
-        limiter.check_key(&key_id.to_owned()).map_err(|not_until| {
+        sweep(limiter, &self.checks);
+        limiter.check_key(key_id).map_err(|not_until| {
             let wait = not_until.wait_time_from(limiter.clock().now());
             ServiceError::RateLimited {
                 detail: "this API key sends requests faster than limits.api_key_requests_per_minute allows; retry later".into(),
@@ -83,6 +104,7 @@ pub(crate) enum Outgoing {
 /// The connector-declared outbound limits of this replica: one keyed limiter per connector and
 /// kind, created on first use.
 pub(crate) struct OutboundLimits {
+    checks: AtomicU64,
     replicas: u32,
     max_wait: Duration,
     limiters: Mutex<HashMap<(String, Outgoing), Arc<Limiter>>>,
@@ -91,6 +113,7 @@ pub(crate) struct OutboundLimits {
 impl OutboundLimits {
     pub(crate) fn new(cfg: &LimitsSettings) -> Self {
         Self {
+            checks: AtomicU64::new(0),
             replicas: cfg.replicas.max(1),
             max_wait: Duration::from_millis(cfg.outbound_queue_ms),
             limiters: Mutex::new(HashMap::new()),
@@ -133,7 +156,7 @@ impl OutboundLimits {
         let Some(limiter) = self.limiter(connector, kind) else {
             return Ok(());
         };
-        sweep(&limiter);
+        sweep(&limiter, &self.checks);
         let key = key.to_owned();
         let started = Instant::now();
         loop {

@@ -53,6 +53,12 @@ pub fn routes() -> Scope {
         )
         .service(
             web::scope("/v1")
+                // The hot path first: actix tries the routes in order, matching each dynamic one
+                // with a regex, and no other route matches a method-call path.
+                .route(
+                    "/accounts/{account}/installs/{install}/methods/{method}",
+                    web::post().to(methods::call_method),
+                )
                 .route("/tenant", web::get().to(tenant::get_tenant))
                 .route("/tenant", web::patch().to(tenant::update_tenant))
                 .route("/connectors", web::get().to(connectors::list_connectors))
@@ -107,10 +113,6 @@ pub fn routes() -> Scope {
                 .route(
                     "/accounts/{account}/installs/{install}/authorize",
                     web::post().to(installs::authorize_install),
-                )
-                .route(
-                    "/accounts/{account}/installs/{install}/methods/{method}",
-                    web::post().to(methods::call_method),
                 )
                 .route("/webhooks", web::post().to(webhooks::create_webhook))
                 .route("/webhooks", web::get().to(webhooks::list_webhooks))
