@@ -8,10 +8,11 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, MethodId, Problem, WebhookId,
+    AccountId, ApiKeyId, ConnectorId, EventId, JobId, InstallId, MethodId, Problem, WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::audit::AuditList;
+use switchboard_service::bulk::{JobAccepted, JobList, JobOut};
 use switchboard_service::callback::CallbackIn;
 use switchboard_service::installs::{
     AuthorizeIn, InstallCreated, InstallIn, InstallList, InstallOut,
@@ -396,9 +397,57 @@ mod ops {
             ("Idempotency-Key" = Option<String>, Header, description = "Writes only: 1 to 255 visible ASCII characters. The same key and request on the install within 24 h returns the first result (`Idempotent-Replayed: true`) without a second upstream write; another request with the key is 422 `idempotency_key_reused`; while the first call runs, 409 `idempotency_key_in_flight`.")
         ),
         request_body = MethodIn,
-        responses((status = 200, body = MethodOut))
+        responses(
+            (status = 200, body = MethodOut),
+            (status = 202, body = JobAccepted, description = "A `bulk_export` method: the export job was created upstream; poll it at `Location`", headers(("Location" = String, description = "The job's URL")))
+        )
     )]
     fn call_method() {}
+
+    /// The install's Bulk Data export jobs, oldest first
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), PageIn),
+        responses((status = 200, body = JobList))
+    )]
+    fn list_jobs() {}
+
+    /// A Bulk Data export job: state, progress, and its manifest once completed
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), ("job" = JobId, Path)),
+        responses((status = 200, body = JobOut))
+    )]
+    fn get_job() {}
+
+    /// Cancel a Bulk Data export job (the export is deleted upstream)
+    #[utoipa::path(
+        delete,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), ("job" = JobId, Path)),
+        responses((status = 200, body = JobOut))
+    )]
+    fn cancel_job() {}
+
+    /// One output file of a completed job, streamed from the EHR (NDJSON)
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}/files/{file}",
+        tag = "methods",
+        params(
+            ("account" = AccountId, Path),
+            ("install" = InstallId, Path),
+            ("job" = JobId, Path),
+            ("file" = u32, Path, description = "The file's index in the manifest (outputs, then errors)")
+        ),
+        responses((status = 200, content_type = "application/fhir+ndjson", body = String, description = "NDJSON, one resource per line"))
+    )]
+    fn download_file() {}
 
     /// Register a webhook endpoint (its signing secret is shown once)
     #[utoipa::path(
@@ -498,6 +547,10 @@ mod ops {
         ops::delete_install,
         ops::authorize_install,
         ops::call_method,
+        ops::list_jobs,
+        ops::get_job,
+        ops::cancel_job,
+        ops::download_file,
         ops::create_webhook,
         ops::list_webhooks,
         ops::get_webhook,
@@ -513,7 +566,8 @@ mod ops {
         ConnectorId,
         MethodId,
         WebhookId,
-        EventId
+        EventId,
+        JobId
     )),
     modifiers(&Conventions)
 )]
@@ -691,8 +745,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 35);
-        assert_eq!(OPERATIONS.len(), 35);
+        assert_eq!(ops, 39);
+        assert_eq!(OPERATIONS.len(), 39);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(

@@ -65,6 +65,9 @@ error_codes! {
     // call holding the key is still running.
     IdempotencyKeyReused    => ("idempotency_key_reused", 422, "Idempotency-Key already used with a different request"),
     IdempotencyKeyInFlight  => ("idempotency_key_in_flight", 409, "A call with this Idempotency-Key is in progress"),
+    // Issue 12, Bulk Data: the export job has no files to serve (not completed yet, failed,
+    // cancelled or past its retention).
+    BulkJobNotReady         => ("bulk_job_not_ready", 409, "The export job has no files to serve"),
 }
 
 impl std::fmt::Display for ErrorCode {

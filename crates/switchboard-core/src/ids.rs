@@ -13,6 +13,8 @@ pub enum IdKind {
     Webhook,
     /// A webhook event (the Standard Webhooks `webhook-id`).
     Message,
+    /// A Bulk Data export job.
+    Job,
 }
 
 impl IdKind {
@@ -24,6 +26,7 @@ impl IdKind {
             Self::Install => "ins",
             Self::Webhook => "whk",
             Self::Message => "msg",
+            Self::Job => "job",
         }
     }
 
@@ -151,6 +154,8 @@ external_ids! {
     WebhookId = "whk_Hc2mX0bQ9vYtR4kLw1NpZA",
     /// A webhook event id (`msg_…`), the `webhook-id` of its deliveries.
     EventId = "msg_Vt6qP1nW8sKc3JxR0mYbLA",
+    /// A Bulk Data export job id (`job_…`).
+    JobId = "job_Xc4nR8vT2qLmZ7wK0bPyHA",
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ pub mod status;
 pub use error::{ErrorCode, Problem};
 pub use ids::{
     random_token, valid_external_id, AccountId, ApiKeyId, ConnectorId, EventId, IdKind, InstallId,
-    InvalidId, MethodId, WebhookId,
+    InvalidId, JobId, MethodId, WebhookId,
 };
 pub use status::InstallStatus;
 

@@ -15,6 +15,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod bulk;
 pub mod cache;
 pub mod callback;
 pub mod clock;
@@ -80,6 +81,8 @@ pub struct Services {
     pub dispatcher: Arc<webhooks::Dispatcher>,
     /// SMART Backend Services setup keys (the public JWK Set route reads them).
     pub setup_keys: Arc<signing_keys::SetupKeys>,
+    /// The Bulk Data job poller (the server spawns its task when `bulk.poll`).
+    pub bulk_poller: Arc<bulk::BulkPoller>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -182,6 +185,17 @@ impl Services {
             &settings.audit,
         ));
         let crypto_for_services = crypto.clone();
+        let methods = Arc::new(methods::MethodService {
+            settings: settings.clone(),
+            db: db.clone(),
+            crypto: crypto.clone(),
+            outbound: outbound.clone(),
+            resolver: resolver.clone(),
+            cache: cache.clone(),
+            tokens: tokens.clone(),
+            audit: audit.clone(),
+            limits: outbound_limits.clone(),
+        });
         Ok(Self {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
@@ -244,17 +258,10 @@ impl Services {
                 outbox,
                 settings.webhooks.clone(),
             )),
-            methods: Arc::new(methods::MethodService {
-                settings: settings.clone(),
-                db: db.clone(),
-                crypto: crypto.clone(),
-                outbound,
-                resolver,
-                cache,
-                tokens: tokens.clone(),
-                audit: audit.clone(),
-                limits: outbound_limits,
+            bulk_poller: Arc::new(bulk::BulkPoller {
+                methods: methods.clone(),
             }),
+            methods,
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
             }),

@@ -7,6 +7,7 @@ mod callback;
 mod connectors;
 mod health;
 mod installs;
+mod jobs;
 mod methods;
 mod setups;
 mod tenant;
@@ -91,6 +92,22 @@ pub fn routes() -> Scope {
                 .route(
                     "/accounts/{account}/installs/{install}/methods/{method}",
                     web::post().to(methods::call_method),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs",
+                    web::get().to(jobs::list_jobs),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}",
+                    web::get().to(jobs::get_job),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}",
+                    web::delete().to(jobs::cancel_job),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}/files/{file}",
+                    web::get().to(jobs::download_file),
                 )
                 .route("/webhooks", web::post().to(webhooks::create_webhook))
                 .route("/webhooks", web::get().to(webhooks::list_webhooks))

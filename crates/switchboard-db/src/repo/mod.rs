@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod bulk_jobs;
 pub mod discovery;
 pub mod idempotency;
 pub mod installs;
