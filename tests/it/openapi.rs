@@ -23,7 +23,7 @@ async fn documented_operations(app: &TestApp) -> Vec<(Method, String)> {
             ops.push((verb.to_uppercase().parse().unwrap(), path.clone()));
         }
     }
-    assert_eq!(ops.len(), 35, "{ops:?}");
+    assert_eq!(ops.len(), 39, "{ops:?}");
     ops
 }
 
@@ -388,7 +388,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
     // request would be a 401 that tests nothing.
     let (selected, generated) = run(&["--exclude-operation-id", "revoke_api_key"]);
     // Schemathesis leaves out the operation that serves the schema itself unless asked.
-    assert_eq!(selected, 33);
+    assert_eq!(selected, 37);
     assert!(generated >= 300, "only {generated} requests");
     assert_eq!(
         http_status(port, "/v1/tenant", &key),
@@ -396,7 +396,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
         "the run lost its key"
     );
     // Then revoking keys on its own (with the ids it generates) and `GET /openapi.json`:
-    // 33 + 2 = all 35 operations of the document.
+    // 37 + 2 = all 39 operations of the document.
     let (selected, _) = run(&[
         "--include-operation-id",
         "revoke_api_key",

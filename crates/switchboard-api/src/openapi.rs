@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, ApiKeyId, ConnectorId, EventId, JobId, InstallId, MethodId, Problem, WebhookId,
+    AccountId, ApiKeyId, ConnectorId, EventId, InstallId, JobId, MethodId, Problem, WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::audit::AuditList;

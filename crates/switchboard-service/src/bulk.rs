@@ -203,7 +203,12 @@ impl MethodService {
             ManifestOut {
                 transaction_time: m.transaction_time.clone(),
                 requires_access_token: m.requires_access_token,
-                output: m.output.iter().enumerate().map(|(n, f)| file(n, f)).collect(),
+                output: m
+                    .output
+                    .iter()
+                    .enumerate()
+                    .map(|(n, f)| file(n, f))
+                    .collect(),
                 error: m
                     .error
                     .iter()
@@ -268,13 +273,11 @@ impl MethodService {
                 reqwest::header::HeaderName::from_static("prefer"),
                 reqwest::header::HeaderValue::from_static("respond-async"),
             );
-            let resp = tokio::time::timeout_at(
-                deadline,
-                self.outbound.send(req, RetryPolicy::OnThrottle),
-            )
-            .await
-            .map_err(|_| crate::methods::engine_error(EngineError::Timeout))?
-            .map_err(|e| crate::methods::engine_error(e.into()))?;
+            let resp =
+                tokio::time::timeout_at(deadline, self.outbound.send(req, RetryPolicy::OnThrottle))
+                    .await
+                    .map_err(|_| crate::methods::engine_error(EngineError::Timeout))?
+                    .map_err(|e| crate::methods::engine_error(e.into()))?;
             *upstream_status = Some(resp.status);
             match resp.status {
                 202 => return self.store_job(&attempt, method_id, &resp).await,
@@ -330,19 +333,21 @@ impl MethodService {
             .headers
             .get(reqwest::header::CONTENT_LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| upstream_error("the EHR accepted the $export kick-off without a Content-Location"))?;
+            .ok_or_else(|| {
+                upstream_error("the EHR accepted the $export kick-off without a Content-Location")
+            })?;
         let status_url = p
             .fhir_base
             .join(location.trim())
             .map_err(|_| upstream_error("the EHR's Content-Location is not a URL"))?;
-        self.outbound.check_url(&status_url).map_err(|e| {
-            ServiceError::Upstream {
+        self.outbound
+            .check_url(&status_url)
+            .map_err(|e| ServiceError::Upstream {
                 code: ErrorCode::UpstreamNotAllowed,
                 detail: format!("the EHR's status URL is refused by the outbound policy: {e}"),
                 retry_after_secs: None,
                 issues: vec![],
-            }
-        })?;
+            })?;
         let now = self.tokens.now_ms();
         let id = IdKind::Job.generate();
         let job = BulkJob {
@@ -530,7 +535,14 @@ impl MethodService {
         let resp = self
             .send_authorized(
                 job,
-                |bearer| bulk_request(reqwest::Method::DELETE, &url, bearer, "application/fhir+json"),
+                |bearer| {
+                    bulk_request(
+                        reqwest::Method::DELETE,
+                        &url,
+                        bearer,
+                        "application/fhir+json",
+                    )
+                },
                 true,
             )
             .await?;
@@ -587,7 +599,12 @@ impl MethodService {
             let bearer = with_token
                 .then(|| p.bearer.as_ref().map(|b| b.expose_secret()))
                 .flatten();
-            let req = bulk_request(reqwest::Method::GET, &url, bearer, "application/fhir+ndjson");
+            let req = bulk_request(
+                reqwest::Method::GET,
+                &url,
+                bearer,
+                "application/fhir+ndjson",
+            );
             let r = self
                 .outbound
                 .open_stream(req, deadline)
@@ -606,7 +623,11 @@ impl MethodService {
             t.tenant_id(),
             Some(t),
             "bulk_export.file_downloaded",
-            if (200..300).contains(&status) { 200 } else { 502 },
+            if (200..300).contains(&status) {
+                200
+            } else {
+                502
+            },
             crate::audit::Target {
                 account_id: Some(job.account_id.clone()),
                 install_id: Some(job.install_id.clone()),
@@ -674,7 +695,9 @@ impl MethodService {
                 }
             }
             // Retried by the poller's retention pass.
-            Err(e) => tracing::warn!(job = %job.id, code = %e.code(), "deleting the export upstream failed"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, code = %e.code(), "deleting the export upstream failed")
+            }
         }
     }
 
@@ -821,19 +844,17 @@ impl BulkPoller {
     pub async fn run_once(&self) -> Result<usize, ServiceError> {
         let m = &self.methods;
         let now = m.tokens.now_ms();
-        let due = m
-            .db
-            .run(move |conn| repo::due(conn, now, PASS_LIMIT))
-            .await?;
+        let due =
+            m.db.run(move |conn| repo::due(conn, now, PASS_LIMIT))
+                .await?;
         let owner = m.tokens.instance_id().to_owned();
         let ttl = i64::try_from(m.settings.bulk.lease_ttl_ms).unwrap_or(i64::MAX);
         let mut polled = 0;
         for id in due {
             let (o, jid) = (owner.clone(), id.clone());
-            let Some(job) = m
-                .db
-                .run(move |conn| repo::claim(conn, &jid, &o, now, ttl))
-                .await?
+            let Some(job) =
+                m.db.run(move |conn| repo::claim(conn, &jid, &o, now, ttl))
+                    .await?
             else {
                 continue;
             };
@@ -846,10 +867,9 @@ impl BulkPoller {
             let at = m.tokens.now_ms();
             let (o, jid) = (owner.clone(), id.clone());
             let state = out.state.clone();
-            let written = m
-                .db
-                .run(move |conn| repo::record_poll(conn, &jid, &o, at, &out))
-                .await?;
+            let written =
+                m.db.run(move |conn| repo::record_poll(conn, &jid, &o, at, &out))
+                    .await?;
             if written {
                 polled += 1;
                 tracing::debug!(job = %id, state = %state, "bulk job polled");
@@ -865,14 +885,12 @@ impl BulkPoller {
     async fn expire(&self, now: i64) -> Result<(), ServiceError> {
         let m = &self.methods;
         let before = now.saturating_sub(m.settings.bulk.retention_ms());
-        let ids = m
-            .db
-            .run(move |conn| repo::to_delete_upstream(conn, before, now, PASS_LIMIT))
-            .await?;
+        let ids =
+            m.db.run(move |conn| repo::to_delete_upstream(conn, before, now, PASS_LIMIT))
+                .await?;
         for id in ids {
             let jid = id.clone();
-            let Some(job) = m.db.run(move |conn| repo::get(conn, &jid)).await?
-            else {
+            let Some(job) = m.db.run(move |conn| repo::get(conn, &jid)).await? else {
                 continue;
             };
             match m.delete_upstream(&job).await {

@@ -257,7 +257,10 @@ fn check_granted_scope(
 impl MethodService {
     /// A usable access token for a method call: the cached one while it is fresh, otherwise
     /// the result of the (single) refresh.
-    pub(crate) async fn ensure_token(&self, p: Arc<Prepared>) -> Result<Arc<Prepared>, ServiceError> {
+    pub(crate) async fn ensure_token(
+        &self,
+        p: Arc<Prepared>,
+    ) -> Result<Arc<Prepared>, ServiceError> {
         self.tokens.note_used(&p.id);
         let now = self.tokens.now_ms();
         if p.bearer.is_some() && !self.tokens.needs_refresh(p.expires_at, p.obtained_at) {
@@ -407,12 +410,7 @@ impl MethodService {
             Some(p) => match self.audit.patient_hash(t.tenant_id(), &p).await {
                 Ok(h) => Some(h),
                 // Without its patient the record would mislead: fail or drop, as configured.
-                Err(e) => {
-                    return self
-                        .audit
-                        .unrecordable(e)
-                        .and(result.map(reply))
-                }
+                Err(e) => return self.audit.unrecordable(e).and(result.map(reply)),
             },
             None => None,
         };

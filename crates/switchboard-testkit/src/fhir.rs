@@ -269,6 +269,8 @@ struct State {
     smart_config: Option<Value>,
     /// Every `.well-known/smart-configuration` request (configured document or not).
     discovery_requests: Vec<RecordedRequest>,
+    /// Bulk Data exports (`crate::bulk`).
+    bulk: crate::bulk::BulkState,
 }
 
 struct Shared {
@@ -439,6 +441,7 @@ impl FakeFhir {
                 require_accept: true,
                 smart_config: None,
                 discovery_requests: Vec::new(),
+                bulk: Default::default(),
             },
         }
     }
@@ -631,6 +634,16 @@ impl FakeFhir {
     }
 
     /// Forgets recorded requests and queued faults (tokens, patients and modes stay).
+    /// How Bulk Data exports are answered from now on (see [`crate::bulk`]).
+    pub fn set_bulk(&self, config: crate::bulk::BulkConfig) {
+        self.shared.state().bulk.config = config;
+    }
+
+    /// What the Bulk Data routes received so far.
+    pub fn bulk_stats(&self) -> crate::bulk::BulkStats {
+        self.shared.state().bulk.stats.clone()
+    }
+
     pub fn reset(&self) {
         let mut s = self.shared.state();
         s.requests.clear();
@@ -844,6 +857,18 @@ fn route(req: &HttpRequest, recorded: &RecordedRequest, shared: &Shared) -> Http
         );
     }
 
+    let base = format!("{}{prefix}", lock(&shared.origin));
+    let prefer = req.headers().get("prefer").and_then(|v| v.to_str().ok());
+    if let Some(resp) = crate::bulk::route(
+        &mut state.bulk,
+        method,
+        &segments,
+        recorded.query(),
+        prefer,
+        &base,
+    ) {
+        return resp;
+    }
     match (method, segments.as_slice()) {
         ("GET", ["Patient"]) => {
             let params = recorded.query_pairs();

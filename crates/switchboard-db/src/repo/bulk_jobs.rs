@@ -275,14 +275,8 @@ pub fn mark_downloaded(
     now: i64,
 ) -> Result<Vec<usize>, DbError> {
     conn.transaction(|conn| {
-        let current: String = j::bulk_jobs
-            .find(id)
-            .select(j::downloaded)
-            .first(conn)?;
-        let mut set: Vec<usize> = current
-            .split(',')
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let current: String = j::bulk_jobs.find(id).select(j::downloaded).first(conn)?;
+        let mut set: Vec<usize> = current.split(',').filter_map(|s| s.parse().ok()).collect();
         if !set.contains(&index) {
             set.push(index);
             set.sort_unstable();
