@@ -443,7 +443,7 @@ mod ops {
             ("account" = AccountId, Path),
             ("install" = InstallId, Path),
             ("job" = JobId, Path),
-            ("file" = u32, Path, description = "The file's index in the manifest (outputs, then errors)")
+            ("file" = FileIndex, Path)
         ),
         responses((status = 200, content_type = "application/fhir+ndjson", body = String, description = "NDJSON, one resource per line"))
     )]
@@ -511,6 +511,13 @@ mod ops {
     fn replay_delivery() {}
 }
 
+/// The index of a file in a Bulk Data job's manifest (its outputs, then its error files), as
+/// `.../jobs/{job}/files/{file}` takes it.
+#[derive(ToSchema)]
+#[schema(value_type = u32, example = 0)]
+#[allow(dead_code)]
+struct FileIndex(u32);
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -567,7 +574,8 @@ mod ops {
         MethodId,
         WebhookId,
         EventId,
-        JobId
+        JobId,
+        FileIndex
     )),
     modifiers(&Conventions)
 )]
@@ -696,6 +704,8 @@ mod tests {
                                     "connector" => "ConnectorId",
                                     "webhook" => "WebhookId",
                                     "event" => "EventId",
+                                    "job" => "JobId",
+                                    "file" => "FileIndex",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -797,6 +807,7 @@ mod tests {
             "/v1/audit",
             "/v1/webhooks",
             "/v1/webhooks/{webhook}/deliveries",
+            "/v1/accounts/{account}/installs/{install}/jobs",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
