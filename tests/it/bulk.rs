@@ -6,8 +6,9 @@
 //! manifest is shown with Switchboard URLs; files stream through and, once all are fetched, the
 //! export is deleted upstream; a new application over the same database resumes polling and
 //! serves the job (restart, second replica); cancel deletes upstream; a failure keeps the
-//! OperationOutcome's diagnostics; bad `_since` / unknown `_type` are refused with no upstream
-//! call; a 10,000-resource file (~40 MiB) streams through a spawned `switchboard serve` whose
+//! OperationOutcome's diagnostics; a 401 on a poll refreshes once; an unfetched export is
+//! deleted upstream after the retention; bad `_since` / unknown `_type` are refused with no
+//! upstream call; a 10,000-resource file (~40 MiB) streams through a spawned `switchboard serve` whose
 //! peak RSS (VmHWM) grows by less than 20 MiB.
 
 use crate::methods::{install, Env, Via};
@@ -412,6 +413,64 @@ async fn validation_refusals(backend: Backend) {
     assert_eq!(v["jobs"].as_array().unwrap().len(), 0);
 }
 
+/// A status poll answered 401 refreshes the install's token once (client credentials) and
+/// polls again with the new one; a completed export whose files are never fetched is deleted
+/// upstream after `bulk.retention_secs` (`expired`, files no longer served).
+async fn refresh_on_401_and_retention(backend: Backend) {
+    let clock = ManualClock::new(switchboard_core::now_ms());
+    let app = spawn(backend, &clock).await;
+    let env = exporter(
+        &app,
+        BulkConfig {
+            polls_before_done: 1,
+            ..BulkConfig::default()
+        },
+    )
+    .await;
+    let (id, location) = kick_off(&app, &env, json!({ "id": GROUP })).await;
+    let old = env
+        .fhir
+        .last_request()
+        .unwrap()
+        .bearer()
+        .unwrap()
+        .to_owned();
+    env.fhir.revoke_token(&old);
+    assert_eq!(poll(&app).await, 1);
+    let reqs = env.fhir.requests();
+    let polls: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path().contains("$bulk-status/"))
+        .collect();
+    assert_eq!(polls.len(), 2, "refused, then resent");
+    assert_eq!(polls[0].bearer(), Some(old.as_str()));
+    let new = polls[1].bearer().unwrap();
+    assert_ne!(new, old, "a new token after the refresh");
+    assert_eq!(
+        job_row(&app, &id).await.unwrap().state,
+        bulk_jobs::IN_PROGRESS
+    );
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(poll(&app).await, 1);
+    assert_eq!(
+        job_row(&app, &id).await.unwrap().state,
+        bulk_jobs::COMPLETED
+    );
+    // Retention (default 24 h): nothing before it, then DELETE upstream and `expired`.
+    clock.advance(Duration::from_secs(86_399));
+    poll(&app).await;
+    assert_eq!(env.fhir.bulk_stats().deletes, 0);
+    clock.advance(Duration::from_secs(2));
+    poll(&app).await;
+    assert_eq!(env.fhir.bulk_stats().deletes, 1);
+    let (_, v) = app.get(&location).await;
+    assert_eq!(v["state"], "expired", "{v}");
+    let (s, _, _) = download(&app, &format!("{location}/files/0")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    poll(&app).await;
+    assert_eq!(env.fhir.bulk_stats().deletes, 1, "deleted once");
+}
+
 /// Who offers which export (the connector files cite the vendors): Medplum group and system,
 /// Epic Backend Services group; Canvas and user-facing Epic none. Shown with kind and level.
 async fn catalogue_lists_exports(backend: Backend) {
@@ -455,6 +514,7 @@ async fn catalogue_lists_exports(backend: Backend) {
 
 crate::both_backends! {
     bulk_catalogue_lists_exports => catalogue_lists_exports;
+    bulk_refresh_on_401_and_retention => refresh_on_401_and_retention;
     bulk_export_end_to_end => export_end_to_end;
     bulk_restart_resumes_polling => restart_resumes_polling;
     bulk_cancel_deletes_upstream => cancel_deletes_upstream;
