@@ -712,11 +712,12 @@ impl MethodService {
                 .clamp(cfg.min_retry_after_secs, cfg.max_retry_after_secs);
             now.saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
         };
-        let keep = |progress: Option<String>, next: i64| PollOutcome {
-            state: if job.attempts == 0 && progress.is_none() {
-                repo::ACCEPTED.into()
-            } else {
+        // Still running: in progress once the EHR answered a poll, else still accepted.
+        let keep = |answered: bool, progress: Option<String>, next: i64| PollOutcome {
+            state: if answered || job.state == repo::IN_PROGRESS {
                 repo::IN_PROGRESS.into()
+            } else {
+                repo::ACCEPTED.into()
             },
             progress: progress.or_else(|| job.progress.clone()),
             next_poll_at: next,
@@ -745,13 +746,7 @@ impl MethodService {
             // Timeouts, connection failures, a token endpoint that is down: try again later.
             Err(e) => {
                 tracing::warn!(job = %job.id, code = %e.code(), "bulk status poll failed; retrying later");
-                let mut out = keep(None, clamp(None));
-                out.state = if job.attempts == 0 {
-                    repo::ACCEPTED.into()
-                } else {
-                    repo::IN_PROGRESS.into()
-                };
-                return out;
+                return keep(false, None, clamp(None));
             }
         };
         let retry_after = switchboard_outbound::parse_retry_after(&resp.headers);
@@ -762,9 +757,7 @@ impl MethodService {
                     .get("x-progress")
                     .and_then(|v| v.to_str().ok())
                     .map(|s| clean(s, MAX_PROGRESS_CHARS));
-                let mut out = keep(progress, clamp(retry_after));
-                out.state = repo::IN_PROGRESS.into();
-                out
+                keep(true, progress, clamp(retry_after))
             }
             200 => match serde_json::from_slice::<UpstreamManifest>(&resp.body) {
                 Ok(m) if m.files().all(|f| Url::parse(&f.url).is_ok()) => PollOutcome {
@@ -778,7 +771,7 @@ impl MethodService {
                 _ => failed("the EHR's completion manifest is not a Bulk Data manifest".into()),
             },
             // Polled too often, or briefly unavailable: wait as asked.
-            429 | 503 => keep(None, clamp(retry_after)),
+            429 | 503 => keep(false, None, clamp(retry_after)),
             status => {
                 let e = switchboard_engine::status_error(status, &resp.headers, &resp.body);
                 let text = e

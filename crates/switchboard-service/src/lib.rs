@@ -7,7 +7,8 @@
 //! `return_url`, `pagination`, `limits`, then `resolve` on `settings`, `audit` on `pagination` and
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
-//! `callback`, `methods`, `connectors`; they record through `audit` and write webhook events
+//! `callback`, `methods` (with `bulk`: Bulk Data jobs and their poller), `connectors`; they
+//! record through `audit` and write webhook events
 //! through `webhooks::Outbox`) <- `Services` (this file). Key
 //! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
 //! only the database and the key ring.
