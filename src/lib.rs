@@ -1,6 +1,6 @@
 //! The `switchboard` binary's library half: the CLI, `Application::build` (used by `main` and
-//! by the integration tests alike), telemetry, the background token refresher and the webhook
-//! dispatcher.
+//! by the integration tests alike), telemetry, the background token refresher, the webhook
+//! dispatcher and the Bulk Data job poller.
 
 pub mod cli;
 pub mod telemetry;
@@ -187,6 +187,10 @@ impl Application {
             let d = self.services.dispatcher.clone();
             actix_web::rt::spawn(self.metrics.in_scope(d.run()))
         });
+        let bulk_poller = self.services.settings().bulk.poll.then(|| {
+            let p = self.services.bulk_poller.clone();
+            actix_web::rt::spawn(self.metrics.in_scope(p.run()))
+        });
         let key_reload = spawn_key_reload(self.services.clone());
         let metrics_server = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
@@ -215,6 +219,10 @@ impl Application {
         webhook_purge.abort();
         if let Some(h) = dispatcher {
             // An attempt cut short is retried (by any replica) once its lease lapses.
+            h.abort();
+        }
+        if let Some(h) = bulk_poller {
+            // A poll cut short is redone (by any replica) once its job lease lapses.
             h.abort();
         }
         key_reload.abort();

@@ -222,11 +222,11 @@ async fn every_offered_us_core_method_end_to_end(backend: Backend) {
     for via in [Via::Epic, Via::Canvas, Via::Medplum] {
         let env = charted(&app, via).await;
         let before = install_row(&app, &env.install).await.expect("install row");
-        // The creates are tested in tests/it/writes.rs.
+        // The creates are tested in tests/it/writes.rs, the Bulk Data exports in tests/it/bulk.rs.
         let offered: Vec<String> = offered(&app, via.connector())
             .await
             .into_iter()
-            .filter(|m| !m.starts_with("create_"))
+            .filter(|m| !m.starts_with("create_") && !m.starts_with("export_"))
             .collect();
         // Every offered method but the Patient ones (tests/it/methods.rs) has a case here.
         for m in &offered {
@@ -302,12 +302,14 @@ async fn catalogue_lists_scope_schema_and_writes(backend: Backend) {
     for connector in ["epic", "canvas", "medplum"] {
         let (s, v) = app.get(&format!("/v1/connectors/{connector}")).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        // The reads; the creates are checked in tests/it/writes.rs.
+        // The reads; the creates are checked in tests/it/writes.rs, the Bulk Data exports
+        // (`kind: "bulk_export"`, system scopes) in tests/it/bulk.rs.
         for m in v["methods"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|m| !m["id"].as_str().unwrap_or_default().starts_with("create_"))
+            .filter(|m| m["kind"] != "bulk_export")
         {
             assert_eq!(m["writes"], false, "{connector}: {m}");
             let scope = m["scope"].as_str().unwrap_or_default();

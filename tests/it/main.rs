@@ -13,6 +13,7 @@ mod api_basics;
 mod api_keys;
 mod audit;
 mod backend_services;
+mod bulk;
 mod capability;
 mod cli;
 mod connect;

@@ -23,7 +23,7 @@ async fn documented_operations(app: &TestApp) -> Vec<(Method, String)> {
             ops.push((verb.to_uppercase().parse().unwrap(), path.clone()));
         }
     }
-    assert_eq!(ops.len(), 47, "{ops:?}");
+    assert_eq!(ops.len(), 51, "{ops:?}");
     ops
 }
 
@@ -520,7 +520,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
         "console_sign_out",
     ]);
     // Schemathesis leaves out the operation that serves the schema itself unless asked.
-    assert_eq!(selected, 44);
+    assert_eq!(selected, 48);
     assert!(generated >= 300, "only {generated} requests");
     assert_eq!(
         http_status(port, "/v1/tenant", &key),
@@ -528,7 +528,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_lie() {
         "the run lost its key"
     );
     // Then revoking keys on its own (with the ids it generates) and `GET /openapi.json`:
-    // 44 + 3 = all 47 operations of the document.
+    // 48 + 3 = all 51 operations of the document.
     let (selected, _) = run(&[
         "--include-operation-id",
         "revoke_api_key",

@@ -8,12 +8,13 @@ use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use std::sync::LazyLock;
 use switchboard_core::{
-    AccountId, AgentSessionId, ApiKeyId, ConnectSessionId, ConnectorId, EventId, InstallId,
+    AccountId, AgentSessionId, ApiKeyId, ConnectSessionId, ConnectorId, EventId, InstallId, JobId,
     MethodId, Problem, WebhookId,
 };
 use switchboard_service::accounts::{AccountIn, AccountList, AccountOut};
 use switchboard_service::agent_sessions::{AgentSessionCreated, AgentSessionIn, AgentSessionList};
 use switchboard_service::audit::AuditList;
+use switchboard_service::bulk::{JobAccepted, JobList, JobOut};
 use switchboard_service::callback::CallbackIn;
 use switchboard_service::connect::{ConnectSessionCreated, ConnectSessionIn, ConnectSessionOut};
 use switchboard_service::installs::{
@@ -401,9 +402,57 @@ mod ops {
             ("Idempotency-Key" = Option<String>, Header, description = "Writes only: 1 to 255 visible ASCII characters. The same key and request on the install within 24 h returns the first result (`Idempotent-Replayed: true`) without a second upstream write; another request with the key is 422 `idempotency_key_reused`; while the first call runs, 409 `idempotency_key_in_flight`.")
         ),
         request_body = MethodIn,
-        responses((status = 200, body = MethodOut))
+        responses(
+            (status = 200, body = MethodOut),
+            (status = 202, body = JobAccepted, description = "A `bulk_export` method: the export job was created upstream; poll it at `Location`", headers(("Location" = String, description = "The job's URL")))
+        )
     )]
     fn call_method() {}
+
+    /// The install's Bulk Data export jobs, oldest first
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), PageIn),
+        responses((status = 200, body = JobList))
+    )]
+    fn list_jobs() {}
+
+    /// A Bulk Data export job: state, progress, and its manifest once completed
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), ("job" = JobId, Path)),
+        responses((status = 200, body = JobOut))
+    )]
+    fn get_job() {}
+
+    /// Cancel a Bulk Data export job (the export is deleted upstream)
+    #[utoipa::path(
+        delete,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}",
+        tag = "methods",
+        params(("account" = AccountId, Path), ("install" = InstallId, Path), ("job" = JobId, Path)),
+        responses((status = 200, body = JobOut))
+    )]
+    fn cancel_job() {}
+
+    /// One output file of a completed job, streamed from the EHR (NDJSON)
+    #[utoipa::path(
+        get,
+        path = "/v1/accounts/{account}/installs/{install}/jobs/{job}/files/{file}",
+        tag = "methods",
+        params(
+            ("account" = AccountId, Path),
+            ("install" = InstallId, Path),
+            ("job" = JobId, Path),
+            ("file" = FileIndex, Path)
+        ),
+        responses((status = 200, content_type = "application/fhir+ndjson", body = String, description = "NDJSON, one resource per line"))
+    )]
+    fn download_file() {}
 
     /// Register a webhook endpoint (its signing secret is shown once)
     #[utoipa::path(
@@ -587,6 +636,13 @@ mod ops {
     fn get_connect_session() {}
 }
 
+/// The index of a file in a Bulk Data job's manifest (its outputs, then its error files), as
+/// `.../jobs/{job}/files/{file}` takes it.
+#[derive(ToSchema)]
+#[schema(value_type = u32, example = 0)]
+#[allow(dead_code)]
+struct FileIndex(u32);
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -623,6 +679,10 @@ mod ops {
         ops::delete_install,
         ops::authorize_install,
         ops::call_method,
+        ops::list_jobs,
+        ops::get_job,
+        ops::cancel_job,
+        ops::download_file,
         ops::create_webhook,
         ops::list_webhooks,
         ops::get_webhook,
@@ -652,7 +712,9 @@ mod ops {
         WebhookId,
         EventId,
         AgentSessionId,
-        ConnectSessionId
+        ConnectSessionId,
+        JobId,
+        FileIndex
     )),
     modifiers(&Conventions)
 )]
@@ -818,6 +880,8 @@ mod tests {
                                         "AgentSessionId"
                                     }
                                     "session" => "ConnectSessionId",
+                                    "job" => "JobId",
+                                    "file" => "FileIndex",
                                     _ => "ApiKeyId",
                                 }
                             ),
@@ -867,8 +931,8 @@ mod tests {
                 );
             }
         }
-        assert_eq!(ops, 47);
-        assert_eq!(OPERATIONS.len(), 47);
+        assert_eq!(ops, 51);
+        assert_eq!(OPERATIONS.len(), 51);
         let id = &doc["components"]["schemas"]["AccountId"];
         assert_eq!(id["pattern"], switchboard_core::ids::EXTERNAL_ID_PATTERN);
         assert_eq!(
@@ -920,6 +984,7 @@ mod tests {
             "/v1/webhooks",
             "/v1/webhooks/{webhook}/deliveries",
             "/v1/agent-sessions",
+            "/v1/accounts/{account}/installs/{install}/jobs",
         ] {
             let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
             let limit = params.iter().find(|p| p["name"] == "limit").unwrap();

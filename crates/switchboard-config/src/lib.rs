@@ -38,6 +38,7 @@ pub struct Settings {
     pub backend_services: BackendServicesSettings,
     pub console: ConsoleSettings,
     pub mcp: McpSettings,
+    pub bulk: BulkSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +289,36 @@ impl WebhookSettings {
     }
 }
 
+/// FHIR Bulk Data export jobs: the background poller of status URLs, its bounds on the EHR's
+/// `Retry-After`, the file download deadline and the retention of finished exports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSettings {
+    /// Run the job poller in this process (every replica may; they share the jobs).
+    pub poll: bool,
+    /// How often the poller looks for jobs whose next poll is due.
+    pub poll_interval_ms: u64,
+    /// The per-job lease a poller holds while polling; must exceed upstream.request_timeout_ms.
+    pub lease_ttl_ms: u64,
+    /// Wait before the next poll when the EHR sends no `Retry-After`.
+    pub default_retry_after_secs: u64,
+    /// Bounds on the EHR's `Retry-After` (seconds or an HTTP date), clamped into them.
+    pub min_retry_after_secs: u64,
+    pub max_retry_after_secs: u64,
+    /// Deadline of one output file download streamed to the caller (no size cap applies).
+    pub file_deadline_secs: u64,
+    /// A completed export is deleted upstream this long after completion when its files were
+    /// not all downloaded (it is deleted at once after the last one); its files are no longer
+    /// served then (`expired`).
+    pub retention_secs: u64,
+}
+
+impl BulkSettings {
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
 /// SMART Backend Services keys: the setup key rotation schedule and the hosted JWK Set's
 /// cache lifetime.
 #[derive(Debug, Clone, Deserialize)]
@@ -449,6 +480,25 @@ impl Settings {
             return invalid(
                 "webhooks.retry_initial_secs",
                 "must be at least 1 and at most webhooks.retry_max_interval_secs".into(),
+            );
+        }
+        let bulk = &self.bulk;
+        if bulk.poll_interval_ms == 0 || bulk.file_deadline_secs == 0 || bulk.retention_secs == 0 {
+            return invalid(
+                "bulk",
+                "poll_interval_ms, file_deadline_secs and retention_secs must be at least 1".into(),
+            );
+        }
+        if bulk.min_retry_after_secs == 0 || bulk.max_retry_after_secs < bulk.min_retry_after_secs {
+            return invalid(
+                "bulk.min_retry_after_secs",
+                "must be at least 1 and at most bulk.max_retry_after_secs".into(),
+            );
+        }
+        if bulk.lease_ttl_ms <= self.upstream.request_timeout_ms {
+            return invalid(
+                "bulk.lease_ttl_ms",
+                "must exceed upstream.request_timeout_ms".into(),
             );
         }
         if self.secrets.reload_interval_ms == 0 {

@@ -223,6 +223,11 @@ impl CompiledMethod {
         self.def.paging
     }
 
+    /// `call`, or `bulk_export` (an asynchronous `$export` kick-off).
+    pub fn kind(&self) -> crate::model::MethodKind {
+        self.def.kind
+    }
+
     /// The FHIR resource a write method takes as its body (`None`: no resource body).
     pub fn body(&self) -> Option<&BodyDef> {
         self.def.body.as_ref()

@@ -425,6 +425,56 @@ pub struct MethodDef {
     /// not created twice. Needs `body` and verb POST.
     #[serde(default)]
     pub conditional_identifier: bool,
+    /// What a call does: `call` (default: one request, its answer returned) or `bulk_export`
+    /// (a FHIR Bulk Data `$export` kick-off: the host sends `Prefer: respond-async`, stores a
+    /// job and polls its status URL in the background). A `bulk_export` method is a GET whose
+    /// path is `$export`, `Patient/$export` or `Group/{id}/$export`, as its `level` says.
+    #[serde(default, skip_serializing_if = "MethodKind::is_call")]
+    pub kind: MethodKind,
+    /// The export level of a `bulk_export` method (required there, refused elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<BulkLevel>,
+}
+
+/// What calling a method does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    /// One request (pages followed for searches); the answer is returned.
+    #[default]
+    Call,
+    /// FHIR Bulk Data Access 2.0 `$export` kick-off: answered 202 with a Switchboard job.
+    BulkExport,
+}
+
+impl MethodKind {
+    pub fn is_call(&self) -> bool {
+        *self == Self::Call
+    }
+}
+
+/// FHIR Bulk Data export levels (Bulk Data Access 2.0 "Endpoint" sections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkLevel {
+    /// `[base]/Patient/$export`: every patient the client may see.
+    Patient,
+    /// `[base]/Group/{id}/$export`: the members of one Group.
+    Group,
+    /// `[base]/$export`: the whole server.
+    System,
+}
+
+impl BulkLevel {
+    /// Whether `path` (a method path template) is this level's `$export` endpoint.
+    pub fn matches_path(self, path: &str) -> bool {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (self, segs.as_slice()) {
+            (Self::System, ["$export"]) | (Self::Patient, ["Patient", "$export"]) => true,
+            (Self::Group, ["Group", id, "$export"]) => id.starts_with('{') && id.ends_with('}'),
+            _ => false,
+        }
+    }
 }
 
 /// The FHIR resource a write method takes as its body.

@@ -866,3 +866,43 @@ fn limits_section_is_read_and_validated_with_lines() {
     assert_eq!(d.len(), 1, "{}", show(&d));
     assert_eq!(d[0].line, line_of(&src, "requests_per_minute"));
 }
+
+#[test]
+fn bulk_export_methods_are_checked_against_their_level() {
+    let method = |extra: &str| {
+        format!(
+            "{BASE}\n[[methods]]\nid = \"export_x\"\nname = \"Export\"\nverb = \"GET\"\n{extra}\n"
+        )
+    };
+    // Valid: each level on its own endpoint.
+    for (path, level) in [
+        ("Patient/$export", "patient"),
+        ("Group/{id}/$export", "group"),
+        ("$export", "system"),
+    ] {
+        let params = if level == "group" {
+            "\n[[methods.params]]\nname = \"id\"\nin = \"path\"\nrequired = true\n"
+        } else {
+            ""
+        };
+        let src = method(&format!(
+            "path = \"{path}\"\nkind = \"bulk_export\"\nlevel = \"{level}\"{params}"
+        ));
+        assert!(diags(&src).is_empty(), "{level}: {}", show(&diags(&src)));
+    }
+    let cases = [
+        (
+            "path = \"Patient/$export\"\nkind = \"bulk_export\"",
+            "needs `level`",
+        ),
+        (
+            "path = \"Patient/$export\"\nkind = \"bulk_export\"\nlevel = \"system\"",
+            "as its level says",
+        ),
+        ("path = \"Patient\"\nlevel = \"patient\"", "only for kind"),
+    ];
+    for (extra, want) in cases {
+        let d = diags(&method(extra));
+        assert!(show(&d).contains(want), "{extra}: {}", show(&d));
+    }
+}

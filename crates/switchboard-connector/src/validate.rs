@@ -11,8 +11,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::model::{
-    is_reserved_header, AuthDef, ClientAuth, ConnectorDef, HttpVerb, MethodDef, Normalizer,
-    ParamDef, ParamLocation, ParamType, SettingDef, SettingType,
+    is_reserved_header, AuthDef, ClientAuth, ConnectorDef, HttpVerb, MethodDef, MethodKind,
+    Normalizer, ParamDef, ParamLocation, ParamType, SettingDef, SettingType,
 };
 use crate::path::PathTemplate;
 use crate::settings::{check_url, sample_value};
@@ -734,6 +734,39 @@ impl Checker<'_> {
         }
     }
 
+    /// `kind = "bulk_export"`: a GET of the `$export` endpoint its `level` names, no paging,
+    /// no body; `level` only there.
+    fn bulk_export(&mut self, at: &FieldPath, m: &MethodDef) {
+        match (m.kind, m.level) {
+            (MethodKind::Call, None) => {}
+            (MethodKind::Call, Some(_)) => self.issue(
+                at.key("level"),
+                "`level` is only for kind = \"bulk_export\"",
+            ),
+            (MethodKind::BulkExport, None) => self.issue(
+                at.key("level"),
+                "a bulk_export method needs `level` (\"patient\", \"group\" or \"system\")",
+            ),
+            (MethodKind::BulkExport, Some(level)) => {
+                if m.verb != HttpVerb::Get {
+                    self.issue(at.key("verb"), "a bulk_export kick-off is a GET");
+                }
+                if m.paging != crate::model::Paging::None || m.body.is_some() {
+                    self.issue(
+                        at.key("kind"),
+                        "a bulk_export method has no paging and no body",
+                    );
+                }
+                if !level.matches_path(&m.path) {
+                    self.issue(
+                        at.key("path"),
+                        "the path of a bulk_export method is `$export` (system), `Patient/$export` (patient) or `Group/{id}/$export` (group), as its level says",
+                    );
+                }
+            }
+        }
+    }
+
     fn method(&mut self, at: &FieldPath, m: &MethodDef) {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut wire: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -765,6 +798,7 @@ impl Checker<'_> {
         }
 
         self.write_body(at, m);
+        self.bulk_export(at, m);
         match PathTemplate::parse(&m.path) {
             Err(e) => self.issue(at.key("path"), e.to_string()),
             Ok(path) => {

@@ -168,6 +168,10 @@ fn method_view(m: &MethodDef) -> Value {
         );
     }
     v.insert("paging".into(), json!(m.paging));
+    if !m.kind.is_call() {
+        v.insert("kind".into(), json!(m.kind));
+        v.insert("level".into(), json!(m.level));
+    }
     if !m.require_one_of.is_empty() {
         v.insert("require_one_of".into(), json!(m.require_one_of));
     }

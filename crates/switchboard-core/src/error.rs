@@ -78,6 +78,9 @@ error_codes! {
     ConnectLinkUsed         => ("connect_link_used", 410, "This connect link was already used"),
     ConnectLinkExpired      => ("connect_link_expired", 410, "This connect link has expired"),
     ConnectFormRejected     => ("connect_form_rejected", 403, "The connect form could not be verified"),
+    // Issue 12, Bulk Data: the export job has no files to serve (not completed yet, failed,
+    // cancelled or past its retention).
+    BulkJobNotReady         => ("bulk_job_not_ready", 409, "The export job has no files to serve"),
 }
 
 impl std::fmt::Display for ErrorCode {

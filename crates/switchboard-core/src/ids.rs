@@ -17,6 +17,8 @@ pub enum IdKind {
     AgentSession,
     /// A connect session (the hosted connect page's link).
     ConnectSession,
+    /// A Bulk Data export job.
+    Job,
 }
 
 impl IdKind {
@@ -30,6 +32,7 @@ impl IdKind {
             Self::Message => "msg",
             Self::AgentSession => "ags",
             Self::ConnectSession => "cns",
+            Self::Job => "job",
         }
     }
 
@@ -161,6 +164,8 @@ external_ids! {
     AgentSessionId = "ags_Rk4nT7wQ2xPzL9mC1vYbHA",
     /// A connect session id (`cns_…`), never its link token.
     ConnectSessionId = "cns_R8kW2mQx5vNb7TzL0pYcHA",
+    /// A Bulk Data export job id (`job_…`).
+    JobId = "job_Xc4nR8vT2qLmZ7wK0bPyHA",
 }
 
 #[cfg(test)]

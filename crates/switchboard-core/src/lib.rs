@@ -8,7 +8,7 @@ pub mod status;
 pub use error::{ErrorCode, Problem};
 pub use ids::{
     random_token, valid_external_id, AccountId, AgentSessionId, ApiKeyId, ConnectSessionId,
-    ConnectorId, EventId, IdKind, InstallId, InvalidId, MethodId, WebhookId,
+    ConnectorId, EventId, IdKind, InstallId, InvalidId, JobId, MethodId, WebhookId,
 };
 pub use status::InstallStatus;
 

@@ -303,3 +303,28 @@ diesel::table! {
         used_at -> Nullable<BigInt>,
     }
 }
+
+// Issue 12, Bulk Data: export jobs (migration 2026-12-07-000004_bulk_jobs).
+diesel::table! {
+    bulk_jobs (id) {
+        id -> Text,
+        tenant_id -> Text,
+        account_id -> Text,
+        install_id -> Text,
+        method_id -> Text,
+        status_url -> Binary,
+        state -> Text,
+        progress -> Nullable<Text>,
+        next_poll_at -> BigInt,
+        attempts -> BigInt,
+        manifest -> Nullable<Binary>,
+        error -> Nullable<Text>,
+        downloaded -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+        upstream_deleted_at -> Nullable<BigInt>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+    }
+}

@@ -229,7 +229,7 @@ fn clean(s: &str, max: usize) -> String {
 }
 
 /// Maps a non-2xx upstream answer.
-pub(crate) fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> EngineError {
+pub fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> EngineError {
     match status {
         401 => EngineError::Unauthorized,
         429 | 503 => EngineError::Unavailable {

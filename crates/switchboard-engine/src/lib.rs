@@ -14,7 +14,8 @@ mod request;
 
 pub use body::{validate_body, WriteBody};
 pub use error::{
-    EngineError, OperationOutcomeIssue, EPIC_SEARCH_TOO_BROAD, MAX_ISSUES, MAX_ISSUE_TEXT,
+    status_error, EngineError, OperationOutcomeIssue, EPIC_SEARCH_TOO_BROAD, MAX_ISSUES,
+    MAX_ISSUE_TEXT,
 };
 pub use execute::{execute, resolve_next_link, MethodCall, MethodOutput};
 pub use params::{validate_params, ParamError, ValidParams, MAX_REPEATED_VALUES, MAX_VALUE_CHARS};

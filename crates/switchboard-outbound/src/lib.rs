@@ -287,6 +287,28 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Sends `req` once (no retries) and returns the response with its body unread, for a
+    /// caller that streams it on (Bulk Data output files): the URL is checked like
+    /// [`Outbound::send`]'s and the resolver checks every connection, but no response-size cap
+    /// applies. `deadline` replaces the client's request timeout for this exchange (connect,
+    /// headers and the whole body), so a large file is bounded by time, not by size.
+    pub async fn open_stream(
+        &self,
+        mut req: reqwest::Request,
+        deadline: Duration,
+    ) -> Result<reqwest::Response, OutboundError> {
+        self.check_url(req.url())?;
+        let url = SafeUrl::new(req.url());
+        *req.timeout_mut() = Some(deadline);
+        self.inner
+            .client
+            .execute(req)
+            .await
+            .map_err(|e| classify(e, &url))
+    }
+}
+
 /// Reads the body, refusing (never truncating) anything above `limit`: first by the declared
 /// `Content-Length`, then by counting what actually arrives.
 async fn read_capped(
@@ -327,7 +349,9 @@ async fn read_capped(
     Ok(buf.freeze())
 }
 
-fn classify(err: reqwest::Error, url: &SafeUrl) -> OutboundError {
+/// Maps a reqwest error to an [`OutboundError`] without its URL (also for errors met while
+/// streaming a body from [`Outbound::open_stream`]).
+pub fn classify(err: reqwest::Error, url: &SafeUrl) -> OutboundError {
     let err = err.without_url();
     let url = url.clone();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);

@@ -96,6 +96,9 @@ pub enum ServiceError {
     /// The call that claimed this Idempotency-Key has not finished: retry after the delay.
     #[error("a call with this Idempotency-Key is still in progress; retry after the delay to get its result")]
     IdempotencyKeyInFlight { retry_after_secs: u64 },
+    /// A Bulk Data job's files were asked for while it has none to serve (its state says why).
+    #[error("{0}")]
+    BulkJobNotReady(String),
     /// Settings whose URLs (as given, or rendered) the outbound address policy refuses.
     #[error("an upstream URL is refused by the outbound policy")]
     UpstreamNotAllowed(Vec<FieldError>),
@@ -147,6 +150,7 @@ impl ServiceError {
             Self::InvalidAgentSession(_) => ErrorCode::InvalidAgentSession,
             Self::ConnectLinkUsed => ErrorCode::ConnectLinkUsed,
             Self::ConnectLinkExpired => ErrorCode::ConnectLinkExpired,
+            Self::BulkJobNotReady(_) => ErrorCode::BulkJobNotReady,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! `tenant`), then `resolve` on `settings`, `audit` on `pagination` and
 //! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
-//! `callback`, `methods`, `connectors`, `agent_sessions` on `clock` and `pagination`; they
+//! `callback`, `methods` (with `bulk`: Bulk Data jobs and their poller), `connectors`,
+//! `agent_sessions` on `clock` and `pagination`; they
 //! record through `audit` and write webhook events
 //! through `webhooks::Outbox`) <- `Services` (this file). Key
 //! custody (`rotation`: the registry of encrypted columns, `keys rotate|status|prune`) uses
@@ -18,6 +19,7 @@
 pub mod accounts;
 pub mod agent_sessions;
 pub mod audit;
+pub mod bulk;
 pub mod cache;
 pub mod callback;
 pub mod clock;
@@ -89,6 +91,8 @@ pub struct Services {
     pub console: Arc<console::ConsoleService>,
     /// Agent sessions, the access of MCP clients to `/mcp` (issue 15).
     pub agent_sessions: Arc<agent_sessions::AgentSessionService>,
+    /// The Bulk Data job poller (the server spawns its task when `bulk.poll`).
+    pub bulk_poller: Arc<bulk::BulkPoller>,
     settings: Arc<Settings>,
     db: Db,
     catalog: Catalog,
@@ -203,6 +207,17 @@ impl Services {
             &settings.audit,
         ));
         let crypto_for_services = crypto.clone();
+        let methods = Arc::new(methods::MethodService {
+            settings: settings.clone(),
+            db: db.clone(),
+            crypto: crypto.clone(),
+            outbound: outbound.clone(),
+            resolver: resolver.clone(),
+            cache: cache.clone(),
+            tokens: tokens.clone(),
+            audit: audit.clone(),
+            limits: outbound_limits.clone(),
+        });
         Ok(Self {
             keys: Arc::new(keys::KeyService {
                 db: db.clone(),
@@ -265,17 +280,10 @@ impl Services {
                 outbox,
                 settings.webhooks.clone(),
             )),
-            methods: Arc::new(methods::MethodService {
-                settings: settings.clone(),
-                db: db.clone(),
-                crypto: crypto.clone(),
-                outbound,
-                resolver,
-                cache,
-                tokens: tokens.clone(),
-                audit: audit.clone(),
-                limits: outbound_limits,
+            bulk_poller: Arc::new(bulk::BulkPoller {
+                methods: methods.clone(),
             }),
+            methods,
             connectors: Arc::new(connectors::ConnectorService {
                 catalog: catalog.clone(),
             }),

@@ -36,7 +36,7 @@ pub struct MethodIn {
     pub body: Option<Value>,
 }
 
-fn engine_error(e: EngineError) -> ServiceError {
+pub(crate) fn engine_error(e: EngineError) -> ServiceError {
     use EngineError as E;
     let upstream = |code: ErrorCode, detail: String, issues: Vec<Value>, retry: Option<u64>| {
         ServiceError::Upstream {
@@ -138,6 +138,8 @@ struct Seen {
     connector_id: Option<String>,
     /// The EHR's HTTP status of the last attempt (`None`: no answer).
     upstream_status: Option<u16>,
+    /// A Bulk Data kick-off's job URL (the call answers 202 with `Location`).
+    job_location: Option<String>,
 }
 
 /// How long an Idempotency-Key answers with its first result (24 h).
@@ -152,6 +154,8 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub struct MethodReply {
     pub body: Bytes,
     pub replayed: bool,
+    /// A `bulk_export` kick-off: the job's URL (path). The API answers 202 with `Location`.
+    pub location: Option<String>,
 }
 
 /// A call's input with its Idempotency-Key header.
@@ -268,7 +272,10 @@ fn check_granted_scope(
 impl MethodService {
     /// A usable access token for a method call: the cached one while it is fresh, otherwise
     /// the result of the (single) refresh.
-    async fn ensure_token(&self, p: Arc<Prepared>) -> Result<Arc<Prepared>, ServiceError> {
+    pub(crate) async fn ensure_token(
+        &self,
+        p: Arc<Prepared>,
+    ) -> Result<Arc<Prepared>, ServiceError> {
         self.tokens.note_used(&p.id);
         let now = self.tokens.now_ms();
         if p.bearer.is_some() && !self.tokens.needs_refresh(p.expires_at, p.obtained_at) {
@@ -287,7 +294,7 @@ impl MethodService {
     }
 
     /// Refreshes once for everyone who saw `seen_version`, then prepares the result.
-    async fn refresh_install(
+    pub(crate) async fn refresh_install(
         &self,
         install_id: &str,
         seen_version: i64,
@@ -405,26 +412,31 @@ impl MethodService {
                 &mut seen,
             )
             .await;
+        let location = seen.job_location.take();
+        let reply = |(body, _, replayed): (Bytes, u16, bool)| MethodReply {
+            body,
+            replayed,
+            location: location.clone(),
+        };
         if !self.audit.enabled() {
-            return result.map(|(body, _, replayed)| MethodReply { body, replayed });
+            return result.map(reply);
         }
         let patient_hash = match patient {
             Some(p) => match self.audit.patient_hash(t.tenant_id(), &p).await {
                 Ok(h) => Some(h),
                 // Without its patient the record would mislead: fail or drop, as configured.
-                Err(e) => {
-                    return self
-                        .audit
-                        .unrecordable(e)
-                        .and(result.map(|(body, _, replayed)| MethodReply { body, replayed }))
-                }
+                Err(e) => return self.audit.unrecordable(e).and(result.map(reply)),
             },
             None => None,
         };
         let (status, code, upstream_status) = match &result {
             // A replay made no upstream call.
             Ok((_, _, true)) => (200, None, None),
-            Ok((_, upstream, false)) => (200, None, Some(i64::from(*upstream))),
+            Ok((_, upstream, false)) => (
+                if location.is_some() { 202 } else { 200 },
+                None,
+                Some(i64::from(*upstream)),
+            ),
             Err(e) => (
                 e.code().status(),
                 Some(e.code().code().to_owned()),
@@ -448,7 +460,7 @@ impl MethodService {
             request_id: t.request_id().map(str::to_owned),
             patient_hash,
         })?;
-        result.map(|(body, _, replayed)| MethodReply { body, replayed })
+        result.map(reply)
     }
 
     async fn call_method_inner(
@@ -505,6 +517,14 @@ impl MethodService {
             ));
         }
         check_granted_scope(&p, method)?;
+        if method.kind() == switchboard_connector::MethodKind::BulkExport {
+            let accepted = self
+                .kick_off(p, &params, method_id, &mut seen.upstream_status)
+                .await?;
+            let body = serde_json::to_vec(&accepted).map_err(ServiceError::internal)?;
+            seen.job_location = Some(accepted.status_url);
+            return Ok((Bytes::from(body), 202, false));
+        }
         // A write with an Idempotency-Key: claim the key first (or answer from its record).
         let key = match (idempotency_key, &body) {
             (Some(key), Some(b)) if writes => {

@@ -131,6 +131,25 @@ pub const REGISTRY: &[Registered] = &[
         },
         aad: |key, _| format!("idempotency:{key}"),
     },
+    // bulk::status_url_aad / bulk::manifest_aad: a Bulk Data job's status URL and manifest.
+    Registered {
+        column: EncryptedColumn {
+            table: "bulk_jobs",
+            key_sql: "id",
+            column: "status_url",
+            kind: BlobKind::Bytes,
+        },
+        aad: |key, _| format!("bulk_job:{key}:status_url"),
+    },
+    Registered {
+        column: EncryptedColumn {
+            table: "bulk_jobs",
+            key_sql: "id",
+            column: "manifest",
+            kind: BlobKind::Bytes,
+        },
+        aad: |key, _| format!("bulk_job:{key}:manifest"),
+    },
 ];
 
 /// Failures of key custody. Messages name key ids, columns and counts, never key material.

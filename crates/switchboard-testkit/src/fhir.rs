@@ -274,6 +274,8 @@ struct State {
     metadata: Result<Option<Value>, u16>,
     /// Every `metadata` request (kept apart from [`FakeFhir::requests`]).
     metadata_requests: Vec<RecordedRequest>,
+    /// Bulk Data exports (`crate::bulk`).
+    bulk: crate::bulk::BulkState,
 }
 
 struct Shared {
@@ -446,6 +448,7 @@ impl FakeFhir {
                 discovery_requests: Vec::new(),
                 metadata: Ok(None),
                 metadata_requests: Vec::new(),
+                bulk: Default::default(),
             },
         }
     }
@@ -651,6 +654,16 @@ impl FakeFhir {
     }
 
     /// Forgets recorded requests and queued faults (tokens, patients and modes stay).
+    /// How Bulk Data exports are answered from now on (see [`crate::bulk`]).
+    pub fn set_bulk(&self, config: crate::bulk::BulkConfig) {
+        self.shared.state().bulk.config = config;
+    }
+
+    /// What the Bulk Data routes received so far.
+    pub fn bulk_stats(&self) -> crate::bulk::BulkStats {
+        self.shared.state().bulk.stats.clone()
+    }
+
     pub fn reset(&self) {
         let mut s = self.shared.state();
         s.requests.clear();
@@ -882,6 +895,18 @@ fn route(req: &HttpRequest, recorded: &RecordedRequest, shared: &Shared) -> Http
         );
     }
 
+    let base = format!("{}{prefix}", lock(&shared.origin));
+    let prefer = req.headers().get("prefer").and_then(|v| v.to_str().ok());
+    if let Some(resp) = crate::bulk::route(
+        &mut state.bulk,
+        method,
+        &segments,
+        recorded.query(),
+        prefer,
+        &base,
+    ) {
+        return resp;
+    }
     match (method, segments.as_slice()) {
         ("GET", ["Patient"]) => {
             let params = recorded.query_pairs();

@@ -3,6 +3,7 @@
 //! `both_backends!` macro and `Backend` enum every suite runs its tests on both backends with.
 
 pub mod backends;
+pub mod bulk;
 pub mod fhir;
 pub mod oauth;
 pub mod oidc;

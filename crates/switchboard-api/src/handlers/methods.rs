@@ -33,6 +33,14 @@ pub async fn call_method(
         .methods
         .call_method(&t.0, &account, &install, &method, body.into_inner(), key)
         .await?;
+    if let Some(location) = &out.location {
+        // A Bulk Data kick-off: the job was created; poll it at Location.
+        return Ok(HttpResponse::Accepted()
+            .content_type("application/json")
+            .insert_header(("Cache-Control", "no-store"))
+            .insert_header(("Location", location.as_str()))
+            .body(out.body));
+    }
     let mut res = HttpResponse::Ok();
     res.content_type("application/json")
         .insert_header(("Cache-Control", "no-store"));

@@ -11,6 +11,7 @@ mod connectors;
 mod console;
 mod health;
 mod installs;
+mod jobs;
 mod mcp;
 mod methods;
 mod setups;
@@ -113,6 +114,22 @@ pub fn routes() -> Scope {
                 .route(
                     "/accounts/{account}/installs/{install}/authorize",
                     web::post().to(installs::authorize_install),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs",
+                    web::get().to(jobs::list_jobs),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}",
+                    web::get().to(jobs::get_job),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}",
+                    web::delete().to(jobs::cancel_job),
+                )
+                .route(
+                    "/accounts/{account}/installs/{install}/jobs/{job}/files/{file}",
+                    web::get().to(jobs::download_file),
                 )
                 .route("/webhooks", web::post().to(webhooks::create_webhook))
                 .route("/webhooks", web::get().to(webhooks::list_webhooks))

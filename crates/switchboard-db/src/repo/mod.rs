@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod agent_sessions;
 pub mod api_keys;
 pub mod audit;
+pub mod bulk_jobs;
 pub mod capability;
 pub mod connect_sessions;
 pub mod console_sessions;
