@@ -24,6 +24,7 @@ crate::both_backends! {
     agent_sessions_api => agent_sessions_are_created_listed_and_revoked;
     mcp_tools_and_calls => an_mcp_client_lists_tools_and_calls_methods;
     mcp_refusals => revoked_expired_and_deleted_are_refused_on_the_next_call;
+    mcp_rate_limited => an_agent_session_has_the_per_key_rate;
 }
 
 /// One Node process of tests/mcp-client/client.mjs: an SDK `Client` over the streamable HTTP
@@ -625,4 +626,48 @@ async fn revoked_expired_and_deleted_are_refused_on_the_next_call(backend: Backe
     assert_eq!(r["isError"], true, "{r}");
     assert_eq!(r["structuredContent"]["code"], "not_found", "{r}");
     assert_eq!(env.fhir.request_count(), before);
+}
+
+/// Each agent session has the per-key token bucket of an API key: past the burst, `/mcp`
+/// answers 429 `rate_limited` with `Retry-After` and sends nothing upstream; another session
+/// of the same install is not affected.
+async fn an_agent_session_has_the_per_key_rate(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.api_key_requests_per_minute = 1;
+        s.limits.api_key_burst = 3;
+    })
+    .await;
+    let env = canvas(&app).await;
+    let first = create_session(&app, &env, json!({}))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ping = |token: String| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/mcp"))
+                .bearer_auth(token)
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(ping(first.clone()).await.status(), StatusCode::OK);
+    }
+    let upstream_before = env.fhir.requests().len();
+    let r = ping(first.clone()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "rate_limited", "{v}");
+    assert_eq!(env.fhir.requests().len(), upstream_before);
+    // The API key that made the first session has its own bucket: it made 1 request so far.
+    let second = create_session(&app, &env, json!({}))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ping(second).await.status(), StatusCode::OK);
 }

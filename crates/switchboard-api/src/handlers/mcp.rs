@@ -42,6 +42,9 @@ pub async fn post(
 ) -> Result<HttpResponse> {
     check_origin(&req, &s)?;
     let agent = authenticate(&req, &s).await?;
+    // The per-key token bucket (`limits.api_key_requests_per_minute`) applies to each agent
+    // session as to an API key: 429 `rate_limited` with `Retry-After` past it.
+    s.keys.check_rate(&agent.tenant)?;
     if let Some(v) = req.headers().get(VERSION_HEADER) {
         let known = v
             .to_str()
