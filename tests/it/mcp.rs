@@ -638,7 +638,7 @@ async fn an_agent_session_has_the_per_key_rate(backend: Backend) {
     })
     .await;
     let env = canvas(&app).await;
-    let first = create_session(&app, &env, json!({}))["token"]
+    let first = create_session(&app, &env, json!({})).await["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -665,7 +665,7 @@ async fn an_agent_session_has_the_per_key_rate(backend: Backend) {
     assert_eq!(v["code"], "rate_limited", "{v}");
     assert_eq!(env.fhir.requests().len(), upstream_before);
     // The API key that made the first session has its own bucket: it made 1 request so far.
-    let second = create_session(&app, &env, json!({}))["token"]
+    let second = create_session(&app, &env, json!({})).await["token"]
         .as_str()
         .unwrap()
         .to_owned();
