@@ -5,7 +5,7 @@
 //! (tests/browser/console.mjs).
 
 use crate::methods::{install, Via};
-use crate::support::{assert_problem, repo_root, Backend, TestApp};
+use crate::support::{assert_problem, repo_root, req, Backend, TestApp};
 use diesel::prelude::*;
 use reqwest::header::{HeaderMap, COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -431,6 +431,41 @@ async fn sign_out_ends_the_session(backend: Backend) {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // The sign-in and the one real sign-out are in the audit trail, naming the key the session
+    // was opened with, and no record holds the session token or its CSRF token.
+    app.services.audit.flush().await;
+    let r = req(&app, Method::GET, "/v1/audit?limit=100", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let console: Vec<&Value> = r.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("console_session.")
+        })
+        .collect();
+    let actions: Vec<&str> = console
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["console_session.created", "console_session.ended"],
+        "{}",
+        r.text
+    );
+    for e in &console {
+        assert_eq!(e["kind"], "admin");
+        assert_eq!(e["api_key_id"], session.body["api_key_id"]);
+        assert!(
+            e["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{e}"
+        );
+    }
+    assert!(!r.text.contains(&session.token) && !r.text.contains(&session.csrf));
 }
 
 async fn expired_sessions_are_refused(backend: Backend) {
@@ -554,6 +589,10 @@ async fn the_console_pages_are_embedded_with_a_strict_csp(backend: Backend) {
             "{path} loads something from elsewhere"
         );
     }
+    // A trailing slash is the console too (a permanent redirect, not a 404).
+    let res = app.http.get(app.url("/console/")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(res.headers()["location"], "/console");
 }
 
 crate::both_backends! {

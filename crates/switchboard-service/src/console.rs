@@ -84,6 +84,9 @@ fn same(a: &str, b: &str) -> bool {
 /// The console's sessions.
 pub struct ConsoleService {
     pub(crate) db: Db,
+    /// Sign-in and sign-out are recorded in the audit trail (`console_session.created`,
+    /// `console_session.ended`), like the other credentials a tenant hands out.
+    pub(crate) audit: Arc<crate::audit::AuditLog>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) idle_ms: i64,
     pub(crate) max_ms: i64,
@@ -129,6 +132,13 @@ impl ConsoleService {
                 console_sessions::insert(conn, &row)
             })
             .await?;
+        self.audit.admin(
+            &t.tenant_id,
+            Some(t),
+            "console_session.created",
+            201,
+            crate::audit::Target::default(),
+        )?;
         Ok(NewSession {
             csrf_token: csrf_token_of(&token),
             token,
@@ -184,13 +194,32 @@ impl ConsoleService {
             .map_err(Into::into)
     }
 
-    /// Ends a session; `false` when there was none.
-    pub async fn sign_out(&self, token: &str) -> Result<bool, ServiceError> {
+    /// Ends a live session (recorded in the audit trail for its tenant and key, with the
+    /// request id of the sign-out); `false` when there was none.
+    pub async fn sign_out(
+        &self,
+        token: &str,
+        request_id: Option<String>,
+    ) -> Result<bool, ServiceError> {
+        let Some(ctx) = self.authenticate(token).await? else {
+            return Ok(false);
+        };
         let hash = sha256_hex(token);
-        Ok(self
+        let ended = self
             .db
             .run(move |conn| console_sessions::delete(conn, &hash))
-            .await?)
+            .await?;
+        if ended {
+            let ctx = ctx.with_request_id(request_id);
+            self.audit.admin(
+                &ctx.tenant_id,
+                Some(&ctx),
+                "console_session.ended",
+                204,
+                crate::audit::Target::default(),
+            )?;
+        }
+        Ok(ended)
     }
 
     /// The CSRF rule of a write authenticated by the session cookie `token`: the

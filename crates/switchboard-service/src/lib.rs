@@ -163,17 +163,6 @@ impl Services {
             ),
         });
         let outbound_limits = Arc::new(limits::OutboundLimits::new(&settings.limits));
-        let console = Arc::new(console::ConsoleService {
-            db: db.clone(),
-            clock: clock.clone(),
-            idle_ms: i64::try_from(settings.console.session_idle_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
-            max_ms: i64::try_from(settings.console.session_max_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
-            origin: url::Url::parse(&settings.server.public_url)
-                .map(|u| u.origin().ascii_serialization())
-                .unwrap_or_default(),
-        });
         let outbox = Arc::new(webhooks::Outbox::new(
             clock.clone(),
             settings.webhooks.refresh_failing_after,
@@ -198,7 +187,7 @@ impl Services {
                 limits: outbound_limits.clone(),
                 keys: keys.clone(),
             },
-            clock,
+            clock.clone(),
             cache.clone(),
         ));
         let audit = Arc::new(audit::AuditLog::new(
@@ -206,6 +195,18 @@ impl Services {
             crypto.clone(),
             &settings.audit,
         ));
+        let console = Arc::new(console::ConsoleService {
+            db: db.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+            idle_ms: i64::try_from(settings.console.session_idle_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            max_ms: i64::try_from(settings.console.session_max_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            origin: url::Url::parse(&settings.server.public_url)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default(),
+        });
         let crypto_for_services = crypto.clone();
         let methods = Arc::new(methods::MethodService {
             settings: settings.clone(),

@@ -8,7 +8,7 @@ use crate::bodies::ConsoleSignIn;
 use crate::extract::console_cookie;
 use crate::ApiError;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use switchboard_core::ErrorCode;
 use switchboard_service::console::{ConsoleService, CSRF_COOKIE, SESSION_COOKIE};
 use switchboard_service::Services;
@@ -35,6 +35,20 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 
 pub async fn index() -> HttpResponse {
     asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `/console/` (a typed or bookmarked trailing slash) is the console too: a permanent
+/// redirect to `/console`, so relative asset paths resolve the same way.
+pub async fn index_slash() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, "/console"))
+        .finish()
+}
+
+fn request_id(req: &HttpRequest) -> Option<String> {
+    req.extensions()
+        .get::<crate::request_id::RequestId>()
+        .map(|r| r.as_str().to_owned())
 }
 
 pub async fn app_js() -> HttpResponse {
@@ -122,7 +136,10 @@ pub async fn sign_in(
             "this API key is not valid (unknown, mistyped or revoked)",
         ));
     };
-    let session = s.console.sign_in(&ctx).await?;
+    let session = s
+        .console
+        .sign_in(&ctx.with_request_id(request_id(&req)))
+        .await?;
     let found = s.console.find(&session.token).await?.ok_or_else(|| {
         ApiError::new(ErrorCode::Internal, "the new console session was not found")
     })?;
@@ -162,7 +179,7 @@ pub async fn sign_out(req: HttpRequest, s: web::Data<Services>) -> Result<HttpRe
                 header_of(&req, header::ORIGIN),
                 header_of(&req, header::REFERER),
             )?;
-            s.console.sign_out(&token).await?;
+            s.console.sign_out(&token, request_id(&req)).await?;
         }
     }
     let mut res = HttpResponse::NoContent();

@@ -41,6 +41,7 @@ pub fn routes() -> Scope {
         .route("/jwks/{jwks_file}", web::get().to(setups::jwks_unknown))
         // The web console (issue 15): pages and the cookie session.
         .route("/console", web::get().to(console::index))
+        .route("/console/", web::get().to(console::index_slash))
         .route("/console/app.js", web::get().to(console::app_js))
         .route("/console/app.css", web::get().to(console::app_css))
         .route("/console/session", web::post().to(console::sign_in))
