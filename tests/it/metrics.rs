@@ -148,7 +148,7 @@ async fn canvas_install(app: &TestApp, account: &str) -> (FakeFhir, String) {
     assert_eq!(s, StatusCode::OK, "{v}");
     app.create_account(account).await;
     let v = crate::support::post_install(
-        &app,
+        app,
         account,
         json!({"connector": "canvas", "auth_type": "static_bearer"}),
     )
