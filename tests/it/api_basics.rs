@@ -14,19 +14,7 @@ async fn smoke(backend: crate::support::Backend) {
         .iter()
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    // Issue 11 added athenahealth, epic_backend, oracle_health and the generic smart connector.
-    assert_eq!(
-        ids,
-        [
-            "athenahealth",
-            "canvas",
-            "epic",
-            "epic_backend",
-            "medplum",
-            "oracle_health",
-            "smart"
-        ]
-    );
+    assert_eq!(ids, crate::support::SHIPPED_CONNECTORS);
     let (s, v) = app
         .post("/v1/accounts", json!({"id": "acme", "name": "Acme"}))
         .await;

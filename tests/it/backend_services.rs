@@ -9,9 +9,7 @@
 //! FakeFhir are two servers); the shipped `epic_backend` runs against the provider laid out like
 //! Epic (`/oauth2/token` under the endpoint).
 
-use crate::support::{
-    assert_problem, install_row, key_ring, open_tokens, repo_root, Backend, TestApp,
-};
+use crate::support::{assert_problem, install_row, key_ring, open_tokens, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -73,20 +71,7 @@ path = "Patient"
 "#;
 
 fn use_test_connectors(s: &mut Settings) {
-    let dir = s
-        .secrets
-        .key_file
-        .parent()
-        .expect("key file has a parent")
-        .join("connectors");
-    std::fs::create_dir_all(&dir).expect("connectors dir");
-    for entry in std::fs::read_dir(repo_root().join("connectors")).expect("shipped connectors") {
-        let path = entry.expect("dir entry").path();
-        if path.extension().is_some_and(|e| e == "toml") || path.is_dir() {
-            crate::support::copy_entry(&path, &dir.join(path.file_name().unwrap()))
-                .expect("copy connector");
-        }
-    }
+    let dir = crate::support::copy_shipped_connectors(s);
     for (id, kind, aud) in [
         ("testbackend", "oauth2_backend_services", ""),
         // An `aud` that is not the token URL.

@@ -11,19 +11,7 @@ async fn connector_catalogue(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let list = r.json["connectors"].as_array().unwrap();
     let ids: Vec<&str> = list.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    // Issue 11 added athenahealth, epic_backend, oracle_health and the generic smart connector.
-    assert_eq!(
-        ids,
-        [
-            "athenahealth",
-            "canvas",
-            "epic",
-            "epic_backend",
-            "medplum",
-            "oracle_health",
-            "smart"
-        ]
-    );
+    assert_eq!(ids, crate::support::SHIPPED_CONNECTORS);
     for c in list {
         let keys: BTreeSet<String> = c.as_object().unwrap().keys().cloned().collect();
         for k in ["id", "name", "version", "auth_types", "methods"] {

@@ -8,7 +8,7 @@
 //! `client_secret`, pending authorizations (PKCE verifiers) and a tenant's audit key. "Under
 //! which key" is read raw from every column of the registry, not through the services.
 
-use crate::support::{postgres_available, repo_root, Backend, TestApp};
+use crate::support::{post_install, postgres_available, repo_root, Backend, TestApp};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -80,14 +80,7 @@ impl World {
     /// pending (its PKCE verifier stays stored).
     async fn install(&self, account: &str, authorize: bool) -> String {
         self.app.create_account(account).await;
-        let (s, v) = self
-            .app
-            .post(
-                &format!("/v1/accounts/{account}/installs"),
-                json!({"connector": "canvas"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let v = post_install(&self.app, account, json!({"connector": "canvas"})).await;
         if authorize {
             complete_authorization(&self.app.base, v["authorize_url"].as_str().unwrap()).await;
         }

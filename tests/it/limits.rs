@@ -4,8 +4,8 @@
 //! with insecure upstreams off, no path reaches it).
 
 use crate::support::{
-    canvas_bearer_setup, create_bearer_install, problem, repo_root, req, req_as, snapshot, Backend,
-    Resp, TestApp,
+    canvas_bearer_setup, create_bearer_install, problem, req, req_as, snapshot, Backend, Resp,
+    TestApp,
 };
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};
@@ -237,8 +237,7 @@ async fn bad_key_flood(backend: Backend) {
 
 /// The shipped connectors, copied next to the key file, with `extra` appended to canvas.toml.
 fn canvas_with(s: &mut Settings, extra: &str) {
-    let dir = s.secrets.key_file.parent().unwrap().join("connectors");
-    crate::support::copy_entry(&repo_root().join("connectors"), &dir).unwrap();
+    let dir = crate::support::copy_shipped_connectors(s);
     let canvas = dir.join("canvas.toml");
     let mut text = std::fs::read_to_string(&canvas).unwrap();
     text.push_str(extra);
@@ -465,8 +464,7 @@ fn hop_connectors(s: &mut Settings) {
 
 /// The shipped connectors plus `testhop`, with `extra` appended to its file.
 fn hop_connector_with(s: &mut Settings, extra: &str) {
-    let dir = s.secrets.key_file.parent().unwrap().join("connectors");
-    crate::support::copy_entry(&repo_root().join("connectors"), &dir).unwrap();
+    let dir = crate::support::copy_shipped_connectors(s);
     std::fs::write(dir.join("testhop.toml"), format!("{HOP_CONNECTOR}{extra}")).unwrap();
     s.connectors.dir = dir;
 }

@@ -147,13 +147,12 @@ async fn canvas_install(app: &TestApp, account: &str) -> (FakeFhir, String) {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     app.create_account(account).await;
-    let (s, v) = app
-        .post(
-            &format!("/v1/accounts/{account}/installs"),
-            json!({"connector": "canvas", "auth_type": "static_bearer"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let v = crate::support::post_install(
+        app,
+        account,
+        json!({"connector": "canvas", "auth_type": "static_bearer"}),
+    )
+    .await;
     (fhir, v["id"].as_str().unwrap().to_owned())
 }
 

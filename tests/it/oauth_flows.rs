@@ -11,7 +11,7 @@
 //! URLs, issuer and revocation URL are whole settings.
 
 use crate::support::{
-    assert_problem, install_row, key_ring, log_capture, open_tokens, repo_root, Backend, TestApp,
+    assert_problem, install_row, key_ring, log_capture, open_tokens, Backend, TestApp,
 };
 use diesel::prelude::*;
 use reqwest::StatusCode;
@@ -162,20 +162,7 @@ fn test_connector(id: &str, client_auth: &str, more_auth: bool) -> String {
 /// Points `connectors.dir` at a copy of the shipped connectors plus the test connectors (in the
 /// app's own temp dir, next to its key file).
 fn use_test_connectors(s: &mut Settings) {
-    let dir = s
-        .secrets
-        .key_file
-        .parent()
-        .expect("key file has a parent")
-        .join("connectors");
-    std::fs::create_dir_all(&dir).expect("connectors dir");
-    for entry in std::fs::read_dir(repo_root().join("connectors")).expect("shipped connectors") {
-        let path = entry.expect("dir entry").path();
-        if path.extension().is_some_and(|e| e == "toml") || path.is_dir() {
-            crate::support::copy_entry(&path, &dir.join(path.file_name().unwrap()))
-                .expect("copy connector");
-        }
-    }
+    let dir = crate::support::copy_shipped_connectors(s);
     for (id, auth, more) in [
         ("testsmart", "client_secret_basic", true),
         ("testpost", "client_secret_post", false),
@@ -224,11 +211,7 @@ fn installs_path(id: &str) -> String {
 
 /// POST an install; returns the 201 body.
 async fn create_install(app: &TestApp, body: Value) -> Value {
-    let (s, v) = app
-        .post(&format!("/v1/accounts/{ACCOUNT}/installs"), body)
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "create install: {v}");
-    v
+    crate::support::post_install(app, ACCOUNT, body).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,17 +300,7 @@ impl Landing {
 
 /// Drives FakeOAuth's /authorize like a browser: returns the callback URL it redirects to.
 async fn fake_login(app: &TestApp, authorize_url: &str) -> Url {
-    let res = OidcProvider::browser_client()
-        .get(authorize_url)
-        .send()
-        .await
-        .expect("authorize request");
-    assert_eq!(
-        res.status(),
-        StatusCode::FOUND,
-        "authorize: {authorize_url}"
-    );
-    let loc = Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    let loc = crate::support::authorize_redirect(app, authorize_url).await;
     assert_eq!(without_query(&loc), callback_url(app));
     loc
 }

@@ -7,13 +7,12 @@
 //! `oracle_health`, `athenahealth`) against servers laid out like each vendor.
 
 use crate::methods::Front;
-use crate::support::{assert_problem, Backend, TestApp};
+use crate::support::{assert_problem, authorize_redirect, post_install, Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use switchboard_testkit::fhir::{FakeFhir, Fault};
 use switchboard_testkit::oauth::{FakeOAuth, OAuthClient};
-use switchboard_testkit::oidc::OidcProvider;
 use url::Url;
 
 const ACCOUNT: &str = "acme";
@@ -47,23 +46,6 @@ fn query(url: &Url) -> HashMap<String, String> {
     url.query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-/// Drives FakeOAuth's /authorize like a browser: the callback URL it redirects to.
-async fn login(app: &TestApp, authorize_url: &str) -> Url {
-    let res = OidcProvider::browser_client()
-        .get(authorize_url)
-        .send()
-        .await
-        .expect("authorize request");
-    assert_eq!(
-        res.status(),
-        StatusCode::FOUND,
-        "authorize: {authorize_url}"
-    );
-    let loc = Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
-    assert!(loc.as_str().starts_with(&callback_url(app)), "{loc}");
-    loc
 }
 
 /// The browser lands on the callback (no return_url: the HTML result page).
@@ -177,7 +159,7 @@ async fn smart_discovery_code_flow(backend: Backend) {
     let url = Url::parse(created["authorize_url"].as_str().unwrap()).unwrap();
     assert!(url.as_str().starts_with(&oauth.authorize_url()), "{url}");
     assert_eq!(query(&url)["aud"], fhir.base_url());
-    let cb = login(&app, url.as_str()).await;
+    let cb = authorize_redirect(&app, url.as_str()).await;
     assert_eq!(query(&cb)["iss"], oauth.issuer());
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     assert_eq!(oauth.token_request_count(), 1);
@@ -254,12 +236,7 @@ async fn smart_missing_iss_refused_when_advertised(backend: Backend) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "smart" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    let (id, cb) = start_install(&app, "smart").await;
     assert!(!query(&cb).contains_key("iss"));
     assert_eq!(land(&app, &cb).await, StatusCode::BAD_REQUEST);
     assert_eq!(oauth.token_request_count(), 0, "code not redeemed");
@@ -405,14 +382,12 @@ async fn stale_discovery_is_kept_when_rereading_fails(backend: Backend) {
 // Canvas and Medplum against servers that send `iss`
 // ---------------------------------------------------------------------------------------------
 
-/// A Canvas authorization-code install up to the callback URL the browser is sent to.
-async fn start_canvas(app: &TestApp) -> (String, Url) {
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "canvas" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
+/// An authorization-code install of `connector` up to the callback URL the browser is sent
+/// to: (install id, callback URL).
+async fn start_install(app: &TestApp, connector: &str) -> (String, Url) {
+    let created = post_install(app, ACCOUNT, json!({ "connector": connector })).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    let cb = login(app, created["authorize_url"].as_str().unwrap()).await;
+    let cb = authorize_redirect(app, created["authorize_url"].as_str().unwrap()).await;
     (id, cb)
 }
 
@@ -450,7 +425,7 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (id, cb) = start_canvas(&app).await;
+    let (id, cb) = start_install(&app, "canvas").await;
     assert_eq!(query(&cb)["iss"], oauth.origin());
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     assert_eq!(oauth.token_request_count(), 1);
@@ -458,7 +433,7 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
     assert_eq!(got["status"], "authorized", "{got}");
     // A different issuer (even only a trailing "/"): refused, the token endpoint sees nothing.
     oauth.set_iss_override(Some(&format!("{}/", oauth.origin())));
-    let (id, cb) = start_canvas(&app).await;
+    let (id, cb) = start_install(&app, "canvas").await;
     assert_eq!(land(&app, &cb).await, StatusCode::BAD_REQUEST);
     assert_eq!(oauth.token_request_count(), 1, "code not redeemed");
     let (_, got) = app.get(&install_path(&id)).await;
@@ -490,23 +465,14 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "medplum" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    let (id, cb) = start_install(&app, "medplum").await;
     assert_eq!(query(&cb)["iss"], base);
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     assert_eq!(oauth.token_request_count(), 1);
     let (_, got) = app.get(&install_path(&id)).await;
     assert_eq!(got["status"], "authorized", "{got}");
     oauth.set_iss_override(Some("https://evil.example/"));
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "medplum" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED);
-    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    let (_, cb) = start_install(&app, "medplum").await;
     assert_eq!(land(&app, &cb).await, StatusCode::BAD_REQUEST);
     assert_eq!(oauth.token_request_count(), 1, "code not redeemed");
 }
@@ -561,7 +527,7 @@ async fn oracle_health_provider_flow(backend: Backend) {
         format!("{}/r4/{ORACLE_TENANT}/", fhir.origin())
     );
     assert!(query(&url)["scope"].contains("user/Patient.read"));
-    let cb = login(&app, url.as_str()).await;
+    let cb = authorize_redirect(&app, url.as_str()).await;
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     let reqs = oauth.token_requests();
     assert_eq!(reqs.len(), 1);
@@ -771,7 +737,7 @@ async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
         0,
         "a missing document is not a FHIR hit"
     );
-    let (id, cb) = start_canvas(&app).await;
+    let (id, cb) = start_install(&app, "canvas").await;
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     assert_eq!(oauth.token_request_count(), 1);
     let (_, got) = app.get(&install_path(&id)).await;
@@ -816,12 +782,7 @@ async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
         v["discovery_error"].as_str().unwrap().contains("404"),
         "{v}"
     );
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "medplum" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    let (id, cb) = start_install(&app, "medplum").await;
     assert_eq!(land(&app, &cb).await, StatusCode::OK);
     assert_eq!(oauth.token_request_count(), 1);
     let (_, got) = app.get(&install_path(&id)).await;
@@ -862,12 +823,7 @@ async fn medplum_missing_iss_refused_when_advertised(backend: Backend) {
         v["discovered"]["authorization_response_iss_parameter_supported"], true,
         "{v}"
     );
-    let (s, created) = app
-        .post(&installs_path(), json!({ "connector": "medplum" }))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let cb = login(&app, created["authorize_url"].as_str().unwrap()).await;
+    let (id, cb) = start_install(&app, "medplum").await;
     assert!(!query(&cb).contains_key("iss"));
     assert_eq!(land(&app, &cb).await, StatusCode::BAD_REQUEST);
     assert_eq!(oauth.token_request_count(), 0, "code not redeemed");

@@ -23,6 +23,18 @@ use switchboard_service::{Clock, ManualClock, Services, SystemClock};
 /// testkit's too, imported at the crate root so `crate::both_backends!` names it).
 pub use switchboard_testkit::backends::{database_url, postgres_available, Backend};
 
+/// The ids of the shipped connectors (`connectors/*.toml`), in catalogue order. Issue 11 added
+/// athenahealth, epic_backend, oracle_health and the generic smart connector.
+pub const SHIPPED_CONNECTORS: [&str; 7] = [
+    "athenahealth",
+    "canvas",
+    "epic",
+    "epic_backend",
+    "medplum",
+    "oracle_health",
+    "smart",
+];
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -42,6 +54,20 @@ pub fn copy_entry(from: &Path, to: &Path) -> std::io::Result<()> {
     } else {
         std::fs::copy(from, to).map(|_| ())
     }
+}
+
+/// Copies the shipped connectors next to the app's key file (the app's own temp dir) and
+/// returns that folder: a test adds or edits connectors there, then points `connectors.dir`
+/// at it.
+pub fn copy_shipped_connectors(s: &Settings) -> PathBuf {
+    let dir = s
+        .secrets
+        .key_file
+        .parent()
+        .expect("key file has a parent")
+        .join("connectors");
+    copy_entry(&repo_root().join("connectors"), &dir).expect("copy the shipped connectors");
+    dir
 }
 
 pub fn test_settings(db_url: &str, dir: &Path, port: u16) -> Settings {
@@ -564,6 +590,36 @@ pub async fn oauth_states_of(app: &TestApp, install_id: &str) -> i64 {
             .get_result::<i64>(conn)?)
     })
     .await
+}
+
+/// Creates an install in `account` with the app's API key; asserts the 201 and returns its body.
+pub async fn post_install(app: &TestApp, account: &str, body: Value) -> Value {
+    let (s, v) = app
+        .post(&format!("/v1/accounts/{account}/installs"), body)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "create install: {v}");
+    v
+}
+
+/// Drives a fake authorization server's `/authorize` like a browser: asserts the 302 to the
+/// app's callback and returns the callback URL it redirects to.
+pub async fn authorize_redirect(app: &TestApp, authorize_url: &str) -> url::Url {
+    let res = switchboard_testkit::oidc::OidcProvider::browser_client()
+        .get(authorize_url)
+        .send()
+        .await
+        .expect("authorize request");
+    assert_eq!(
+        res.status(),
+        StatusCode::FOUND,
+        "authorize: {authorize_url}"
+    );
+    let loc = url::Url::parse(res.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(
+        loc.as_str().starts_with(&app.url("/connector/callback")),
+        "{loc}"
+    );
+    loc
 }
 
 /// Sets up Canvas for static bearer installs (a tenant-wide `api_token`; installs may override

@@ -10,7 +10,9 @@
 //! settings change; otherwise the cached expiry would be trusted for
 //! `tokens.install_cache_ttl_ms`).
 
-use crate::support::{assert_problem, postgres_available, repo_root, Backend, TestApp};
+use crate::support::{
+    assert_problem, post_install, postgres_available, repo_root, Backend, TestApp,
+};
 use diesel::prelude::*;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
@@ -114,14 +116,7 @@ impl World {
     /// redirect flow.
     async fn authorized_install(&self, account: &str) -> Install {
         self.app.create_account(account).await;
-        let (s, v) = self
-            .app
-            .post(
-                &format!("/v1/accounts/{account}/installs"),
-                json!({"connector": "canvas"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let v = post_install(&self.app, account, json!({"connector": "canvas"})).await;
         assert_eq!(v["status"], "pending_authorization", "{v}");
         let ins = Install {
             account: account.to_owned(),

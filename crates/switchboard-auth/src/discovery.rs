@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use switchboard_outbound::{get_document, DocumentError};
 use url::Url;
 
 /// Largest discovery document read (Oracle Health's lists 303 scopes: ~20 KB).
@@ -124,46 +125,29 @@ async fn fetch_json(
         url: url.to_owned(),
         reason,
     })?;
-    let mut req = http
-        .get(parsed)
-        .header(reqwest::header::ACCEPT, "application/json");
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let mut resp = req.send().await.map_err(|e| DiscoveryError::Unreachable {
-        url: url.to_owned(),
-        reason: if e.is_timeout() {
-            "timed out".into()
-        } else {
-            "connection failed".into()
-        },
-    })?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(DiscoveryError::Status {
-            url: url.to_owned(),
-            status: status.as_u16(),
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|_| DiscoveryError::Unreachable {
-            url: url.to_owned(),
-            reason: "the response was cut short".into(),
-        })?
-    {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(DiscoveryError::Invalid {
-                url: url.to_owned(),
-                reason: "the document is too large".into(),
-            });
+    let body = get_document(
+        http,
+        parsed,
+        "application/json",
+        headers,
+        MAX_DOCUMENT_BYTES,
+    )
+    .await
+    .map_err(|e| {
+        let url = url.to_owned();
+        match e {
+            DocumentError::Status(status) => DiscoveryError::Status { url, status },
+            DocumentError::TooLarge => DiscoveryError::Invalid {
+                url,
+                reason: e.to_string(),
+            },
+            DocumentError::Unreachable(reason) => DiscoveryError::Unreachable {
+                url,
+                reason: reason.into(),
+            },
         }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
-    match serde_json::from_slice::<Value>(body) {
+    })?;
+    match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(o)) => Ok(o),
         _ => Err(DiscoveryError::Invalid {
             url: url.to_owned(),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use switchboard_connector::{Connector, HttpVerb, ParamLocation};
+use switchboard_outbound::{get_document, DocumentError};
 use url::Url;
 
 /// Largest CapabilityStatement read (Epic's R4 statement is about 1 MB).
@@ -153,43 +154,26 @@ pub async fn read(
         reason: reason.to_owned(),
     };
     let parsed = Url::parse(&url).map_err(|_| invalid("not a valid URL"))?;
-    let mut req = http
-        .get(parsed)
-        .header(reqwest::header::ACCEPT, "application/fhir+json");
-    for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let mut resp = req.send().await.map_err(|e| CapabilityError::Unreachable {
-        url: url.clone(),
-        reason: if e.is_timeout() {
-            "timed out".into()
-        } else {
-            "connection failed".into()
+    let body = get_document(
+        http,
+        parsed,
+        "application/fhir+json",
+        headers,
+        MAX_CAPABILITY_BYTES,
+    )
+    .await
+    .map_err(|e| match e {
+        DocumentError::Status(status) => CapabilityError::Status {
+            url: url.clone(),
+            status,
+        },
+        DocumentError::TooLarge => invalid(&e.to_string()),
+        DocumentError::Unreachable(reason) => CapabilityError::Unreachable {
+            url: url.clone(),
+            reason: reason.into(),
         },
     })?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(CapabilityError::Status {
-            url,
-            status: status.as_u16(),
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|_| CapabilityError::Unreachable {
-            url: url.clone(),
-            reason: "the response was cut short".into(),
-        })?
-    {
-        if body.len() + chunk.len() > MAX_CAPABILITY_BYTES {
-            return Err(invalid("the document is too large"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
-    let doc: Value = serde_json::from_slice(body).map_err(|_| invalid("not JSON"))?;
+    let doc: Value = serde_json::from_slice(&body).map_err(|_| invalid("not JSON"))?;
     parse(&doc).map_err(|reason| invalid(&reason))
 }
 

@@ -1,10 +1,12 @@
 //! The one shared outbound HTTP client: IP policy (SSRF defence) enforced on every connection,
 //! connect and total timeouts, retries of 429/503 with `Retry-After`, and a hard response size
-//! cap. Every call Switchboard makes to an EHR or OAuth server goes through [`Outbound`].
+//! cap. Every call Switchboard makes to an EHR or OAuth server goes through [`Outbound`]
+//! (small documents such as discovery through [`get_document`] on its client).
 //!
 //! Errors never carry a response body or a query string (both may hold patient identifiers):
 //! URLs are reduced to scheme, host, port and path ([`SafeUrl`]).
 
+mod document;
 mod policy;
 mod retry;
 
@@ -15,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::HeaderMap;
 use url::Url;
 
+pub use document::{get_document, DocumentError};
 pub use policy::{is_forbidden_ip, PolicyViolation};
 pub use retry::{parse_retry_after, RetryPolicy};
 

@@ -441,3 +441,49 @@ async fn redirects_are_never_followed() {
     assert_eq!(resp.status, 307);
     assert_eq!(calls(&target).await, 0);
 }
+
+/// `get_document`: the extra headers and `Accept` are sent, a BOM is dropped, a non-2xx status
+/// and a body over the limit are refused (never truncated), an unreachable host names no body.
+#[tokio::test]
+async fn get_document_reads_a_bounded_body() {
+    use wiremock::matchers::header;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/doc"))
+        .and(header("accept", "application/json"))
+        .and(header("x-client", "c1"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"\xEF\xBB\xBF{\"a\":1}".to_vec()))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("secret body"))
+        .mount(&server)
+        .await;
+    let out = insecure();
+    let url = |p: &str| Url::parse(&format!("{}{p}", server.uri())).unwrap();
+    let http = out.client_for(&url("/doc")).unwrap();
+    let headers = [("x-client".to_owned(), "c1".to_owned())];
+    let body = get_document(http, url("/doc"), "application/json", &headers, 64)
+        .await
+        .unwrap();
+    assert_eq!(body, b"{\"a\":1}");
+    assert_eq!(
+        get_document(http, url("/doc"), "application/json", &headers, 4).await,
+        Err(DocumentError::TooLarge)
+    );
+    let e = get_document(http, url("/missing"), "application/json", &[], 64)
+        .await
+        .unwrap_err();
+    assert_eq!(e, DocumentError::Status(404));
+    assert_eq!(e.to_string(), "answered HTTP 404");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let gone = Url::parse(&format!("http://127.0.0.1:{closed}/doc")).unwrap();
+    assert_eq!(
+        get_document(http, gone, "application/json", &[], 64).await,
+        Err(DocumentError::Unreachable("connection failed"))
+    );
+}

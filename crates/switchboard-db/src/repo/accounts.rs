@@ -1,7 +1,7 @@
 use diesel::prelude::*;
 
 use crate::models::{Account, NewAccount};
-use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
+use crate::repo::page::{load_page, After, AnyBackend, Page};
 use crate::schema::accounts::dsl as a;
 use crate::{AnyConnection, DbError};
 
@@ -23,15 +23,7 @@ pub fn list_page(
     let query = a::accounts
         .filter(a::tenant_id.eq(tenant_id))
         .into_boxed::<AnyBackend>();
-    let rows = after_key!(query, a::created_at, a::id, after)
-        .order((a::created_at.asc(), a::id.asc()))
-        .limit(fetch_count(limit))
-        .select(Account::as_select())
-        .load(conn)?;
-    Ok(Page::from_rows(rows, limit, |r: &Account| After {
-        created_at: r.created_at,
-        id: r.id.clone(),
-    }))
+    Ok(load_page!(conn, query, a, Account, after, limit))
 }
 
 pub fn find(

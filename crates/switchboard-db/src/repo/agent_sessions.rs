@@ -1,9 +1,9 @@
 //! Agent sessions (`agent_sessions`, issue 15): bearer access of an MCP client to one install's
-//! methods. Only the token's SHA-256 is stored; the service mints and hashes it.
+//! methods. Only the token's SHA-256 is stored; the service mints and hashes it. Expiry is the
+//! caller's check, on its clock: `find_active_by_hash` and `list_page` include expired sessions.
 
 use diesel::prelude::*;
 
-use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
 use crate::schema::agent_sessions::dsl as s;
 use crate::{AnyConnection, DbError};
 
@@ -69,71 +69,4 @@ pub fn count_live(conn: &mut AnyConnection, tenant_id: &str, now: i64) -> Result
     Ok(n.max(0) as u64)
 }
 
-/// The session a token hash names, unless revoked (unscoped: the hash identifies the tenant).
-/// Expiry is the caller's check, on its clock.
-pub fn find_active_by_hash(
-    conn: &mut AnyConnection,
-    token_hash: &str,
-) -> Result<Option<AgentSession>, DbError> {
-    Ok(s::agent_sessions
-        .filter(s::token_hash.eq(token_hash))
-        .filter(s::revoked_at.is_null())
-        .select(AgentSession::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// One page of the tenant's sessions that are not revoked (expired ones included), in
-/// `(created_at, id)` order, starting after `after`.
-pub fn list_page(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    after: Option<&After>,
-    limit: i64,
-) -> Result<Page<AgentSession>, DbError> {
-    let query = s::agent_sessions
-        .filter(s::tenant_id.eq(tenant_id))
-        .filter(s::revoked_at.is_null())
-        .into_boxed::<AnyBackend>();
-    let rows = after_key!(query, s::created_at, s::id, after)
-        .order((s::created_at.asc(), s::id.asc()))
-        .limit(fetch_count(limit))
-        .select(AgentSession::as_select())
-        .load(conn)?;
-    Ok(Page::from_rows(rows, limit, |r: &AgentSession| After {
-        created_at: r.created_at,
-        id: r.id.clone(),
-    }))
-}
-
-/// The tenant's session `id` (revoked or not).
-pub fn find(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    id: &str,
-) -> Result<Option<AgentSession>, DbError> {
-    Ok(s::agent_sessions
-        .filter(s::tenant_id.eq(tenant_id))
-        .filter(s::id.eq(id))
-        .select(AgentSession::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// Revokes a session of the tenant. False if there is no such session that is not revoked.
-pub fn revoke(
-    conn: &mut AnyConnection,
-    tenant_id: &str,
-    id: &str,
-    now: i64,
-) -> Result<bool, DbError> {
-    let n = diesel::update(
-        s::agent_sessions
-            .filter(s::tenant_id.eq(tenant_id))
-            .filter(s::id.eq(id))
-            .filter(s::revoked_at.is_null()),
-    )
-    .set(s::revoked_at.eq(now))
-    .execute(conn)?;
-    Ok(n == 1)
-}
+crate::repo::revocable::revocable_rows!(agent_sessions, AgentSession, token_hash, "session");

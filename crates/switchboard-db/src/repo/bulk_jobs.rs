@@ -6,7 +6,7 @@
 
 use diesel::prelude::*;
 
-use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
+use crate::repo::page::{load_page, After, AnyBackend, Page};
 use crate::schema::bulk_jobs::dsl as j;
 use crate::{AnyConnection, DbError};
 
@@ -113,15 +113,7 @@ pub fn list_page(
         .filter(j::tenant_id.eq(tenant_id))
         .filter(j::install_id.eq(install_id))
         .into_boxed::<AnyBackend>();
-    let rows = after_key!(query, j::created_at, j::id, after)
-        .order((j::created_at.asc(), j::id.asc()))
-        .limit(fetch_count(limit))
-        .select(BulkJob::as_select())
-        .load(conn)?;
-    Ok(Page::from_rows(rows, limit, |r: &BulkJob| After {
-        created_at: r.created_at,
-        id: r.id.clone(),
-    }))
+    Ok(load_page!(conn, query, j, BulkJob, after, limit))
 }
 
 /// Ids of jobs waiting for a poll that is due by `now`, whose lease is free (any replica).

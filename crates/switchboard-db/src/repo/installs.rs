@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use switchboard_core::InstallStatus;
 
 use crate::models::{Install, NewInstall, StatusColumn};
-use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
+use crate::repo::page::{load_page, After, AnyBackend, Page};
 use crate::schema::installs::dsl as i;
 use crate::{AnyConnection, DbError};
 
@@ -60,15 +60,7 @@ pub fn list_page(
     if let Some(connector) = &filter.connector_id {
         query = query.filter(i::connector_id.eq(connector.clone()));
     }
-    let rows = after_key!(query, i::created_at, i::id, after)
-        .order((i::created_at.asc(), i::id.asc()))
-        .limit(fetch_count(limit))
-        .select(Install::as_select())
-        .load(conn)?;
-    Ok(Page::from_rows(rows, limit, |r: &Install| After {
-        created_at: r.created_at,
-        id: r.id.clone(),
-    }))
+    Ok(load_page!(conn, query, i, Install, after, limit))
 }
 
 pub fn find(

@@ -16,6 +16,7 @@ pub mod instances;
 pub mod lease;
 pub mod oauth_states;
 pub mod page;
+mod revocable;
 pub mod rotation;
 pub mod setups;
 pub mod signing_keys;

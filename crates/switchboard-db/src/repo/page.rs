@@ -1,4 +1,5 @@
-//! Keyset pagination shared by the tenant lists (accounts, installs, API keys).
+//! Keyset pagination shared by the tenant lists (accounts, installs, API keys, agent sessions,
+//! Bulk Data jobs, webhook endpoints).
 //!
 //! Every list is ordered by `(created_at, id)`. Ids are random (or chosen by the caller), so
 //! ordering by id alone would be stable too, but `(created_at, id)` keeps the oldest-first order
@@ -60,3 +61,23 @@ macro_rules! after_key {
     };
 }
 pub(crate) use after_key;
+
+/// Reads one page of `$query`, a boxed query on the table whose DSL module is `$t`, already
+/// filtered to the rows the list holds: at most `$limit` rows after `$after` in
+/// `(created_at, id)` order, selected as `$row`, as a `Page<$row>`. `?` returns the query's
+/// error from the enclosing function.
+macro_rules! load_page {
+    ($conn:expr, $query:expr, $t:ident, $row:ty, $after:expr, $limit:expr) => {{
+        let limit: i64 = $limit;
+        let rows = $crate::repo::page::after_key!($query, $t::created_at, $t::id, $after)
+            .order(($t::created_at.asc(), $t::id.asc()))
+            .limit($crate::repo::page::fetch_count(limit))
+            .select(<$row>::as_select())
+            .load::<$row>($conn)?;
+        $crate::repo::page::Page::from_rows(rows, limit, |r: &$row| $crate::repo::page::After {
+            created_at: r.created_at,
+            id: r.id.clone(),
+        })
+    }};
+}
+pub(crate) use load_page;

@@ -69,10 +69,12 @@ struct TextRow {
     v: String,
 }
 
+/// The first three numbered parameters. Both backends number them (`$n`, `?n`), so a
+/// statement may name one parameter twice and bind it once.
 fn placeholders(backend: Backend) -> [&'static str; 3] {
     match backend {
         Backend::Postgres => ["$1", "$2", "$3"],
-        Backend::Sqlite => ["?", "?", "?"],
+        Backend::Sqlite => ["?1", "?2", "?3"],
     }
 }
 
@@ -95,35 +97,16 @@ pub fn scan(
          WHERE {column} IS NOT NULL AND ({p1} IS NULL OR {key_sql} > {p1}) \
          ORDER BY {key_sql} LIMIT {p2}"
     );
-    // PostgreSQL reads `$1` twice as one parameter; SQLite's `?` twice needs two binds.
-    let after = after.map(str::to_owned);
-    Ok(match (col.kind, conn.backend()) {
-        (BlobKind::Bytes, Backend::Postgres) => diesel::sql_query(sql)
-            .bind::<Nullable<Text>, _>(after)
-            .bind::<BigInt, _>(limit)
+    let q = diesel::sql_query(sql)
+        .bind::<Nullable<Text>, _>(after.map(str::to_owned))
+        .bind::<BigInt, _>(limit);
+    Ok(match col.kind {
+        BlobKind::Bytes => q
             .load::<BytesRow>(conn)?
             .into_iter()
             .map(|r| (r.k, StoredBlob::Bytes(r.v)))
             .collect(),
-        (BlobKind::Bytes, Backend::Sqlite) => diesel::sql_query(sql)
-            .bind::<Nullable<Text>, _>(after.clone())
-            .bind::<Nullable<Text>, _>(after)
-            .bind::<BigInt, _>(limit)
-            .load::<BytesRow>(conn)?
-            .into_iter()
-            .map(|r| (r.k, StoredBlob::Bytes(r.v)))
-            .collect(),
-        (BlobKind::SettingsJson, Backend::Postgres) => diesel::sql_query(sql)
-            .bind::<Nullable<Text>, _>(after)
-            .bind::<BigInt, _>(limit)
-            .load::<TextRow>(conn)?
-            .into_iter()
-            .map(|r| (r.k, StoredBlob::Text(r.v)))
-            .collect(),
-        (BlobKind::SettingsJson, Backend::Sqlite) => diesel::sql_query(sql)
-            .bind::<Nullable<Text>, _>(after.clone())
-            .bind::<Nullable<Text>, _>(after)
-            .bind::<BigInt, _>(limit)
+        BlobKind::SettingsJson => q
             .load::<TextRow>(conn)?
             .into_iter()
             .map(|r| (r.k, StoredBlob::Text(r.v)))
