@@ -7,8 +7,9 @@ pub mod status;
 
 pub use error::{ErrorCode, Problem};
 pub use ids::{
-    random_token, valid_external_id, AccountId, AgentSessionId, ApiKeyId, ConnectSessionId,
-    ConnectorId, EventId, IdKind, InstallId, InvalidId, JobId, MethodId, WebhookId,
+    random_token, time_ordered_id, valid_external_id, AccountId, AgentSessionId, ApiKeyId,
+    ConnectSessionId, ConnectorId, EventId, IdKind, InstallId, InvalidId, JobId, MethodId,
+    WebhookId,
 };
 pub use status::InstallStatus;
 

@@ -204,6 +204,8 @@ pub struct PoolUsage {
 pub struct Db {
     pool: Pool,
     backend: Backend,
+    /// Opens connections outside the pool ([`Db::dedicated`]).
+    manager: AnyConnectionManager,
 }
 
 impl std::fmt::Debug for Db {
@@ -253,8 +255,12 @@ impl Db {
             .min_idle(Some(1))
             .connection_timeout(pool_timeout)
             .connection_customizer(Box::new(SqlitePragmas))
-            .build_unchecked(manager);
-        Ok(Db { pool, backend })
+            .build_unchecked(manager.clone());
+        Ok(Db {
+            pool,
+            backend,
+            manager,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -274,6 +280,16 @@ impl Db {
     /// A connection for synchronous callers (CLI commands, tests). Async code uses [`Db::run`].
     pub fn get(&self) -> Result<PooledConn, DbError> {
         Ok(self.pool.get()?)
+    }
+
+    /// A connection of its own, outside the pool and set up as pooled ones are (the SQLite
+    /// pragmas), for one long-lived user that keeps it between uses: the audit writer, whose
+    /// page cache and prepared statements then stay warm. Blocking: call it where blocking is
+    /// allowed (a `spawn_blocking` task).
+    pub fn dedicated(&self) -> Result<AnyConnection, DbError> {
+        let mut conn = self.manager.connect()?;
+        SqlitePragmas.on_acquire(&mut conn)?;
+        Ok(conn)
     }
 
     /// Runs `f` with a pooled connection on tokio's blocking pool, so diesel's synchronous calls

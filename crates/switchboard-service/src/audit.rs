@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::error::ServiceError;
 use crate::pagination::{self, AuditQuery};
 use crate::tenant::TenantCtx;
-use switchboard_db::repo::audit::{AuditFilter, Outcome};
+use switchboard_db::repo::audit::{AuditFilter, AuditWriter, Outcome};
 
 /// One audit record as `GET /v1/audit` shows it (no patient: filter with `patient=` instead).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -128,8 +128,9 @@ pub struct AuditLog {
     wake_at: usize,
     db: Db,
     crypto: Arc<KeyRing>,
-    /// Tenants' patient-hash keys, opened once per process.
-    keys: Mutex<HashMap<String, [u8; 32]>>,
+    /// Tenants' patient-hash keys, opened once per process, as HMAC states already keyed (a
+    /// hash then clones one instead of hashing the key's pads again).
+    keys: Mutex<HashMap<String, PatientMac>>,
     retention_ms: i64,
 }
 
@@ -158,19 +159,19 @@ impl AuditLog {
         tenant_id: &str,
         patient: &str,
     ) -> Result<String, ServiceError> {
-        let key = self.tenant_key(tenant_id).await?;
+        let mac = self.tenant_mac(tenant_id).await?;
         let patient = patient_key(patient).unwrap_or(patient);
-        Ok(hex::encode(hmac_sha256(&key, patient.as_bytes())))
+        Ok(hex::encode(finish_hmac(mac, patient.as_bytes())))
     }
 
-    async fn tenant_key(&self, tenant_id: &str) -> Result<[u8; 32], ServiceError> {
-        if let Some(k) = self
+    async fn tenant_mac(&self, tenant_id: &str) -> Result<PatientMac, ServiceError> {
+        if let Some(mac) = self
             .keys
             .lock()
             .ok()
-            .and_then(|m| m.get(tenant_id).copied())
+            .and_then(|m| m.get(tenant_id).cloned())
         {
-            return Ok(k);
+            return Ok(mac);
         }
         let aad = format!("audit_key:{tenant_id}");
         let fresh: [u8; 32] = rand::random();
@@ -188,10 +189,11 @@ impl AuditLog {
             .as_slice()
             .try_into()
             .map_err(|_| ServiceError::internal("the tenant's audit key has the wrong size"))?;
+        let mac = keyed_hmac(&key);
         if let Ok(mut m) = self.keys.lock() {
-            m.insert(tenant_id.to_owned(), key);
+            m.insert(tenant_id.to_owned(), mac.clone());
         }
-        Ok(key)
+        Ok(mac)
     }
 
     /// `GET /v1/audit`: one page of the tenant's trail, oldest first, filtered.
@@ -310,9 +312,11 @@ impl AuditLog {
         Some(write_loop(self.db.clone(), rx, self.wake.clone()))
     }
 
-    /// A fresh record id (unique; the trail is ordered by `(at, id)`).
+    /// A fresh record id: unique, and in creation order (`aud_`, the time, 80 random bits;
+    /// [`switchboard_core::time_ordered_id`]), so the primary-key index grows at its end. The
+    /// trail is ordered by `(at, id)`.
     pub fn new_id() -> String {
-        format!("aud_{}", switchboard_core::random_token(16))
+        switchboard_core::time_ordered_id("aud", switchboard_core::now_ms())
     }
 
     /// Queues one record without waiting. A full buffer drops it (counted), or with
@@ -429,6 +433,7 @@ impl AuditLog {
 /// queued or a flush/stop arrives (the `wake` notification), and drains what is queued without
 /// waiting. Senders never wake it per record.
 async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
+    let mut writer = None;
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
     // A full batch was written and more was queued: drain again at once.
     let mut backlog = false;
@@ -464,7 +469,7 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
             next = rx.try_recv().ok();
         }
         backlog = batch.len() >= BATCH_MAX && !rx.is_empty();
-        write(&db, &mut batch).await;
+        write(&db, &mut writer, &mut batch).await;
         if let Some(done) = answer {
             let _ = done.send(());
         }
@@ -472,16 +477,41 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
             return;
         }
     }
-    write(&db, &mut batch).await;
+    write(&db, &mut writer, &mut batch).await;
 }
 
-async fn write(db: &Db, batch: &mut Vec<AuditEvent>) {
+/// Writes the batch, and empties it, on the writer's own connection ([`AuditWriter`], created
+/// on first use and again after a panic) on tokio's blocking pool: the writer and the batch's
+/// buffer move there and back.
+async fn write(db: &Db, writer: &mut Option<AuditWriter>, batch: &mut Vec<AuditEvent>) {
     if batch.is_empty() {
         return;
     }
-    let rows = std::mem::take(batch);
-    let n = rows.len();
-    if let Err(e) = db.run(move |c| repo::audit::insert_batch(c, &rows)).await {
+    let n = batch.len();
+    let mut w = writer
+        .take()
+        .unwrap_or_else(|| AuditWriter::new(db.clone()));
+    let mut rows = std::mem::take(batch);
+    let done = tokio::task::spawn_blocking(move || {
+        let result = w.insert(&rows);
+        rows.clear();
+        (w, rows, result)
+    })
+    .await;
+    let result = match done {
+        Ok((w, rows, result)) => {
+            *writer = Some(w);
+            *batch = rows;
+            result
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the audit write panicked or was cancelled");
+            Err(switchboard_db::DbError::Query(
+                "the audit write did not complete".to_owned(),
+            ))
+        }
+    };
+    if let Err(e) = result {
         // Counted as dropped: the rows are lost. The error names no row content.
         for _ in 0..n {
             switchboard_metrics::audit_dropped();
@@ -490,10 +520,17 @@ async fn write(db: &Db, batch: &mut Vec<AuditEvent>) {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of `msg` under the tenant's 32-byte key.
-fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+/// An HMAC-SHA256 state keyed with a tenant's patient-hash key, before any message.
+type PatientMac = hmac::Hmac<Sha256>;
+
+fn keyed_hmac(key: &[u8; 32]) -> PatientMac {
     use hmac::Mac;
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
+    PatientMac::new_from_slice(key).expect("HMAC takes a key of any size")
+}
+
+/// HMAC-SHA256 (RFC 2104) of `msg`, from a keyed state ([`keyed_hmac`]).
+fn finish_hmac(mut mac: PatientMac, msg: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }
@@ -596,7 +633,10 @@ mod tests {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
         assert_eq!(
-            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            hex::encode(finish_hmac(
+                keyed_hmac(&key),
+                b"what do ya want for nothing?"
+            )),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

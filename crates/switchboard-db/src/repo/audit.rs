@@ -8,7 +8,7 @@ use crate::models::{AuditEvent, AuditKey};
 use crate::repo::page::{fetch_count, After, AnyBackend, Page};
 use crate::schema::audit_events::dsl as a;
 use crate::schema::audit_keys::dsl as ak;
-use crate::{AnyConnection, DbError};
+use crate::{AnyConnection, Db, DbError};
 
 /// Rows per INSERT statement (SQLite binds at most 32,766 parameters; 15 columns a row).
 const INSERT_CHUNK: usize = 1_000;
@@ -35,6 +35,51 @@ pub enum Outcome {
     Status(i64),
 }
 
+/// The audit writer's own SQLite settings, on top of the pool's (WAL, `synchronous = NORMAL`):
+/// a 16 MiB page cache (the default is 2 MiB), which holds the hot pages of the table and its
+/// indexes between batches.
+const WRITER_SQLITE_PRAGMAS: &str = "PRAGMA cache_size = -16384;";
+
+/// Where the service's audit writer sends its batches: one connection outside the pool
+/// ([`Db::dedicated`]), kept from batch to batch. A pooled connection would start most batches
+/// with a cold page cache (SQLite drops a connection's cache when another connection has
+/// written since its last transaction) and without the prepared insert. After an error the
+/// connection is dropped and the next batch opens a fresh one. Blocking: use it on a
+/// `spawn_blocking` task.
+pub struct AuditWriter {
+    db: Db,
+    conn: Option<AnyConnection>,
+}
+
+impl AuditWriter {
+    pub fn new(db: Db) -> Self {
+        Self { db, conn: None }
+    }
+
+    /// [`insert_batch`] on the writer's connection (opened now if needed).
+    pub fn insert(&mut self, rows: &[AuditEvent]) -> Result<usize, DbError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let mut c = self.db.dedicated()?;
+                if let AnyConnection::Sqlite(s) = &mut c {
+                    use diesel::connection::SimpleConnection;
+                    s.batch_execute(WRITER_SQLITE_PRAGMAS)?;
+                }
+                self.conn.insert(c)
+            }
+        };
+        let result = insert_batch(conn, rows);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
 /// Inserts the records in one transaction (IMMEDIATE on SQLite). Returns rows inserted.
 pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usize, DbError> {
     if rows.is_empty() {
@@ -51,15 +96,30 @@ pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usi
                 .transaction_depth()?
                 .is_some();
             if open {
-                c.transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+                c.transaction::<_, DbError, _>(|c| insert_each(c, rows))
             } else {
-                c.immediate_transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
+                c.immediate_transaction::<_, DbError, _>(|c| insert_each(c, rows))
             }
         }
         AnyConnection::Postgresql(c) => {
             c.transaction::<_, DbError, _>(|c| insert_chunks(rows, |q| q.execute(c)))
         }
     }
+}
+
+/// SQLite: one single-row INSERT per record, the same statement every time, so it is prepared
+/// once per connection (diesel's statement cache) and only bound and stepped per row. A
+/// multi-row INSERT is not cacheable (its text depends on the row count): SQLite parsed and
+/// compiled it anew for every batch, about a fifth of its work per record (docs/BENCHMARKS.md,
+/// "Audit cost, second pass"). PostgreSQL keeps the multi-row INSERT (one round trip).
+fn insert_each(c: &mut diesel::SqliteConnection, rows: &[AuditEvent]) -> Result<usize, DbError> {
+    let mut n = 0;
+    for row in rows {
+        n += diesel::insert_into(a::audit_events)
+            .values(row)
+            .execute(c)?;
+    }
+    Ok(n)
 }
 
 type InsertChunk<'a> = diesel::query_builder::InsertStatement<

@@ -272,7 +272,7 @@ pub fn record_rotation(conn: &mut AnyConnection, kid: &str, now: i64) -> Result<
     let events: Vec<crate::AuditEvent> = tenants
         .into_iter()
         .map(|tenant_id| crate::AuditEvent {
-            id: format!("aud_{}", switchboard_core::random_token(16)),
+            id: switchboard_core::time_ordered_id("aud", now),
             tenant_id,
             at: now,
             kind: "admin".to_owned(),

@@ -11,6 +11,7 @@ both_backends!(
     audit_filters_narrow_the_page,
     audit_purge_deletes_only_older_rows,
     audit_key_first_stored_wins,
+    audit_writer_batches_land_whole_and_it_recovers_after_an_error,
 );
 
 fn event(tenant: &str, id: &str, at: i64, status: i64) -> AuditEvent {
@@ -141,6 +142,26 @@ fn audit_purge_deletes_only_older_rows(db: &Db) {
     assert_eq!(repo::audit::purge_before(&mut c, 20).unwrap(), 0);
 }
 
+fn audit_writer_batches_land_whole_and_it_recovers_after_an_error(db: &Db) {
+    let mut w = repo::audit::AuditWriter::new(db.clone());
+    assert_eq!(w.insert(&[]).unwrap(), 0);
+    let rows = [event("ten_a", "a", 10, 200), event("ten_a", "b", 11, 502)];
+    assert_eq!(w.insert(&rows).unwrap(), 2);
+    // A batch that fails (a duplicate id) leaves nothing of itself behind...
+    let bad = [event("ten_a", "c", 12, 200), event("ten_a", "a", 13, 200)];
+    assert!(w.insert(&bad).is_err());
+    let mut c = db.get().unwrap();
+    assert_eq!(
+        ids(&repo::audit::export_page(&mut c, 0, None, 10).unwrap()),
+        ["a", "b"]
+    );
+    // ...and the next batch goes through on a fresh connection.
+    assert_eq!(w.insert(&[event("ten_a", "c", 12, 200)]).unwrap(), 1);
+    let all = repo::audit::export_page(&mut c, 0, None, 10).unwrap();
+    assert_eq!(ids(&all), ["a", "b", "c"]);
+    assert_eq!(all[1], rows[1], "every column reads back");
+}
+
 fn audit_key_first_stored_wins(db: &Db) {
     let mut c = db.get().unwrap();
     assert!(repo::audit::find_key(&mut c, "ten_a").unwrap().is_none());
@@ -155,4 +176,138 @@ fn audit_key_first_stored_wins(db: &Db) {
         !format!("{:?}", key(7)).contains("7, 7"),
         "Debug hides the sealed key"
     );
+}
+
+/// Not a test (ignored): what the audit writer's insert costs per record, on each backend, for
+/// docs/BENCHMARKS.md ("Audit cost, second pass"). Batches of realistic records (one tenant,
+/// 8 installs, 1,000 patients, unique request ids, ids as the service makes them) through
+/// [`repo::audit::AuditWriter`] as the service's writer sends them. Prints the median CPU time
+/// per record (this thread's, plus on PostgreSQL the server's backends') over the batches of the
+/// second half (a table of some size, as in steady state): CPU time, not wall time, as the
+/// machine may be shared.
+/// `cargo test -p switchboard-db --test it -- --ignored --nocapture audit_insert_cost`
+/// (`AUDIT_BENCH_BATCHES`, default 100, and `AUDIT_BENCH_ROWS`, default 1,000, per batch).
+mod audit_insert_cost {
+    use switchboard_testkit::backends::{run, Backend};
+
+    #[test]
+    #[ignore = "a measurement: run it with --ignored --nocapture"]
+    fn sqlite() {
+        run(Backend::Sqlite, super::insert_cost);
+    }
+
+    #[test]
+    #[ignore = "a measurement: run it with --ignored --nocapture"]
+    fn postgres() {
+        run(Backend::Postgres, super::insert_cost);
+    }
+}
+
+fn bench_setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn insert_cost(db: &Db) {
+    let batches = bench_setting("AUDIT_BENCH_BATCHES", 100).max(2);
+    let per_batch = bench_setting("AUDIT_BENCH_ROWS", 1_000).max(1);
+    let patients: Vec<String> = (0..1_000)
+        .map(|_| hex_of(&switchboard_core::random_token(32)))
+        .collect();
+    let mut writer = repo::audit::AuditWriter::new(db.clone());
+    let mut conn = db.get().unwrap();
+    let start_ms = 1_800_000_000_000_i64;
+    let mut n = 0_i64;
+    let mut batch = || -> Vec<AuditEvent> {
+        (0..per_batch)
+            .map(|_| {
+                n += 1;
+                // About 20,000 records a second.
+                let at = start_ms + n / 20;
+                AuditEvent {
+                    id: switchboard_core::time_ordered_id("aud", at),
+                    tenant_id: "ten_bench00000000000000".to_owned(),
+                    at,
+                    kind: "method_call".to_owned(),
+                    action: "get_patient".to_owned(),
+                    api_key_id: Some("key_bench0000000000000000".to_owned()),
+                    account_id: Some("acc_bench".to_owned()),
+                    install_id: Some(format!("ins_bench{:016}", n % 8)),
+                    connector_id: Some("canvas".to_owned()),
+                    status: 200,
+                    code: None,
+                    upstream_status: Some(200),
+                    duration_ms: Some(1),
+                    request_id: Some(switchboard_core::random_token(16)),
+                    patient_hash: Some(patients[(n * 7_919) as usize % patients.len()].clone()),
+                }
+            })
+            .collect()
+    };
+    // The first batch opens the writer's connection; then its PostgreSQL backend is known.
+    assert_eq!(writer.insert(&batch()).unwrap(), per_batch);
+    let server = server_pids(&mut conn);
+    let mut per_record = Vec::with_capacity(batches);
+    for _ in 1..batches {
+        let rows = batch();
+        let before = cpu_ns(&server);
+        assert_eq!(writer.insert(&rows).unwrap(), per_batch);
+        per_record.push((cpu_ns(&server) - before) as f64 / 1e3 / per_batch as f64);
+    }
+    let mut steady = per_record.split_off(per_record.len() / 2);
+    steady.sort_by(f64::total_cmp);
+    println!(
+        "audit insert cost, {}: {batches} batches of {per_batch} records; second half: median \
+         {:.2} µs CPU/record (min {:.2}, max {:.2})",
+        db.backend(),
+        steady[steady.len() / 2],
+        steady[0],
+        steady[steady.len() - 1],
+    );
+}
+
+/// On PostgreSQL, the server processes of this database's other connections (the writer's and
+/// idle pooled ones); none on SQLite.
+fn server_pids(conn: &mut switchboard_db::AnyConnection) -> Vec<i32> {
+    #[derive(diesel::QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    use diesel::RunQueryDsl;
+    if conn.backend() != switchboard_db::Backend::Postgres {
+        return Vec::new();
+    }
+    diesel::sql_query(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .load::<Pid>(conn)
+    .unwrap()
+    .into_iter()
+    .map(|p| p.pid)
+    .collect()
+}
+
+/// Nanoseconds this thread and the processes `pids` have run on a CPU (Linux `schedstat`).
+fn cpu_ns(pids: &[i32]) -> u64 {
+    let read = |path: String| -> u64 {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    pids.iter()
+        .map(|p| read(format!("/proc/{p}/schedstat")))
+        .sum::<u64>()
+        + read("/proc/thread-self/schedstat".into())
+}
+
+/// 64 lowercase hex characters, like a patient hash (any 64 hex digits will do here).
+fn hex_of(token: &str) -> String {
+    token.bytes().take(32).map(|b| format!("{b:02x}")).collect()
 }
