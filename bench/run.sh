@@ -357,6 +357,13 @@ kv() { # line key
 }
 
 # CPU time (utime + stime, all threads) of the given processes and their children, in ticks.
+# Voluntary context switches (a thread blocking: parking, waiting for a wake-up) of every
+# thread of PID so far. Per request this counts the wake-ups a call costs, whatever else runs
+# on the machine (involuntary switches, which grow with the load, are left out).
+voluntary_switches() { # pid
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
 cpu_ticks() {
     local pids=("$@") p
     for p in "$@"; do
@@ -395,12 +402,14 @@ run_wrk() { # backend label conns method url body auth server-pid
         cg=$(ls "$OUT"/callgrind.*.out* 2>/dev/null | wc -l)
         callgrind_control -z "$server" >/dev/null && callgrind_control -i on "$server" >/dev/null
     fi
-    local cpu0 cpu1
+    local cpu0 cpu1 vcs0 vcs1
     cpu0=$(cpu_ticks "$server")
+    vcs0=$(voluntary_switches "$server")
     BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth \
         wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s "$LUA" "$url" >"$raw" 2>&1 ||
         die "wrk failed: $(cat "$raw")"
     cpu1=$(cpu_ticks "$server")
+    vcs1=$(voluntary_switches "$server")
     local ir=0
     if [ -n "$cg" ]; then
         callgrind_control -i off "$server" >/dev/null
@@ -425,11 +434,13 @@ run_wrk() { # backend label conns method url body auth server-pid
     local cpu
     cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$(kv "$line" requests)" \
         'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+    local vcs
+    vcs=$(awk -v d=$((vcs1 - vcs0)) -v n="$(kv "$line" requests)" 'BEGIN { printf "%.2f", (n > 0 ? d / n : 0) }')
     local irq
     irq=$(awk -v ir="${ir:-0}" -v n="$(kv "$line" requests)" 'BEGIN { printf "%.0f", (n > 0 ? ir / n : 0) }')
     printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$label" "$conns" "$rps" "$p50" "$p99" "$errs" "$cpu" "$ROUND" "$irq" >>"$RESULTS"
-    printf '  %-28s c=%-4s %10s req/s   p50 %7s us   p99 %7s us   cpu %6s us/req   errors %s%s\n' \
-        "$label" "$conns" "$rps" "$p50" "$p99" "$cpu" "$errs" "${cg:+   instructions/req $irq}" >&2
+    printf '  %-28s c=%-4s %10s req/s   p50 %7s us   p99 %7s us   cpu %6s us/req   wake-ups %5s/req   errors %s%s\n' \
+        "$label" "$conns" "$rps" "$p50" "$p99" "$cpu" "$vcs" "$errs" "${cg:+   instructions/req $irq}" >&2
 }
 
 # perf.data -> flame graph SVG, when inferno (cargo install inferno) is on the PATH.

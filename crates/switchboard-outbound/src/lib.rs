@@ -1,7 +1,8 @@
-//! The one shared outbound HTTP client: IP policy (SSRF defence) enforced on every connection,
+//! The one outbound HTTP client: IP policy (SSRF defence) enforced on every connection,
 //! connect and total timeouts, retries of 429/503 with `Retry-After`, and a hard response size
 //! cap. Every call Switchboard makes to an EHR or OAuth server goes through [`Outbound`]
-//! (small documents such as discovery through [`get_document`] on its client).
+//! (small documents such as discovery through [`get_document`] on its client), which keeps one
+//! reqwest client (one connection pool) per thread that sends, all with the same settings.
 //!
 //! Errors never carry a response body or a query string (both may hold patient identifiers):
 //! URLs are reduced to scheme, host, port and path ([`SafeUrl`]).
@@ -21,7 +22,7 @@ pub use document::{get_document, DocumentError};
 pub use policy::{is_forbidden_ip, PolicyViolation};
 pub use retry::{parse_retry_after, RetryPolicy};
 
-/// Settings of the shared client (from `[outbound]` / `[security]` configuration).
+/// Settings of the client (from `[outbound]` / `[security]` configuration).
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
     pub connect_timeout: Duration,
@@ -151,14 +152,19 @@ impl OutboundResponse {
     }
 }
 
-/// The shared client. Cheap to clone (one `Arc`); build it once per process.
+/// The outbound client. Cheap to clone (one `Arc`); build it once per process.
 #[derive(Clone)]
 pub struct Outbound {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: reqwest::Client,
+    /// One client, so one connection pool, per thread that sends. A pooled HTTP/1 connection
+    /// is driven by a task on the runtime (the actix worker) that opened it; a request from
+    /// another worker that took it from a shared pool had to hand its exchange to that thread
+    /// and wait for it to be woken (two cross-thread wake-ups per call). Per thread, a call's
+    /// exchange stays on its own worker.
+    clients: thread_local::ThreadLocal<reqwest::Client>,
     cfg: OutboundConfig,
 }
 
@@ -172,34 +178,50 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     pub fn new(cfg: OutboundConfig) -> Result<Self, OutboundError> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.request_timeout)
-            .user_agent(cfg.user_agent.clone())
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(60))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .https_only(!cfg.allow_insecure);
-        if !cfg.allow_insecure {
-            builder = builder.dns_resolver(Arc::new(policy::PolicyResolver));
-        }
-        let client = builder.build().map_err(OutboundError::Build)?;
+        // Built once here so a bad configuration fails at start; it serves this thread.
+        let client = build_client(&cfg)?;
+        let clients = thread_local::ThreadLocal::new();
+        clients.get_or(|| client);
         Ok(Self {
-            inner: Arc::new(Inner { client, cfg }),
+            inner: Arc::new(Inner { clients, cfg }),
         })
     }
 
-    /// The shared client for a request to `url`, for callers that need reqwest directly (the
+    /// This thread's client (built on its first request, with the same settings).
+    fn client(&self) -> Result<&reqwest::Client, OutboundError> {
+        self.inner
+            .clients
+            .get_or_try(|| build_client(&self.inner.cfg))
+    }
+}
+
+fn build_client(cfg: &OutboundConfig) -> Result<reqwest::Client, OutboundError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.request_timeout)
+        .user_agent(cfg.user_agent.clone())
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .https_only(!cfg.allow_insecure);
+    if !cfg.allow_insecure {
+        builder = builder.dns_resolver(Arc::new(policy::PolicyResolver));
+    }
+    builder.build().map_err(OutboundError::Build)
+}
+
+impl Outbound {
+    /// This thread's client for a request to `url`, for callers that need reqwest directly (the
     /// OAuth layer: code exchange, refresh, client credentials, revocation). The only way to
     /// get it: `url` is checked first (scheme, credentials, IP literals in every notation,
     /// `localhost`), and the client's resolver checks what names resolve to on every
     /// connection, so IP literals and names get the same policy. Send only to `url`.
     pub fn client_for(&self, url: &Url) -> Result<&reqwest::Client, OutboundError> {
         self.check_url(url)?;
-        Ok(&self.inner.client)
+        self.client()
     }
 
     pub fn config(&self) -> &OutboundConfig {
@@ -245,8 +267,7 @@ impl Outbound {
                 None
             };
             let resp = self
-                .inner
-                .client
+                .client()?
                 .execute(req)
                 .await
                 .map_err(|e| classify(e, &url))?;
@@ -304,8 +325,7 @@ impl Outbound {
         self.check_url(req.url())?;
         let url = SafeUrl::new(req.url());
         *req.timeout_mut() = Some(deadline);
-        self.inner
-            .client
+        self.client()?
             .execute(req)
             .await
             .map_err(|e| classify(e, &url))

@@ -356,28 +356,27 @@ async fn plain_http_refused_unless_insecure() {
 }
 
 #[tokio::test]
-async fn resolver_blocks_names_on_the_shared_client() {
-    // Bypasses check_url on purpose: the client's own resolver must refuse the name.
+async fn resolver_blocks_names_on_every_thread_s_client() {
+    // Bypasses check_url on purpose: the client's own resolver must refuse the name, on the
+    // client built with the Outbound and on one a later thread gets.
     let secure = Outbound::new(OutboundConfig::default()).unwrap();
+    let other_thread =
+        std::thread::scope(|s| s.spawn(|| secure.client().unwrap().clone()).join().unwrap());
     let safe = SafeUrl::new(&Url::parse("https://localhost/").unwrap());
-    let err = secure
-        .inner
-        .client
-        .get("https://localhost:9/")
-        .send()
-        .await
-        .unwrap_err();
-    let err = classify(err, &safe);
-    assert!(
-        matches!(
-            err,
-            OutboundError::NotAllowed {
-                reason: PolicyViolation::Address,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    for client in [secure.client().unwrap(), &other_thread] {
+        let err = client.get("https://localhost:9/").send().await.unwrap_err();
+        let err = classify(err, &safe);
+        assert!(
+            matches!(
+                err,
+                OutboundError::NotAllowed {
+                    reason: PolicyViolation::Address,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]
@@ -486,4 +485,93 @@ async fn get_document_reads_a_bounded_body() {
         get_document(http, gone, "application/json", &[], 64).await,
         Err(DocumentError::Unreachable("connection failed"))
     );
+}
+
+/// A keep-alive HTTP/1.1 server on 127.0.0.1 (on its own thread and runtime) answering every
+/// request `200 {}`; returns its base URL and the number of connections it has accepted.
+fn counting_keep_alive_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // One answer per complete request head (GETs: no body).
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                            if sock.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (url, accepted)
+}
+
+#[test]
+fn each_thread_sends_on_connections_of_its_own() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = counting_keep_alive_server();
+    let out = insecure();
+    // This thread's connections are driven by a runtime that stays up (one worker thread), so
+    // an idle one stays usable: a shared pool would hand it to the other thread below.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let send = |out: &Outbound, rt: &tokio::runtime::Runtime| {
+        let resp = rt
+            .block_on(out.send(get(&format!("{url}/x")), RetryPolicy::Never))
+            .unwrap();
+        assert_eq!(resp.status, 200);
+    };
+    send(&out, &rt);
+    send(&out, &rt);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one thread's calls share its keep-alive connection"
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let other = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            send(&out, &other);
+        });
+    });
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "another thread opens its own connection instead of borrowing this thread's"
+    );
+    send(&out, &rt);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
