@@ -961,11 +961,14 @@ async fn fanout(backend: Backend) {
         let (_, secret) = create_webhook(&app, &receiver.url(&name), json!([])).await;
         receiver.configure(&name, &secret, 0, false).await;
     }
-    // Hold the dispatcher off while the events are written: no endpoint is due before `start`.
+    // The server's dispatcher delivers while the events are written (it polls every 50 ms:
+    // this outbox is not the server's, so writes do not wake it).
     let outbox = std::sync::Arc::new(switchboard_service::webhooks::Outbox::new(
         std::sync::Arc::new(switchboard_service::SystemClock),
         3,
     ));
+    let node_cpu_at_start = cpu_secs(receiver.child.id());
+    let host_cpu_at_start = cpu_secs(std::process::id());
     let written = Instant::now();
     let mut tasks = Vec::new();
     for chunk in 0..8 {
@@ -1017,6 +1020,10 @@ async fn fanout(backend: Backend) {
     }
     // The whole delivery time includes the writing (the dispatcher starts at once).
     let secs = written.elapsed().as_secs_f64();
+    // How busy the receiver was (a Node process near 100 % of a core would be the bottleneck)
+    // and this process (server, dispatcher and writers).
+    let node_cpu = (cpu_secs(receiver.child.id()) - node_cpu_at_start) / secs * 100.0;
+    let host_cpu = (cpu_secs(std::process::id()) - host_cpu_at_start) / secs * 100.0;
     let attempts: i64 = app
         .db(|conn| {
             Ok(wd::table
@@ -1028,13 +1035,28 @@ async fn fanout(backend: Backend) {
         .await;
     let seen = receiver.received("e0").await;
     assert!(seen.iter().all(|r| r["verified"] == true));
-    // Per endpoint, deliveries arrived in seq order (each install has one event here).
+    // Per endpoint, deliveries arrived in seq order.
+    let in_order: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(receiver.accepted("e0").await, in_order);
     println!(
         "webhook fan-out [{backend:?}]: {EVENTS} events x {ENDPOINTS} endpoints; events written in {write_secs:.1} s \
          ({:.0} events/s, 8 writers, one transaction each); all {total} deliveries done {secs:.1} s after the first \
-         write = {:.0} deliveries/s; attempts {attempts}; e0 received {}",
+         write = {:.0} deliveries/s; attempts {attempts}; e0 received {}; CPU: Node receiver {node_cpu:.0} %, \
+         test process {host_cpu:.0} % of one core",
         EVENTS as f64 / write_secs,
         total as f64 / secs,
         seen.len()
     );
+}
+
+/// CPU seconds (user + system) the process has used so far, from /proc (USER_HZ = 100).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
+        .split(' ')
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
