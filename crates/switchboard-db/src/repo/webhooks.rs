@@ -4,12 +4,12 @@
 //!
 //! Ordering: deliveries of one endpoint go out in `seq` order, one at a time (the endpoint's
 //! lease), so events of one install reach a receiver in the order they were written. On
-//! PostgreSQL [`emit`] takes a transaction-scoped advisory lock per tenant before taking a
+//! PostgreSQL [`emit`] takes a transaction-scoped advisory lock per tenant right before taking a
 //! `seq`, so a tenant's events commit in `seq` order (a later `seq` is never visible before an
 //! earlier one); SQLite has a single writer anyway.
 
 use diesel::prelude::*;
-use diesel::sql_types::Text;
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 
 use crate::models::{NewWebhookEvent, WebhookDelivery, WebhookEndpoint, WebhookEvent};
 use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
@@ -102,49 +102,90 @@ pub fn delete_endpoint(
 
 /// Writes `event` to the outbox and one pending delivery per enabled endpoint of its tenant
 /// whose filter takes its type. Call it inside the transaction of the state change (so the
-/// event exists exactly when the change committed). Returns the deliveries queued.
+/// event exists exactly when the change committed), after the change's own statements: on
+/// PostgreSQL it takes the tenant's event lock, held until the commit. Returns the deliveries
+/// queued.
+///
+/// Why `seq` order is commit order on PostgreSQL: `seq` comes from a sequence, taken by the
+/// INSERT of the event, and a tenant's writers take `seq`s only while holding the tenant's
+/// transaction-scoped advisory lock (`pg_advisory_xact_lock`, released by COMMIT or ROLLBACK
+/// only). So when a writer takes `seq` n, every writer of that tenant with a smaller `seq` has
+/// already committed or rolled back: a dispatcher that sees event n can no longer miss an
+/// earlier one. Everything that does not take a `seq` (the change's own statements, reading
+/// the endpoints) runs before the lock; under it run one statement (event and deliveries
+/// together) and the COMMIT.
 pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, DbError> {
-    if let AnyConnection::Postgresql(pg) = conn {
-        // Serialise the tenant's event writers until commit: seq order = commit order.
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
-            .execute(pg)?;
-    }
-    let seq: i64 = diesel::insert_into(ev::webhook_events)
-        .values(event)
-        .returning(ev::seq)
-        .get_result(conn)?;
-    let endpoints: Vec<WebhookEndpoint> = e::webhook_endpoints
+    let endpoints: Vec<String> = e::webhook_endpoints
         .filter(e::tenant_id.eq(&event.tenant_id))
         .filter(e::disabled_at.is_null())
-        .select(WebhookEndpoint::as_select())
-        .load(conn)?;
-    let rows: Vec<WebhookDelivery> = endpoints
-        .iter()
-        .filter(|ep| ep.wants(&event.event_type))
-        .map(|ep| WebhookDelivery {
-            endpoint_id: ep.id.clone(),
-            event_seq: seq,
-            tenant_id: event.tenant_id.clone(),
-            state: PENDING.to_owned(),
-            attempts: 0,
-            next_attempt_at: event.created_at,
-            retry_from: event.created_at,
-            last_status: None,
-            last_error: None,
-            last_attempt_at: None,
-            delivered_at: None,
-        })
+        .select((e::id, e::events))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .filter(|(_, events)| filter_takes(events, &event.event_type))
+        .map(|(id, _)| id)
         .collect();
-    if rows.is_empty() {
-        return Ok(0);
+    match conn {
+        AnyConnection::Postgresql(pg) => {
+            // From here to the COMMIT the tenant's other event writers wait (see above).
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
+                .execute(pg)?;
+            // The event and its deliveries in one round trip: the deliveries take the `seq`
+            // the event's INSERT returned (the data-modifying CTE runs once, even for no
+            // endpoint).
+            Ok(diesel::sql_query(
+                "WITH ev AS ( \
+                   INSERT INTO webhook_events \
+                     (id, tenant_id, event_type, install_id, payload, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
+                 INSERT INTO webhook_deliveries \
+                   (endpoint_id, event_seq, tenant_id, state, attempts, next_attempt_at, retry_from) \
+                 SELECT ep, ev.seq, $2, $7, 0, $6, $6 FROM ev, unnest($8::text[]) AS ep",
+            )
+            .bind::<Text, _>(&event.id)
+            .bind::<Text, _>(&event.tenant_id)
+            .bind::<Text, _>(&event.event_type)
+            .bind::<Nullable<Text>, _>(&event.install_id)
+            .bind::<Text, _>(&event.payload)
+            .bind::<BigInt, _>(event.created_at)
+            .bind::<Text, _>(PENDING)
+            .bind::<Array<Text>, _>(&endpoints)
+            .execute(pg)?)
+        }
+        AnyConnection::Sqlite(lite) => {
+            let seq: i64 = diesel::insert_into(ev::webhook_events)
+                .values(event)
+                .returning(ev::seq)
+                .get_result(lite)?;
+            if endpoints.is_empty() {
+                return Ok(0);
+            }
+            let rows: Vec<WebhookDelivery> = endpoints
+                .into_iter()
+                .map(|endpoint_id| WebhookDelivery {
+                    endpoint_id,
+                    event_seq: seq,
+                    tenant_id: event.tenant_id.clone(),
+                    state: PENDING.to_owned(),
+                    attempts: 0,
+                    next_attempt_at: event.created_at,
+                    retry_from: event.created_at,
+                    last_status: None,
+                    last_error: None,
+                    last_attempt_at: None,
+                    delivered_at: None,
+                })
+                .collect();
+            Ok(diesel::insert_into(d::webhook_deliveries)
+                .values(rows.as_slice())
+                .execute(lite)?)
+        }
     }
-    // A multi-row INSERT exists per backend only (not on `AnyConnection`'s backend).
-    let query = diesel::insert_into(d::webhook_deliveries).values(rows.as_slice());
-    Ok(match conn {
-        AnyConnection::Postgresql(c) => query.execute(c)?,
-        AnyConnection::Sqlite(c) => query.execute(c)?,
-    })
+}
+
+/// An endpoint's stored event filter (space-separated types; empty: every type) takes this type.
+fn filter_takes(events: &str, event_type: &str) -> bool {
+    events.trim().is_empty() || events.split_whitespace().any(|e| e == event_type)
 }
 
 /// The type of the install's latest event, if it has one (`install.recovered` follows an
