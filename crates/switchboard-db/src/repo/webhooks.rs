@@ -286,9 +286,26 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// What [`record_attempt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The lease was lost (another dispatcher owns the queue now); nothing was written.
+    LeaseLost,
+    Written,
+    /// Written, and the endpoint was disabled (`disabled_reason` = `failing`): its attempts
+    /// have all failed since `disable_failing_before` or earlier.
+    Disabled,
+}
+
+/// Why an endpoint is disabled (`webhook_endpoints.disabled_reason`).
+pub const DISABLED_MANUAL: &str = "manual";
+pub const DISABLED_FAILING: &str = "failing";
+
 /// Records an attempt on the delivery `(endpoint_id, seq)`, fenced by the endpoint lease: the
 /// write happens (and the lease is extended to `lease_until`) only while `owner` holds it.
-/// False: the lease was lost (another dispatcher owns the queue now; nothing was written).
+/// The endpoint's `failing_since` is cleared by a delivery and set by the first failure after
+/// one; a failed attempt of an endpoint failing since `disable_failing_before` or earlier
+/// disables it (reason `failing`; its pending deliveries are kept).
 pub fn record_attempt(
     conn: &mut AnyConnection,
     endpoint_id: &str,
@@ -296,17 +313,29 @@ pub fn record_attempt(
     owner: &str,
     lease_until: i64,
     attempt: &Attempt,
-) -> Result<bool, DbError> {
+    disable_failing_before: Option<i64>,
+) -> Result<Recorded, DbError> {
     conn.write_transaction(|conn| {
-        let held = diesel::update(
+        let ours = || {
             e::webhook_endpoints
                 .filter(e::id.eq(endpoint_id))
-                .filter(e::lease_owner.eq(owner)),
-        )
-        .set(e::lease_until.eq(lease_until))
-        .execute(conn)?;
+                .filter(e::lease_owner.eq(owner))
+        };
+        let delivered = attempt.state == DELIVERED;
+        let held = if delivered {
+            diesel::update(ours())
+                .set((
+                    e::lease_until.eq(lease_until),
+                    e::failing_since.eq(None::<i64>),
+                ))
+                .execute(conn)?
+        } else {
+            diesel::update(ours())
+                .set(e::lease_until.eq(lease_until))
+                .execute(conn)?
+        };
         if held != 1 {
-            return Ok(false);
+            return Ok(Recorded::LeaseLost);
         }
         diesel::update(
             d::webhook_deliveries
@@ -320,10 +349,33 @@ pub fn record_attempt(
             d::last_status.eq(attempt.status),
             d::last_error.eq(attempt.error.as_deref()),
             d::last_attempt_at.eq(attempt.at),
-            d::delivered_at.eq((attempt.state == DELIVERED).then_some(attempt.at)),
+            d::delivered_at.eq(delivered.then_some(attempt.at)),
         ))
         .execute(conn)?;
-        Ok(true)
+        if delivered {
+            return Ok(Recorded::Written);
+        }
+        diesel::update(ours().filter(e::failing_since.is_null()))
+            .set(e::failing_since.eq(attempt.at))
+            .execute(conn)?;
+        let Some(before) = disable_failing_before else {
+            return Ok(Recorded::Written);
+        };
+        let disabled = diesel::update(
+            ours()
+                .filter(e::disabled_at.is_null())
+                .filter(e::failing_since.le(before)),
+        )
+        .set((
+            e::disabled_at.eq(attempt.at),
+            e::disabled_reason.eq(DISABLED_FAILING),
+        ))
+        .execute(conn)?;
+        Ok(if disabled == 1 {
+            Recorded::Disabled
+        } else {
+            Recorded::Written
+        })
     })
 }
 
@@ -458,9 +510,10 @@ pub struct EndpointChange {
 }
 
 /// Applies `change` to the tenant's endpoint at `now`; None if it has no such endpoint.
-/// Disabling sets `disabled_at` (no delivery is queued for events emitted from then on, and
-/// its pending deliveries wait). Enabling a disabled endpoint clears it and makes its pending
-/// deliveries due at `now` with a new retry window (the time disabled does not count).
+/// Disabling sets `disabled_at` (reason `manual`; no delivery is queued for events emitted
+/// from then on, and its pending deliveries wait). Enabling a disabled endpoint (whatever the
+/// reason) clears it, the reason and `failing_since`, and makes its pending deliveries due at
+/// `now` with a new retry window (the time disabled does not count).
 pub fn update_endpoint(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -484,12 +537,21 @@ pub fn update_endpoint(
         match (change.enabled, before.disabled_at) {
             (Some(false), None) => {
                 diesel::update(target)
-                    .set(e::disabled_at.eq(Some(now)))
+                    .set((
+                        e::disabled_at.eq(Some(now)),
+                        e::disabled_reason.eq(DISABLED_MANUAL),
+                    ))
                     .execute(conn)?;
             }
             (Some(true), Some(_)) => {
+                // Enabled again (by hand or after the dispatcher disabled it for failing): a
+                // new failing period starts at its next failure.
                 diesel::update(target)
-                    .set(e::disabled_at.eq(None::<i64>))
+                    .set((
+                        e::disabled_at.eq(None::<i64>),
+                        e::disabled_reason.eq(None::<String>),
+                        e::failing_since.eq(None::<i64>),
+                    ))
                     .execute(conn)?;
                 diesel::update(
                     d::webhook_deliveries
