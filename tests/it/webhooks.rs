@@ -1112,7 +1112,8 @@ async fn fanout(backend: Backend) {
                         status: "authorized",
                     },
                 );
-                conn.transaction::<_, switchboard_db::DbError, _>(|c| {
+                // As the services do (BEGIN IMMEDIATE on SQLite).
+                conn.write_transaction::<_, switchboard_db::DbError, _>(|c| {
                     switchboard_db::repo::webhooks::emit(c, &event)
                 })?;
             }

@@ -115,17 +115,9 @@ pub fn delete_endpoint(
 /// the endpoints) runs before the lock; under it run one statement (event and deliveries
 /// together) and the COMMIT.
 pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, DbError> {
-    let endpoints: Vec<String> = e::webhook_endpoints
-        .filter(e::tenant_id.eq(&event.tenant_id))
-        .filter(e::disabled_at.is_null())
-        .select((e::id, e::events))
-        .load::<(String, String)>(conn)?
-        .into_iter()
-        .filter(|(_, events)| filter_takes(events, &event.event_type))
-        .map(|(id, _)| id)
-        .collect();
-    match conn {
-        AnyConnection::Postgresql(pg) => {
+    if matches!(conn, AnyConnection::Postgresql(_)) {
+        let endpoints = matching_endpoints(conn, event)?;
+        if let AnyConnection::Postgresql(pg) = conn {
             // From here to the COMMIT the tenant's other event writers wait (see above).
             diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
@@ -133,7 +125,7 @@ pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, 
             // The event and its deliveries in one round trip: the deliveries take the `seq`
             // the event's INSERT returned (the data-modifying CTE runs once, even for no
             // endpoint).
-            Ok(diesel::sql_query(
+            return Ok(diesel::sql_query(
                 "WITH ev AS ( \
                    INSERT INTO webhook_events \
                      (id, tenant_id, event_type, install_id, payload, created_at) \
@@ -150,37 +142,58 @@ pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, 
             .bind::<BigInt, _>(event.created_at)
             .bind::<Text, _>(PENDING)
             .bind::<Array<Text>, _>(&endpoints)
-            .execute(pg)?)
-        }
-        AnyConnection::Sqlite(lite) => {
-            let seq: i64 = diesel::insert_into(ev::webhook_events)
-                .values(event)
-                .returning(ev::seq)
-                .get_result(lite)?;
-            if endpoints.is_empty() {
-                return Ok(0);
-            }
-            let rows: Vec<WebhookDelivery> = endpoints
-                .into_iter()
-                .map(|endpoint_id| WebhookDelivery {
-                    endpoint_id,
-                    event_seq: seq,
-                    tenant_id: event.tenant_id.clone(),
-                    state: PENDING.to_owned(),
-                    attempts: 0,
-                    next_attempt_at: event.created_at,
-                    retry_from: event.created_at,
-                    last_status: None,
-                    last_error: None,
-                    last_attempt_at: None,
-                    delivered_at: None,
-                })
-                .collect();
-            Ok(diesel::insert_into(d::webhook_deliveries)
-                .values(rows.as_slice())
-                .execute(lite)?)
+            .execute(pg)?);
         }
     }
+    // SQLite (one writer): the INSERT first. In a deferred transaction a read before the first
+    // write would have to upgrade its lock, which SQLite refuses (SQLITE_BUSY) instead of
+    // waiting.
+    let seq: i64 = diesel::insert_into(ev::webhook_events)
+        .values(event)
+        .returning(ev::seq)
+        .get_result(conn)?;
+    let endpoints = matching_endpoints(conn, event)?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<WebhookDelivery> = endpoints
+        .into_iter()
+        .map(|endpoint_id| WebhookDelivery {
+            endpoint_id,
+            event_seq: seq,
+            tenant_id: event.tenant_id.clone(),
+            state: PENDING.to_owned(),
+            attempts: 0,
+            next_attempt_at: event.created_at,
+            retry_from: event.created_at,
+            last_status: None,
+            last_error: None,
+            last_attempt_at: None,
+            delivered_at: None,
+        })
+        .collect();
+    // A multi-row INSERT exists per backend only (not on `AnyConnection`'s backend).
+    let query = diesel::insert_into(d::webhook_deliveries).values(rows.as_slice());
+    Ok(match conn {
+        AnyConnection::Postgresql(c) => query.execute(c)?,
+        AnyConnection::Sqlite(c) => query.execute(c)?,
+    })
+}
+
+/// The ids of the tenant's enabled endpoints whose filter takes the event's type.
+fn matching_endpoints(
+    conn: &mut AnyConnection,
+    event: &NewWebhookEvent,
+) -> Result<Vec<String>, DbError> {
+    Ok(e::webhook_endpoints
+        .filter(e::tenant_id.eq(&event.tenant_id))
+        .filter(e::disabled_at.is_null())
+        .select((e::id, e::events))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .filter(|(_, events)| filter_takes(events, &event.event_type))
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// An endpoint's stored event filter (space-separated types; empty: every type) takes this type.
