@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use switchboard_core::{now_ms, InstallStatus};
 use switchboard_db::schema::{webhook_deliveries as wd, webhook_events as we};
 use switchboard_service::webhooks::{EventType, InstallRef};
-use switchboard_service::ManualClock;
+use switchboard_service::{Clock, ManualClock};
 
 /// The Node receiver, one process per test.
 pub(crate) struct Receiver {
@@ -599,6 +599,7 @@ crate::both_backends! {
     private_addresses_and_unknown_events_are_refused => private_addresses_and_unknown_events_are_refused;
     webhook_retention_purges_old_finished_events => retention_purges_old_finished_events;
     disable_and_enable => a_disabled_endpoint_gets_nothing_and_resumes_when_enabled;
+    auto_disable_failing => a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enabled;
 }
 
 /// `PATCH /v1/webhooks/{id}`: a disabled endpoint gets no attempt (its failed-once pending
@@ -711,6 +712,127 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     assert_problem(s, &v, 404, "not_found");
     let (_, got) = app.get(&format!("/v1/webhooks/{hook}")).await;
     assert_eq!(got["enabled"], true);
+}
+
+/// `webhooks.disable_after_failing_secs`: a receiver that answers 500 to everything is
+/// disabled by the dispatcher at its first failed attempt once it has failed for the period
+/// (not before), with the reason on the endpoint (`GET` and the list); its pending deliveries
+/// are kept and not attempted; `PATCH {"enabled": true}` sends them, in order, signed.
+async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enabled(
+    backend: Backend,
+) {
+    const PERIOD_SECS: u64 = 6 * 3600;
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
+        fast_dispatch(s);
+        s.webhooks.disable_after_failing_secs = PERIOD_SECS;
+    })
+    .await;
+    let receiver = Receiver::start();
+    let (hook, secret) = create_webhook(&app, &receiver.url("f"), json!([])).await;
+    receiver.configure("f", &secret, u32::MAX, false).await;
+
+    // setup.changed and install.authorized queued; the first attempt fails.
+    canvas_install(&app).await;
+    for _ in 0..10 {
+        if !receiver.received("f").await.is_empty() {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(1)).await;
+    }
+    assert_eq!(receiver.received("f").await[0]["status"], 500);
+    let first_failure = clock.now_ms();
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(v["enabled"], true, "{v}");
+    assert!(v["failing_since"].is_string(), "{v}");
+    assert!(v["disabled_reason"].is_null(), "{v}");
+
+    // Half-hour steps: the retries (doubling up to retry_max_interval_secs = 1 h) keep failing;
+    // the endpoint stays enabled for the whole period, then is disabled.
+    let mut disabled = None;
+    for _ in 0..20 {
+        advance(&app, &clock, Duration::from_secs(1800)).await;
+        let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
+        if v["enabled"] == false {
+            disabled = Some(v);
+            break;
+        }
+        assert!(
+            clock.now_ms() - first_failure < (PERIOD_SECS as i64 + 3600 + 1800) * 1000,
+            "still enabled long after the period: {v}"
+        );
+    }
+    let v = disabled.expect("disabled within 10 h");
+    let failing_for = clock.now_ms() - first_failure;
+    assert!(
+        failing_for >= PERIOD_SECS as i64 * 1000,
+        "disabled after {failing_for} ms only"
+    );
+    assert_eq!(v["disabled_reason"], "failing", "{v}");
+    assert!(v["disabled_at"].is_string(), "{v}");
+    assert!(v["failing_since"].is_string(), "{v}");
+    let (s, list) = app.get("/v1/webhooks").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let listed = &list["webhooks"].as_array().unwrap()[0];
+    assert_eq!(listed["id"], hook.as_str());
+    assert_eq!(listed["enabled"], false);
+    assert_eq!(listed["disabled_reason"], "failing");
+    assert_eq!(listed["disabled_at"], v["disabled_at"]);
+
+    // Disabled: its deliveries are kept (pending) and nothing is attempted, hours on.
+    let tried = receiver.received("f").await.len();
+    assert!(tried > 5, "{tried} attempts");
+    for _ in 0..3 {
+        advance(&app, &clock, Duration::from_secs(3600)).await;
+    }
+    assert_eq!(
+        receiver.received("f").await.len(),
+        tried,
+        "no attempt while disabled"
+    );
+    let states = delivery_states(&app).await;
+    assert_eq!(states[&hook].len(), 2, "{states:?}");
+    assert!(
+        states[&hook].iter().all(|(s, _)| s == "pending"),
+        "{states:?}"
+    );
+
+    // The receiver is fixed; enabling sends the kept deliveries, in order, signed.
+    receiver.configure("f", &secret, 0, false).await;
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["enabled"], true);
+    assert!(v["disabled_reason"].is_null(), "{v}");
+    assert!(v["disabled_at"].is_null(), "{v}");
+    assert!(v["failing_since"].is_null(), "{v}");
+    for _ in 0..10 {
+        if receiver.accepted("f").await.len() == 2 {
+            break;
+        }
+        advance(&app, &clock, Duration::from_secs(1)).await;
+    }
+    let written: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(written.len(), 2);
+    assert_eq!(receiver.accepted("f").await, written);
+    assert!(receiver
+        .received("f")
+        .await
+        .iter()
+        .all(|r| r["verified"] == true));
+    assert_eq!(
+        delivery_states(&app).await[&hook]
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect::<Vec<_>>(),
+        ["delivered", "delivered"]
+    );
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(
+        (v["enabled"].clone(), v["failing_since"].clone()),
+        (json!(true), Value::Null)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -961,11 +1083,14 @@ async fn fanout(backend: Backend) {
         let (_, secret) = create_webhook(&app, &receiver.url(&name), json!([])).await;
         receiver.configure(&name, &secret, 0, false).await;
     }
-    // Hold the dispatcher off while the events are written: no endpoint is due before `start`.
+    // The server's dispatcher delivers while the events are written (it polls every 50 ms:
+    // this outbox is not the server's, so writes do not wake it).
     let outbox = std::sync::Arc::new(switchboard_service::webhooks::Outbox::new(
         std::sync::Arc::new(switchboard_service::SystemClock),
         3,
     ));
+    let node_cpu_at_start = cpu_secs(receiver.child.id());
+    let host_cpu_at_start = cpu_secs(std::process::id());
     let written = Instant::now();
     let mut tasks = Vec::new();
     for chunk in 0..8 {
@@ -987,7 +1112,8 @@ async fn fanout(backend: Backend) {
                         status: "authorized",
                     },
                 );
-                conn.transaction::<_, switchboard_db::DbError, _>(|c| {
+                // As the services do (BEGIN IMMEDIATE on SQLite).
+                conn.write_transaction::<_, switchboard_db::DbError, _>(|c| {
                     switchboard_db::repo::webhooks::emit(c, &event)
                 })?;
             }
@@ -1017,6 +1143,10 @@ async fn fanout(backend: Backend) {
     }
     // The whole delivery time includes the writing (the dispatcher starts at once).
     let secs = written.elapsed().as_secs_f64();
+    // How busy the receiver was (a Node process near 100 % of a core would be the bottleneck)
+    // and this process (server, dispatcher and writers).
+    let node_cpu = (cpu_secs(receiver.child.id()) - node_cpu_at_start) / secs * 100.0;
+    let host_cpu = (cpu_secs(std::process::id()) - host_cpu_at_start) / secs * 100.0;
     let attempts: i64 = app
         .db(|conn| {
             Ok(wd::table
@@ -1028,13 +1158,28 @@ async fn fanout(backend: Backend) {
         .await;
     let seen = receiver.received("e0").await;
     assert!(seen.iter().all(|r| r["verified"] == true));
-    // Per endpoint, deliveries arrived in seq order (each install has one event here).
+    // Per endpoint, deliveries arrived in seq order.
+    let in_order: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(receiver.accepted("e0").await, in_order);
     println!(
         "webhook fan-out [{backend:?}]: {EVENTS} events x {ENDPOINTS} endpoints; events written in {write_secs:.1} s \
          ({:.0} events/s, 8 writers, one transaction each); all {total} deliveries done {secs:.1} s after the first \
-         write = {:.0} deliveries/s; attempts {attempts}; e0 received {}",
+         write = {:.0} deliveries/s; attempts {attempts}; e0 received {}; CPU: Node receiver {node_cpu:.0} %, \
+         test process {host_cpu:.0} % of one core",
         EVENTS as f64 / write_secs,
         total as f64 / secs,
         seen.len()
     );
+}
+
+/// CPU seconds (user + system) the process has used so far, from /proc (USER_HZ = 100).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
+        .split(' ')
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }

@@ -280,12 +280,22 @@ pub struct WebhookSettings {
     /// Events older than this many days whose deliveries are all finished (delivered or
     /// failed) are purged with their deliveries, hourly by the server.
     pub retention_days: u64,
+    /// An endpoint whose attempts have all failed for this long is disabled by the
+    /// dispatcher (its pending deliveries are kept); 0: never.
+    pub disable_after_failing_secs: u64,
 }
 
 impl WebhookSettings {
     /// The retention as milliseconds.
     pub fn retention_ms(&self) -> i64 {
         i64::try_from(self.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX)
+    }
+
+    /// `disable_after_failing_secs` as milliseconds; None when it is 0 (never).
+    pub fn disable_after_failing_ms(&self) -> Option<i64> {
+        (self.disable_after_failing_secs > 0).then(|| {
+            i64::try_from(self.disable_after_failing_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+        })
     }
 }
 

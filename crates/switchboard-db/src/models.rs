@@ -352,13 +352,11 @@ pub struct WebhookEndpoint {
     /// The dispatcher delivering to this endpoint now (one at a time, any replica).
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
-}
-
-impl WebhookEndpoint {
-    /// The endpoint takes events of this type (its filter is empty or names the type).
-    pub fn wants(&self, event_type: &str) -> bool {
-        self.events.trim().is_empty() || self.events.split_whitespace().any(|e| e == event_type)
-    }
+    /// The first failed attempt since the last successful delivery (None: not failing).
+    pub failing_since: Option<i64>,
+    /// Why it is disabled: `manual` (PATCH) or `failing` (the dispatcher, after
+    /// `webhooks.disable_after_failing_secs` of failures); None while enabled.
+    pub disabled_reason: Option<String>,
 }
 
 impl fmt::Debug for WebhookEndpoint {
@@ -370,6 +368,8 @@ impl fmt::Debug for WebhookEndpoint {
             .field("secret", &Redacted(self.secret.len()))
             .field("created_at", &self.created_at)
             .field("disabled_at", &self.disabled_at)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("failing_since", &self.failing_since)
             .finish_non_exhaustive()
     }
 }

@@ -134,6 +134,8 @@ diesel::table! {
         disabled_at -> Nullable<BigInt>,
         lease_owner -> Nullable<Text>,
         lease_until -> Nullable<BigInt>,
+        failing_since -> Nullable<BigInt>,
+        disabled_reason -> Nullable<Text>,
     }
 }
 

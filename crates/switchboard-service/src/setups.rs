@@ -204,7 +204,6 @@ impl SetupService {
             .run(move |conn| {
                 conn.write_transaction(|conn| {
                     let row = setups::upsert(conn, &tenant, &cid, &stored, now)?;
-                    webhooks::emit(conn, &event)?;
                     keys.apply(conn, &tenant, &cid, &plan)?;
                     match &capability_row {
                         Some(c) => capability::upsert(conn, c)?,
@@ -212,6 +211,8 @@ impl SetupService {
                             capability::delete_for(conn, &tenant, &cid)?;
                         }
                     }
+                    // Last: on PostgreSQL the tenant's event lock is held from here to COMMIT.
+                    webhooks::emit(conn, &event)?;
                     Ok(row)
                 })
             })

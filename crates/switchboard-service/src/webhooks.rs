@@ -178,11 +178,18 @@ pub struct WebhookOut {
     /// The event filter; empty: every type.
     pub events: Vec<String>,
     pub created_at: String,
-    /// False after `PATCH {"enabled": false}`: no delivery is queued for new events and the
+    /// False after `PATCH {"enabled": false}`, or once every attempt failed for
+    /// `webhooks.disable_after_failing_secs`: no delivery is queued for new events and the
     /// pending ones wait until it is enabled again.
     pub enabled: bool,
     /// When it was disabled (null while enabled).
     pub disabled_at: Option<String>,
+    /// Why it is disabled: `manual` (PATCH) or `failing` (by the dispatcher, after its
+    /// attempts all failed for `webhooks.disable_after_failing_secs`); null while enabled.
+    #[schema(example = "failing")]
+    pub disabled_reason: Option<String>,
+    /// The first failed attempt since its last successful delivery (null: not failing).
+    pub failing_since: Option<String>,
 }
 
 /// `PATCH /v1/webhooks/{id}`: the fields to change; absent ones stay.
@@ -258,6 +265,12 @@ fn webhook_out(row: &WebhookEndpoint) -> WebhookOut {
         created_at: ms_to_rfc3339(row.created_at),
         enabled: row.disabled_at.is_none(),
         disabled_at: row.disabled_at.map(ms_to_rfc3339),
+        disabled_reason: row.disabled_at.map(|_| {
+            row.disabled_reason
+                .clone()
+                .unwrap_or_else(|| repo::DISABLED_MANUAL.into())
+        }),
+        failing_since: row.failing_since.map(ms_to_rfc3339),
     }
 }
 
@@ -335,6 +348,8 @@ impl WebhookService {
             disabled_at: None,
             lease_owner: None,
             lease_until: None,
+            failing_since: None,
+            disabled_reason: None,
         };
         let row = self
             .db
@@ -707,15 +722,40 @@ impl Dispatcher {
             let (attempt, outcome) = self.schedule(&delivery, now, sent);
             let (id, owner, seq) = (endpoint.id.clone(), self.owner.clone(), delivery.event_seq);
             let record = attempt.clone();
-            let held = self
+            let disable_failing_before = self
+                .cfg
+                .disable_after_failing_ms()
+                .map(|period| now.saturating_sub(period));
+            let recorded = self
                 .db
-                .run(move |conn| repo::record_attempt(conn, &id, seq, &owner, now + ttl, &record))
+                .run(move |conn| {
+                    repo::record_attempt(
+                        conn,
+                        &id,
+                        seq,
+                        &owner,
+                        now + ttl,
+                        &record,
+                        disable_failing_before,
+                    )
+                })
                 .await?;
             attempted += 1;
             switchboard_metrics::webhook_delivery(outcome, started.elapsed());
-            if !held {
-                tracing::warn!(webhook = %endpoint.id, "webhook lease lost; another dispatcher continues");
-                break;
+            match recorded {
+                repo::Recorded::Written => {}
+                repo::Recorded::LeaseLost => {
+                    tracing::warn!(webhook = %endpoint.id, "webhook lease lost; another dispatcher continues");
+                    break;
+                }
+                repo::Recorded::Disabled => {
+                    tracing::warn!(
+                        webhook = %endpoint.id,
+                        failing_for_secs = self.cfg.disable_after_failing_secs,
+                        "webhook endpoint disabled: every attempt failed for the configured period; its pending deliveries wait until it is enabled"
+                    );
+                    break;
+                }
             }
             if outcome != WebhookOutcome::Delivered {
                 if outcome == WebhookOutcome::Failed {

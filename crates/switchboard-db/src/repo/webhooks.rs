@@ -4,12 +4,12 @@
 //!
 //! Ordering: deliveries of one endpoint go out in `seq` order, one at a time (the endpoint's
 //! lease), so events of one install reach a receiver in the order they were written. On
-//! PostgreSQL [`emit`] takes a transaction-scoped advisory lock per tenant before taking a
+//! PostgreSQL [`emit`] takes a transaction-scoped advisory lock per tenant right before taking a
 //! `seq`, so a tenant's events commit in `seq` order (a later `seq` is never visible before an
 //! earlier one); SQLite has a single writer anyway.
 
 use diesel::prelude::*;
-use diesel::sql_types::Text;
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 
 use crate::models::{NewWebhookEvent, WebhookDelivery, WebhookEndpoint, WebhookEvent};
 use crate::repo::page::{after_key, fetch_count, After, AnyBackend, Page};
@@ -102,28 +102,64 @@ pub fn delete_endpoint(
 
 /// Writes `event` to the outbox and one pending delivery per enabled endpoint of its tenant
 /// whose filter takes its type. Call it inside the transaction of the state change (so the
-/// event exists exactly when the change committed). Returns the deliveries queued.
+/// event exists exactly when the change committed), after the change's own statements: on
+/// PostgreSQL it takes the tenant's event lock, held until the commit. Returns the deliveries
+/// queued.
+///
+/// Why `seq` order is commit order on PostgreSQL: `seq` comes from a sequence, taken by the
+/// INSERT of the event, and a tenant's writers take `seq`s only while holding the tenant's
+/// transaction-scoped advisory lock (`pg_advisory_xact_lock`, released by COMMIT or ROLLBACK
+/// only). So when a writer takes `seq` n, every writer of that tenant with a smaller `seq` has
+/// already committed or rolled back: a dispatcher that sees event n can no longer miss an
+/// earlier one. Everything that does not take a `seq` (the change's own statements, reading
+/// the endpoints) runs before the lock; under it run one statement (event and deliveries
+/// together) and the COMMIT.
 pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, DbError> {
-    if let AnyConnection::Postgresql(pg) = conn {
-        // Serialise the tenant's event writers until commit: seq order = commit order.
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
-            .execute(pg)?;
+    if matches!(conn, AnyConnection::Postgresql(_)) {
+        let endpoints = matching_endpoints(conn, event)?;
+        if let AnyConnection::Postgresql(pg) = conn {
+            // From here to the COMMIT the tenant's other event writers wait (see above).
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind::<Text, _>(format!("switchboard.webhooks:{}", event.tenant_id))
+                .execute(pg)?;
+            // The event and its deliveries in one round trip: the deliveries take the `seq`
+            // the event's INSERT returned (the data-modifying CTE runs once, even for no
+            // endpoint).
+            return Ok(diesel::sql_query(
+                "WITH ev AS ( \
+                   INSERT INTO webhook_events \
+                     (id, tenant_id, event_type, install_id, payload, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
+                 INSERT INTO webhook_deliveries \
+                   (endpoint_id, event_seq, tenant_id, state, attempts, next_attempt_at, retry_from) \
+                 SELECT ep, ev.seq, $2, $7, 0, $6, $6 FROM ev, unnest($8::text[]) AS ep",
+            )
+            .bind::<Text, _>(&event.id)
+            .bind::<Text, _>(&event.tenant_id)
+            .bind::<Text, _>(&event.event_type)
+            .bind::<Nullable<Text>, _>(&event.install_id)
+            .bind::<Text, _>(&event.payload)
+            .bind::<BigInt, _>(event.created_at)
+            .bind::<Text, _>(PENDING)
+            .bind::<Array<Text>, _>(&endpoints)
+            .execute(pg)?);
+        }
     }
+    // SQLite (one writer): the INSERT first. In a deferred transaction a read before the first
+    // write would have to upgrade its lock, which SQLite refuses (SQLITE_BUSY) instead of
+    // waiting.
     let seq: i64 = diesel::insert_into(ev::webhook_events)
         .values(event)
         .returning(ev::seq)
         .get_result(conn)?;
-    let endpoints: Vec<WebhookEndpoint> = e::webhook_endpoints
-        .filter(e::tenant_id.eq(&event.tenant_id))
-        .filter(e::disabled_at.is_null())
-        .select(WebhookEndpoint::as_select())
-        .load(conn)?;
+    let endpoints = matching_endpoints(conn, event)?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
     let rows: Vec<WebhookDelivery> = endpoints
-        .iter()
-        .filter(|ep| ep.wants(&event.event_type))
-        .map(|ep| WebhookDelivery {
-            endpoint_id: ep.id.clone(),
+        .into_iter()
+        .map(|endpoint_id| WebhookDelivery {
+            endpoint_id,
             event_seq: seq,
             tenant_id: event.tenant_id.clone(),
             state: PENDING.to_owned(),
@@ -136,15 +172,33 @@ pub fn emit(conn: &mut AnyConnection, event: &NewWebhookEvent) -> Result<usize, 
             delivered_at: None,
         })
         .collect();
-    if rows.is_empty() {
-        return Ok(0);
-    }
     // A multi-row INSERT exists per backend only (not on `AnyConnection`'s backend).
     let query = diesel::insert_into(d::webhook_deliveries).values(rows.as_slice());
     Ok(match conn {
         AnyConnection::Postgresql(c) => query.execute(c)?,
         AnyConnection::Sqlite(c) => query.execute(c)?,
     })
+}
+
+/// The ids of the tenant's enabled endpoints whose filter takes the event's type.
+fn matching_endpoints(
+    conn: &mut AnyConnection,
+    event: &NewWebhookEvent,
+) -> Result<Vec<String>, DbError> {
+    Ok(e::webhook_endpoints
+        .filter(e::tenant_id.eq(&event.tenant_id))
+        .filter(e::disabled_at.is_null())
+        .select((e::id, e::events))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .filter(|(_, events)| filter_takes(events, &event.event_type))
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// An endpoint's stored event filter (space-separated types; empty: every type) takes this type.
+fn filter_takes(events: &str, event_type: &str) -> bool {
+    events.trim().is_empty() || events.split_whitespace().any(|e| e == event_type)
 }
 
 /// The type of the install's latest event, if it has one (`install.recovered` follows an
@@ -245,9 +299,26 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// What [`record_attempt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The lease was lost (another dispatcher owns the queue now); nothing was written.
+    LeaseLost,
+    Written,
+    /// Written, and the endpoint was disabled (`disabled_reason` = `failing`): its attempts
+    /// have all failed since `disable_failing_before` or earlier.
+    Disabled,
+}
+
+/// Why an endpoint is disabled (`webhook_endpoints.disabled_reason`).
+pub const DISABLED_MANUAL: &str = "manual";
+pub const DISABLED_FAILING: &str = "failing";
+
 /// Records an attempt on the delivery `(endpoint_id, seq)`, fenced by the endpoint lease: the
 /// write happens (and the lease is extended to `lease_until`) only while `owner` holds it.
-/// False: the lease was lost (another dispatcher owns the queue now; nothing was written).
+/// The endpoint's `failing_since` is cleared by a delivery and set by the first failure after
+/// one; a failed attempt of an endpoint failing since `disable_failing_before` or earlier
+/// disables it (reason `failing`; its pending deliveries are kept).
 pub fn record_attempt(
     conn: &mut AnyConnection,
     endpoint_id: &str,
@@ -255,17 +326,29 @@ pub fn record_attempt(
     owner: &str,
     lease_until: i64,
     attempt: &Attempt,
-) -> Result<bool, DbError> {
+    disable_failing_before: Option<i64>,
+) -> Result<Recorded, DbError> {
     conn.write_transaction(|conn| {
-        let held = diesel::update(
+        let ours = || {
             e::webhook_endpoints
                 .filter(e::id.eq(endpoint_id))
-                .filter(e::lease_owner.eq(owner)),
-        )
-        .set(e::lease_until.eq(lease_until))
-        .execute(conn)?;
+                .filter(e::lease_owner.eq(owner))
+        };
+        let delivered = attempt.state == DELIVERED;
+        let held = if delivered {
+            diesel::update(ours())
+                .set((
+                    e::lease_until.eq(lease_until),
+                    e::failing_since.eq(None::<i64>),
+                ))
+                .execute(conn)?
+        } else {
+            diesel::update(ours())
+                .set(e::lease_until.eq(lease_until))
+                .execute(conn)?
+        };
         if held != 1 {
-            return Ok(false);
+            return Ok(Recorded::LeaseLost);
         }
         diesel::update(
             d::webhook_deliveries
@@ -279,10 +362,33 @@ pub fn record_attempt(
             d::last_status.eq(attempt.status),
             d::last_error.eq(attempt.error.as_deref()),
             d::last_attempt_at.eq(attempt.at),
-            d::delivered_at.eq((attempt.state == DELIVERED).then_some(attempt.at)),
+            d::delivered_at.eq(delivered.then_some(attempt.at)),
         ))
         .execute(conn)?;
-        Ok(true)
+        if delivered {
+            return Ok(Recorded::Written);
+        }
+        diesel::update(ours().filter(e::failing_since.is_null()))
+            .set(e::failing_since.eq(attempt.at))
+            .execute(conn)?;
+        let Some(before) = disable_failing_before else {
+            return Ok(Recorded::Written);
+        };
+        let disabled = diesel::update(
+            ours()
+                .filter(e::disabled_at.is_null())
+                .filter(e::failing_since.le(before)),
+        )
+        .set((
+            e::disabled_at.eq(attempt.at),
+            e::disabled_reason.eq(DISABLED_FAILING),
+        ))
+        .execute(conn)?;
+        Ok(if disabled == 1 {
+            Recorded::Disabled
+        } else {
+            Recorded::Written
+        })
     })
 }
 
@@ -417,9 +523,10 @@ pub struct EndpointChange {
 }
 
 /// Applies `change` to the tenant's endpoint at `now`; None if it has no such endpoint.
-/// Disabling sets `disabled_at` (no delivery is queued for events emitted from then on, and
-/// its pending deliveries wait). Enabling a disabled endpoint clears it and makes its pending
-/// deliveries due at `now` with a new retry window (the time disabled does not count).
+/// Disabling sets `disabled_at` (reason `manual`; no delivery is queued for events emitted
+/// from then on, and its pending deliveries wait). Enabling a disabled endpoint (whatever the
+/// reason) clears it, the reason and `failing_since`, and makes its pending deliveries due at
+/// `now` with a new retry window (the time disabled does not count).
 pub fn update_endpoint(
     conn: &mut AnyConnection,
     tenant_id: &str,
@@ -443,12 +550,21 @@ pub fn update_endpoint(
         match (change.enabled, before.disabled_at) {
             (Some(false), None) => {
                 diesel::update(target)
-                    .set(e::disabled_at.eq(Some(now)))
+                    .set((
+                        e::disabled_at.eq(Some(now)),
+                        e::disabled_reason.eq(DISABLED_MANUAL),
+                    ))
                     .execute(conn)?;
             }
             (Some(true), Some(_)) => {
+                // Enabled again (by hand or after the dispatcher disabled it for failing): a
+                // new failing period starts at its next failure.
                 diesel::update(target)
-                    .set(e::disabled_at.eq(None::<i64>))
+                    .set((
+                        e::disabled_at.eq(None::<i64>),
+                        e::disabled_reason.eq(None::<String>),
+                        e::failing_since.eq(None::<i64>),
+                    ))
                     .execute(conn)?;
                 diesel::update(
                     d::webhook_deliveries

@@ -1,15 +1,21 @@
 //! The webhook outbox on both backends: fan-out by filter at write time, nothing left by a
 //! rolled-back transaction, queue head in `seq` order, the endpoint lease as the fence of an
-//! attempt, tenant-scoped history and replay.
+//! attempt, tenant-scoped history and replay, `seq` order = commit order under concurrent
+//! writers, and an endpoint failing for the configured period disabled with its queue kept.
 
 use diesel::Connection;
-use switchboard_db::repo::webhooks::{self as wh, Attempt};
-use switchboard_db::{Db, DbError, NewWebhookEvent, WebhookEndpoint};
+use switchboard_db::repo::webhooks::{self as wh, Attempt, Recorded};
+use switchboard_db::{AnyConnection, Db, DbError, NewWebhookEvent, WebhookEndpoint};
 
 use crate::common::tenant;
 use switchboard_testkit::both_backends;
 
-both_backends!(fan_out_order_and_fence, rollback_and_tenant_scope);
+both_backends!(
+    fan_out_order_and_fence,
+    rollback_and_tenant_scope,
+    seq_order_is_commit_order,
+    failing_endpoint_is_disabled_and_keeps_its_queue
+);
 
 fn endpoint(db: &Db, tenant_id: &str, id: &str, events: &str) {
     let mut c = db.get().unwrap();
@@ -25,6 +31,8 @@ fn endpoint(db: &Db, tenant_id: &str, id: &str, events: &str) {
             disabled_at: None,
             lease_owner: None,
             lease_until: None,
+            failing_since: None,
+            disabled_reason: None,
         },
     )
     .unwrap();
@@ -85,13 +93,28 @@ fn fan_out_order_and_fence(db: &Db) {
         status: Some(204),
         error: None,
     };
-    assert!(wh::record_attempt(&mut c, "whk_all", head.event_seq, "a", 1_600, &delivered).unwrap());
+    assert_eq!(
+        wh::record_attempt(
+            &mut c,
+            "whk_all",
+            head.event_seq,
+            "a",
+            1_600,
+            &delivered,
+            None
+        )
+        .unwrap(),
+        Recorded::Written
+    );
     assert_eq!(wh::head(&mut c, "whk_all").unwrap().unwrap().1.id, "msg_2");
 
     // The lease lapses and b takes it: a's late result is fenced out, nothing written.
     assert!(wh::claim_endpoint(&mut c, "whk_all", "b", 1_700, 500).unwrap());
     let seq2 = wh::head(&mut c, "whk_all").unwrap().unwrap().0.event_seq;
-    assert!(!wh::record_attempt(&mut c, "whk_all", seq2, "a", 2_000, &delivered).unwrap());
+    assert_eq!(
+        wh::record_attempt(&mut c, "whk_all", seq2, "a", 2_000, &delivered, None).unwrap(),
+        Recorded::LeaseLost
+    );
     let (d, _) = wh::head(&mut c, "whk_all").unwrap().unwrap();
     assert_eq!((d.attempts, d.state.as_str()), (0, "pending"));
     let retry = Attempt {
@@ -101,7 +124,10 @@ fn fan_out_order_and_fence(db: &Db) {
         status: Some(500),
         error: Some("receiver answered 500".into()),
     };
-    assert!(wh::record_attempt(&mut c, "whk_all", seq2, "b", 2_300, &retry).unwrap());
+    assert_eq!(
+        wh::record_attempt(&mut c, "whk_all", seq2, "b", 2_300, &retry, None).unwrap(),
+        Recorded::Written
+    );
     assert!(wh::release_endpoint(&mut c, "whk_all", "b").unwrap());
     let page = wh::list_deliveries(&mut c, "ten_a", "whk_all", None, 10).unwrap();
     let rows: Vec<_> = page
@@ -169,4 +195,215 @@ fn rollback_and_tenant_scope(db: &Db) {
     assert!(!wh::delete_endpoint(&mut c, "ten_b", "whk_a").unwrap());
     assert!(wh::delete_endpoint(&mut c, "ten_a", "whk_a").unwrap());
     assert_eq!(wh::pending_count(&mut c).unwrap(), 0);
+}
+
+/// Writers of one tenant emit concurrently (one transaction each) while a reader keeps
+/// listing the tenant's event `seq`s: every listing must hold every event with a smaller `seq`
+/// than its largest one (a dispatcher that sees an event never misses an earlier one later).
+/// On PostgreSQL this is the tenant's advisory lock in `emit`; SQLite has one writer.
+fn seq_order_is_commit_order(db: &Db) {
+    use diesel::prelude::*;
+    use switchboard_db::schema::webhook_events as we;
+    const WRITERS: usize = 4;
+    const EACH: usize = 100;
+    tenant(db, "ten_a");
+    endpoint(db, "ten_a", "whk_all", "");
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let seen: Vec<(usize, i64)> = std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let done = &done;
+            scope.spawn(move || {
+                let mut c = db.get().unwrap();
+                for i in 0..EACH {
+                    let e = event("ten_a", &format!("msg_{w}_{i}"), "setup.changed", 5);
+                    c.write_transaction::<_, DbError, _>(|c| wh::emit(c, &e))
+                        .unwrap();
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let reader = scope.spawn(|| {
+            let mut c = db.get().unwrap();
+            let mut seen = Vec::new();
+            while done.load(std::sync::atomic::Ordering::SeqCst) < WRITERS {
+                let seqs: Vec<i64> = we::table
+                    .filter(we::tenant_id.eq("ten_a"))
+                    .select(we::seq)
+                    .load(&mut c)
+                    .unwrap();
+                if let Some(max) = seqs.iter().max() {
+                    seen.push((seqs.len(), *max));
+                }
+            }
+            seen
+        });
+        reader.join().unwrap()
+    });
+    let mut c = db.get().unwrap();
+    let all: Vec<i64> = we::table.select(we::seq).load(&mut c).unwrap();
+    assert_eq!(all.len(), WRITERS * EACH);
+    assert!(!seen.is_empty());
+    for (len, max) in seen {
+        let before = all.iter().filter(|s| **s <= max).count();
+        assert_eq!(
+            len,
+            before,
+            "a listing with seq {max} missed {} earlier events",
+            before - len
+        );
+    }
+    assert_eq!(wh::pending_count(&mut c).unwrap(), (WRITERS * EACH) as i64);
+}
+
+/// `failing_since` is set by the first failure after a delivery and cleared by a delivery; a
+/// failure once the endpoint has failed for the period disables it (reason `failing`), its
+/// pending deliveries kept and out of the dispatcher's way; enabling clears both and makes
+/// them due. A manual disable says `manual`.
+fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
+    tenant(db, "ten_a");
+    endpoint(db, "ten_a", "whk_a", "");
+    for (id, at) in [("msg_1", 100), ("msg_2", 200), ("msg_3", 300)] {
+        emit(db, &event("ten_a", id, "setup.changed", at));
+    }
+    let mut c = db.get().unwrap();
+    let fail = |at: i64| Attempt {
+        at,
+        state: wh::PENDING,
+        next_attempt_at: at + 10,
+        status: Some(500),
+        error: Some("receiver answered 500".into()),
+    };
+    fn state(c: &mut AnyConnection) -> (Option<i64>, Option<i64>, Option<String>) {
+        let ep = wh::find_endpoint(c, "ten_a", "whk_a").unwrap().unwrap();
+        (ep.failing_since, ep.disabled_at, ep.disabled_reason)
+    }
+    fn head(c: &mut AnyConnection) -> i64 {
+        wh::head(c, "whk_a").unwrap().unwrap().0.event_seq
+    }
+    const PERIOD: i64 = 5_000;
+    assert!(wh::claim_endpoint(&mut c, "whk_a", "a", 1_000, 100_000).unwrap());
+    let seq = head(&mut c);
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &fail(1_000),
+        Some(1_000 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    assert_eq!(state(&mut c), (Some(1_000), None, None));
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &fail(3_000),
+        Some(3_000 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    assert_eq!(
+        state(&mut c),
+        (Some(1_000), None, None),
+        "the first failure counts"
+    );
+    // A delivery ends the failing period.
+    let ok = Attempt {
+        at: 5_500,
+        state: wh::DELIVERED,
+        next_attempt_at: 5_500,
+        status: Some(204),
+        error: None,
+    };
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &ok,
+        Some(5_500 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    assert_eq!(state(&mut c), (None, None, None));
+    let seq = head(&mut c);
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &fail(6_000),
+        Some(6_000 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    // Without a period (0 = never) nothing is disabled, however long it fails.
+    let r = wh::record_attempt(&mut c, "whk_a", seq, "a", 100_000, &fail(60_000), None);
+    assert_eq!(r.unwrap(), Recorded::Written);
+    assert_eq!(state(&mut c), (Some(6_000), None, None));
+    // Failing since 6_000, the period is over at 11_000.
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &fail(10_999),
+        Some(10_999 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        seq,
+        "a",
+        100_000,
+        &fail(11_000),
+        Some(11_000 - PERIOD),
+    );
+    assert_eq!(r.unwrap(), Recorded::Disabled);
+    assert_eq!(
+        state(&mut c),
+        (Some(6_000), Some(11_000), Some(wh::DISABLED_FAILING.into()))
+    );
+    assert!(wh::release_endpoint(&mut c, "whk_a", "a").unwrap());
+    // Kept, not due while disabled, and no new event is queued for it.
+    assert_eq!(wh::pending_count(&mut c).unwrap(), 2);
+    assert!(wh::due_endpoints(&mut c, 1_000_000, 10).unwrap().is_empty());
+    assert_eq!(
+        emit(db, &event("ten_a", "msg_4", "setup.changed", 12_000)),
+        0
+    );
+
+    let enable = wh::EndpointChange {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    let ep = wh::update_endpoint(&mut c, "ten_a", "whk_a", &enable, 20_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ep.failing_since, ep.disabled_at, ep.disabled_reason),
+        (None, None, None)
+    );
+    assert_eq!(wh::due_endpoints(&mut c, 20_000, 10).unwrap(), ["whk_a"]);
+    let (d, e) = wh::head(&mut c, "whk_a").unwrap().unwrap();
+    assert_eq!(
+        (e.id.as_str(), d.next_attempt_at, d.retry_from),
+        ("msg_2", 20_000, 20_000)
+    );
+
+    let disable = wh::EndpointChange {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let ep = wh::update_endpoint(&mut c, "ten_a", "whk_a", &disable, 21_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ep.disabled_at, ep.disabled_reason.as_deref()),
+        (Some(21_000), Some(wh::DISABLED_MANUAL))
+    );
 }
