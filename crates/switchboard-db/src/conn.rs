@@ -174,14 +174,34 @@ struct SqlitePragmas;
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
      PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
 
+/// How often setting the pragmas is tried when SQLite answers "database is locked".
+const PRAGMA_ATTEMPTS: u32 = 50;
+
 impl CustomizeConnection<AnyConnection, r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
         if let AnyConnection::Sqlite(c) = conn {
-            c.batch_execute(SQLITE_PRAGMAS)
-                .map_err(r2d2::Error::QueryError)?;
+            // Switching a new database file to WAL takes an exclusive lock, and SQLite may
+            // answer SQLITE_BUSY at once (without its busy handler) when several processes or
+            // replicas open the same new file together: retried briefly, never reported.
+            let mut attempt = 1;
+            loop {
+                match c.batch_execute(SQLITE_PRAGMAS) {
+                    Ok(()) => break,
+                    Err(e) if attempt < PRAGMA_ATTEMPTS && is_locked(&e) => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(r2d2::Error::QueryError(e)),
+                }
+            }
         }
         Ok(())
     }
+}
+
+fn is_locked(e: &diesel::result::Error) -> bool {
+    let text = e.to_string();
+    text.contains("database is locked") || text.contains("database table is locked")
 }
 
 /// How long a caller waits for a pooled connection unless configured otherwise.
