@@ -1,7 +1,7 @@
 use crate::error::ApiError;
 use actix_web::dev::Payload;
 use actix_web::http::{header, Method};
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use switchboard_core::ErrorCode;
 use switchboard_service::{console, Services, TenantCtx};
@@ -19,10 +19,7 @@ impl FromRequest for Tenant {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let services = req.app_data::<web::Data<Services>>().cloned();
-        let request_id = req
-            .extensions()
-            .get::<crate::request_id::RequestId>()
-            .map(|r| r.as_str().to_owned());
+        let request_id = crate::request_id::RequestId::of(req);
         let key = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -14,6 +14,14 @@ pub const MAX_REQUEST_ID_CHARS: usize = 128;
 pub struct RequestId(String);
 
 impl RequestId {
+    /// The id of `req` (set by the request-id middleware), as the services take it.
+    pub fn of(req: &actix_web::HttpRequest) -> Option<String> {
+        use actix_web::HttpMessage as _;
+        req.extensions()
+            .get::<RequestId>()
+            .map(|r| r.as_str().to_owned())
+    }
+
     /// The caller's id when it is acceptable, else a fresh one.
     pub fn accept_or_generate(headers: &HeaderMap) -> Self {
         headers

@@ -1,5 +1,5 @@
 use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpResponse};
+use actix_web::{web, HttpResponse};
 use switchboard_service::callback::{CallbackIn, CallbackOutcome, ResultPage};
 use switchboard_service::Services;
 
@@ -25,10 +25,7 @@ fn parse_query(query: &str) -> CallbackIn {
 
 /// `GET /connector/callback`: the browser lands here after the EHR login.
 pub async fn callback(s: web::Data<Services>, req: actix_web::HttpRequest) -> HttpResponse {
-    let request_id = req
-        .extensions()
-        .get::<crate::request_id::RequestId>()
-        .map(|r| r.as_str().to_owned());
+    let request_id = crate::request_id::RequestId::of(&req);
     match s
         .callback
         .handle_callback(parse_query(req.query_string()), request_id)

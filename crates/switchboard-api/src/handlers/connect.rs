@@ -7,7 +7,7 @@
 //! allowed `Origin`.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use std::collections::BTreeMap;
 use switchboard_core::ErrorCode;
 use switchboard_service::connect::{ConnectPage, ConnectRefusal};
@@ -382,10 +382,7 @@ pub async fn submit(
             ),
         );
     }
-    let request_id = req
-        .extensions()
-        .get::<crate::request_id::RequestId>()
-        .map(|r| r.as_str().to_owned());
+    let request_id = crate::request_id::RequestId::of(&req);
     match s.installs.submit_connect(&token, &values, request_id).await {
         Ok(authorize_url) => HttpResponse::SeeOther()
             .insert_header((header::LOCATION, authorize_url))

@@ -6,9 +6,10 @@
 use super::Result;
 use crate::bodies::ConsoleSignIn;
 use crate::extract::console_cookie;
+use crate::request_id::RequestId;
 use crate::ApiError;
 use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use switchboard_core::ErrorCode;
 use switchboard_service::console::{ConsoleService, CSRF_COOKIE, SESSION_COOKIE};
 use switchboard_service::Services;
@@ -43,12 +44,6 @@ pub async fn index_slash() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/console"))
         .finish()
-}
-
-fn request_id(req: &HttpRequest) -> Option<String> {
-    req.extensions()
-        .get::<crate::request_id::RequestId>()
-        .map(|r| r.as_str().to_owned())
 }
 
 pub async fn app_js() -> HttpResponse {
@@ -138,7 +133,7 @@ pub async fn sign_in(
     };
     let session = s
         .console
-        .sign_in(&ctx.with_request_id(request_id(&req)))
+        .sign_in(&ctx.with_request_id(RequestId::of(&req)))
         .await?;
     let found = s.console.find(&session.token).await?.ok_or_else(|| {
         ApiError::new(ErrorCode::Internal, "the new console session was not found")
@@ -179,7 +174,7 @@ pub async fn sign_out(req: HttpRequest, s: web::Data<Services>) -> Result<HttpRe
                 header_of(&req, header::ORIGIN),
                 header_of(&req, header::REFERER),
             )?;
-            s.console.sign_out(&token, request_id(&req)).await?;
+            s.console.sign_out(&token, RequestId::of(&req)).await?;
         }
     }
     let mut res = HttpResponse::NoContent();

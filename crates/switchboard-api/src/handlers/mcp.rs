@@ -12,7 +12,7 @@
 use super::Result;
 use crate::error::ApiError;
 use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ClientRequest, ErrorCode as Rpc,
     ErrorData, Implementation, InitializeResult, JsonRpcMessage, ListToolsResult, ProtocolVersion,
@@ -162,10 +162,7 @@ async fn authenticate(req: &HttpRequest, s: &Services) -> Result<AgentCtx> {
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .ok_or_else(unauthorized)?;
-    let request_id = req
-        .extensions()
-        .get::<crate::request_id::RequestId>()
-        .map(|r| r.as_str().to_owned());
+    let request_id = crate::request_id::RequestId::of(req);
     match s.agent_sessions.authenticate(token).await? {
         Some(agent) => Ok(agent.with_request_id(request_id)),
         None => Err(unauthorized()),
