@@ -58,6 +58,7 @@ pub fn random_token(n: usize) -> String {
 pub fn time_ordered_id(prefix: &str, now_ms: i64) -> String {
     use base64::Engine as _;
     use rand::RngCore as _;
+    use std::fmt::Write as _;
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
     let mut id = String::with_capacity(prefix.len() + 1 + 12 + 14);
@@ -65,10 +66,7 @@ pub fn time_ordered_id(prefix: &str, now_ms: i64) -> String {
     id.push('_');
     // 48 bits of milliseconds last until the year 10889; the width keeps the order textual.
     let ms = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..12).rev() {
-        id.push(char::from(HEX[((ms >> (shift * 4)) & 0xf) as usize]));
-    }
+    let _ = write!(id, "{ms:012x}");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(random, &mut id);
     id
 }
