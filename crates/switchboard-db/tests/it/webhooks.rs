@@ -281,28 +281,23 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         wh::head(c, "whk_a").unwrap().unwrap().0.event_seq
     }
     const PERIOD: i64 = 5_000;
+    /// The attempt on the head delivery `seq` under lease `a`; with `period`, an endpoint
+    /// failing since `attempt.at - period` or earlier is disabled.
+    fn record(
+        c: &mut AnyConnection,
+        seq: i64,
+        attempt: &Attempt,
+        period: Option<i64>,
+    ) -> Result<Recorded, switchboard_db::DbError> {
+        let before = period.map(|p| attempt.at - p);
+        wh::record_attempt(c, "whk_a", seq, "a", 100_000, attempt, before)
+    }
     assert!(wh::claim_endpoint(&mut c, "whk_a", "a", 1_000, 100_000).unwrap());
     let seq = head(&mut c);
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &fail(1_000),
-        Some(1_000 - PERIOD),
-    );
+    let r = record(&mut c, seq, &fail(1_000), Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Written);
     assert_eq!(state(&mut c), (Some(1_000), None, None));
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &fail(3_000),
-        Some(3_000 - PERIOD),
-    );
+    let r = record(&mut c, seq, &fail(3_000), Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Written);
     assert_eq!(
         state(&mut c),
@@ -317,52 +312,20 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         status: Some(204),
         error: None,
     };
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &ok,
-        Some(5_500 - PERIOD),
-    );
+    let r = record(&mut c, seq, &ok, Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Written);
     assert_eq!(state(&mut c), (None, None, None));
     let seq = head(&mut c);
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &fail(6_000),
-        Some(6_000 - PERIOD),
-    );
+    let r = record(&mut c, seq, &fail(6_000), Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Written);
     // Without a period (0 = never) nothing is disabled, however long it fails.
-    let r = wh::record_attempt(&mut c, "whk_a", seq, "a", 100_000, &fail(60_000), None);
+    let r = record(&mut c, seq, &fail(60_000), None);
     assert_eq!(r.unwrap(), Recorded::Written);
     assert_eq!(state(&mut c), (Some(6_000), None, None));
     // Failing since 6_000, the period is over at 11_000.
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &fail(10_999),
-        Some(10_999 - PERIOD),
-    );
+    let r = record(&mut c, seq, &fail(10_999), Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Written);
-    let r = wh::record_attempt(
-        &mut c,
-        "whk_a",
-        seq,
-        "a",
-        100_000,
-        &fail(11_000),
-        Some(11_000 - PERIOD),
-    );
+    let r = record(&mut c, seq, &fail(11_000), Some(PERIOD));
     assert_eq!(r.unwrap(), Recorded::Disabled);
     assert_eq!(
         state(&mut c),
