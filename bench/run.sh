@@ -37,9 +37,9 @@
 #                       wrk measures it, and report instructions per request (repeatable on a
 #                       shared machine, unlike req/s); the dumps go to OUT_DIR (callgrind_annotate
 #                       them). Slow: use it with TARGETS=switchboard and one connection count.
-#   PROFILE=0           1: perf record (call graphs) of Switchboard during get_patient at 32
-#                       connections (audit as set, first round); perf.data and, with inferno on
-#                       the PATH, a flame graph SVG go to OUT_DIR
+#   PROFILE=0           1: perf record (call graphs) of Switchboard during get_patient at
+#                       PROFILE_CONNS (default 32) connections (audit as set, first round);
+#                       perf.data and, with inferno on the PATH, a flame graph SVG go to OUT_DIR
 # Only 127.0.0.1 is ever contacted. Every process and temp directory is removed on exit.
 set -euo pipefail
 
@@ -61,6 +61,7 @@ STRICT=${STRICT:-0}
 AUDIT=${AUDIT:-on}
 ROUNDS=${ROUNDS:-1}
 PROFILE=${PROFILE:-0}
+PROFILE_CONNS=${PROFILE_CONNS:-32}
 CALLGRIND=${CALLGRIND:-0}
 case $AUDIT in
 on) AUDIT_MODES="on" ;;
@@ -388,7 +389,7 @@ run_wrk() { # backend label conns method url body auth server-pid
             wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 10s -s "$LUA" "$url" >/dev/null 2>&1 || true
     fi
     local perf_pid=""
-    if [ "$PROFILE" = 1 ] && [ "$ROUND" = 1 ] && [ "$conns" = 32 ] &&
+    if [ "$PROFILE" = 1 ] && [ "$ROUND" = 1 ] && [ "$conns" = "$PROFILE_CONNS" ] &&
         [[ "$label" == switchboard.get_patient || "$label" == sb_audit_off.get_patient ]]; then
         command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf (apt-get install linux-perf)"
         # DWARF call graphs: the release build keeps .eh_frame and its symbols, no frame pointers.
