@@ -218,6 +218,13 @@ fn insert_cost(db: &Db) {
         .collect();
     let mut writer = repo::audit::AuditWriter::new(db.clone());
     let mut conn = db.get().unwrap();
+    if let Ok(sql) = std::env::var("AUDIT_BENCH_SQL") {
+        use diesel::connection::SimpleConnection;
+        match &mut *conn {
+            switchboard_db::AnyConnection::Postgresql(c) => c.batch_execute(&sql).unwrap(),
+            switchboard_db::AnyConnection::Sqlite(c) => c.batch_execute(&sql).unwrap(),
+        }
+    }
     let start_ms = 1_800_000_000_000_i64;
     let mut n = 0_i64;
     let mut batch = || -> Vec<AuditEvent> {
@@ -250,21 +257,32 @@ fn insert_cost(db: &Db) {
     assert_eq!(writer.insert(&batch()).unwrap(), per_batch);
     let server = server_pids(&mut conn);
     let mut per_record = Vec::with_capacity(batches);
+    let mut server_share = Vec::with_capacity(batches);
     for _ in 1..batches {
         let rows = batch();
-        let before = cpu_ns(&server);
+        let (client0, server0) = (thread_cpu_ns(), cpu_ns(&server));
         assert_eq!(writer.insert(&rows).unwrap(), per_batch);
-        per_record.push((cpu_ns(&server) - before) as f64 / 1e3 / per_batch as f64);
+        let (client1, server1) = (thread_cpu_ns(), cpu_ns(&server));
+        per_record
+            .push(((client1 - client0) + (server1 - server0)) as f64 / 1e3 / per_batch as f64);
+        server_share.push((server1 - server0) as f64 / 1e3 / per_batch as f64);
     }
-    let mut steady = per_record.split_off(per_record.len() / 2);
-    steady.sort_by(f64::total_cmp);
+    let median = |mut v: Vec<f64>| -> (f64, f64, f64) {
+        let mut steady = v.split_off(v.len() / 2);
+        steady.sort_by(f64::total_cmp);
+        (
+            steady[steady.len() / 2],
+            steady[0],
+            steady[steady.len() - 1],
+        )
+    };
+    let (total, lo, hi) = median(per_record);
+    let (in_server, _, _) = median(server_share);
     println!(
         "audit insert cost, {}: {batches} batches of {per_batch} records; second half: median \
-         {:.2} µs CPU/record (min {:.2}, max {:.2})",
+         {total:.2} µs CPU/record (min {lo:.2}, max {hi:.2}), of which the database server \
+         processes {in_server:.2}",
         db.backend(),
-        steady[steady.len() / 2],
-        steady[0],
-        steady[steady.len() - 1],
     );
 }
 
@@ -291,20 +309,25 @@ fn server_pids(conn: &mut switchboard_db::AnyConnection) -> Vec<i32> {
     .collect()
 }
 
-/// Nanoseconds this thread and the processes `pids` have run on a CPU (Linux `schedstat`).
+/// Nanoseconds the processes `pids` have run on a CPU (Linux `schedstat`).
 fn cpu_ns(pids: &[i32]) -> u64 {
-    let read = |path: String| -> u64 {
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
     pids.iter()
-        .map(|p| read(format!("/proc/{p}/schedstat")))
-        .sum::<u64>()
-        + read("/proc/thread-self/schedstat".into())
+        .map(|p| schedstat_ns(&format!("/proc/{p}/schedstat")))
+        .sum()
+}
+
+/// Nanoseconds this thread has run on a CPU.
+fn thread_cpu_ns() -> u64 {
+    schedstat_ns("/proc/thread-self/schedstat")
+}
+
+fn schedstat_ns(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
 /// 64 lowercase hex characters, like a patient hash (any 64 hex digits will do here).
