@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::{ms_to_rfc3339, AccountId, ErrorCode, IdKind, InstallId, JobId, MethodId};
 use switchboard_db::repo::bulk_jobs::{self as repo, BulkJob, PollOutcome};
-use switchboard_db::repo::installs;
 use switchboard_engine::EngineError;
 use switchboard_outbound::{RetryPolicy, SafeUrl};
 use url::Url;
@@ -490,15 +489,7 @@ impl MethodService {
     async fn prepared_for_job(&self, job: &BulkJob) -> Result<Arc<Prepared>, ServiceError> {
         let p = match self.cache.get(&job.install_id) {
             Some(p) => p,
-            None => {
-                let id = job.install_id.clone();
-                let row = self
-                    .db
-                    .run(move |conn| installs::find_by_id(conn, &id))
-                    .await?
-                    .ok_or_else(|| ServiceError::NotFound("install not found".into()))?;
-                self.prepare_row(row).await?
-            }
+            None => self.load_install(&job.install_id).await?,
         };
         self.ensure_token(p).await
     }

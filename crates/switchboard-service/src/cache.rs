@@ -1,7 +1,9 @@
 //! The prepared-install cache of the hot path. An install is prepared once (merged settings
 //! rendered, FHIR base parsed, headers built, access token decrypted) and kept for
 //! `tokens.install_cache_ttl_ms`; every change this process makes to an install drops its
-//! entry, other replicas' changes are seen within the TTL. Depends on nothing else in the crate.
+//! entry, other replicas' changes are seen within the TTL. Loads are single-flight: when an
+//! entry expires under load, one call re-reads the install and the others wait for it, instead
+//! of every call in flight reading it at once. Depends on nothing else in the crate.
 
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::SecretString;
@@ -46,9 +48,13 @@ impl Prepared {
     }
 }
 
+/// Lock stripes for loads: two installs share one only by their id's hash.
+const LOAD_STRIPES: usize = 64;
+
 pub struct InstallCache {
     ttl: Duration,
     map: RwLock<HashMap<String, Arc<Prepared>>>,
+    loads: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl InstallCache {
@@ -56,7 +62,28 @@ impl InstallCache {
         Self {
             ttl: Duration::from_millis(ttl_ms),
             map: RwLock::new(HashMap::new()),
+            loads: (0..LOAD_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The fresh entry for `id`, or the one `load` makes (and puts in the cache). At most one
+    /// load of an install runs at a time in this process; a call that waited for another's load
+    /// takes its result. `load` errors are not cached: the next call loads again.
+    pub(crate) async fn get_or_load<F, E>(&self, id: &str, load: F) -> Result<Arc<Prepared>, E>
+    where
+        F: std::future::Future<Output = Result<Arc<Prepared>, E>>,
+    {
+        let stripe = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        }) as usize
+            % LOAD_STRIPES;
+        let _guard = self.loads[stripe].lock().await;
+        if let Some(p) = self.get(id) {
+            return Ok(p);
+        }
+        load.await
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Prepared>> {

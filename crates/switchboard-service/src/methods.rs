@@ -309,6 +309,25 @@ impl MethodService {
     }
 
     /// Builds (and caches) the prepared form of an install row.
+    /// The install from the database, prepared and cached; single-flight per install
+    /// ([`crate::cache::InstallCache::get_or_load`]). Not scoped to a tenant: callers check.
+    pub(crate) async fn load_install(
+        &self,
+        install_id: &str,
+    ) -> Result<Arc<Prepared>, ServiceError> {
+        self.cache
+            .get_or_load(install_id, async {
+                let id = install_id.to_owned();
+                let row = self
+                    .db
+                    .run(move |conn| installs::find_by_id(conn, &id))
+                    .await?
+                    .ok_or_else(|| ServiceError::NotFound("install not found".into()))?;
+                self.prepare_row(row).await
+            })
+            .await
+    }
+
     pub(crate) async fn prepare_row(
         &self,
         row: switchboard_db::Install,
@@ -362,18 +381,7 @@ impl MethodService {
         switchboard_metrics::cache_lookup(Cache::Install, cached.is_some());
         let p = match cached {
             Some(p) => p,
-            None => {
-                let id = install_id.to_owned();
-                let row = self
-                    .db
-                    .run(move |conn| installs::find_by_id(conn, &id))
-                    .await?
-                    .ok_or_else(not_found)?;
-                if row.tenant_id != t.tenant_id {
-                    return Err(not_found());
-                }
-                self.prepare_row(row).await?
-            }
+            None => self.load_install(install_id).await?,
         };
         if p.tenant_id != t.tenant_id || p.account_id != account_id {
             return Err(not_found());
