@@ -81,6 +81,7 @@ impl Application {
             n => n,
         };
         let shutdown_grace_secs = services.settings().server.shutdown_grace_secs;
+        let blocking_threads = (services.settings().database.pool_size as usize).max(4);
         let metrics_settings = &services.settings().metrics;
         let metrics = Metrics::new(
             metrics_settings.required_token(),
@@ -115,6 +116,10 @@ impl Application {
                 .configure(|cfg| switchboard_api::configure(cfg, svc.clone(), metrics.clone()))
         })
         .workers(workers)
+        // A worker's blocking pool runs its database calls (`Db::run`), which can never use
+        // more connections than the pool has: threads past that only wait for one (and each
+        // costs its stack and malloc arena). actix's default is 512 / workers threads each.
+        .worker_max_blocking_threads(blocking_threads)
         .shutdown_timeout(shutdown_grace_secs)
         .listen(listener)
         .map_err(|source| AppError::Bind { addr, source })?
