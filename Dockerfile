@@ -12,6 +12,8 @@ COPY config ./config
 COPY migrations ./migrations
 COPY connectors ./connectors
 COPY tests ./tests
+# A workspace member (the benchmark's floor): cargo needs its manifest to load the workspace.
+COPY bench/floor ./bench/floor
 RUN cargo build --release --locked --bin switchboard
 
 FROM debian:bookworm-slim

@@ -6,7 +6,10 @@
 #      and a ~200 KB searchset Bundle of 100 Observations from crates/switchboard-testkit/fixtures,
 #      401 without the right bearer token),
 #   2. a reference hop (nginx proxy_pass with keep-alive to 1.),
-#   3. Switchboard (release build) with a warm canvas static_bearer install pointed at 1.,
+#   3. the floor (bench/floor, release build): a bare actix-web + reqwest pass-through
+#      taking the same requests as Switchboard, with none of its work (no database, audit,
+#      metrics, limits): the cost of the fixed stack and the kernel, which Switchboard cannot go below,
+#   4. Switchboard (release build) with a warm canvas static_bearer install pointed at 1.,
 #      first on SQLite, then on a throwaway PostgreSQL cluster,
 # drives each with wrk at 1, 32 and 256 connections, and prints req/s, p50, p99, Switchboard's
 # peak RSS (VmHWM) and the issue-14 targets with PASS/FAIL (and issue 13's audit on vs off).
@@ -22,11 +25,12 @@
 #   WARMUP=1            seconds of unrecorded load before each measurement (0: none)
 #   CONNECTIONS="1 32 256"
 #   BACKENDS="sqlite postgres"
-#   TARGETS="upstream hop switchboard"   (a subset skips the others, e.g. to profile one)
+#   TARGETS="upstream hop floor switchboard"   (a subset skips the others, e.g. to profile one)
 #   THREADS=2           most wrk threads (never more than connections)
 #   NGINX_WORKERS=auto  worker_processes of both nginx instances (auto = one per core)
 #   SB_WORKERS=0        Switchboard server.workers (0 = one per core)
-#   SKIP_BUILD=1        do not run cargo build (use SWITCHBOARD_BIN or target/release/switchboard)
+#   SKIP_BUILD=1        do not run cargo build (use SWITCHBOARD_BIN or target/release/switchboard,
+#                       and FLOOR_BIN or target/release/floor)
 #   INSTALL_DEPS=0      never apt-get install missing tools (fail instead)
 #   OUT_DIR=...         where raw wrk output and report.md go (default bench/out/<UTC time>/)
 #   STRICT=1            exit 1 when a target is missed
@@ -50,7 +54,7 @@ FIXTURES="$ROOT/crates/switchboard-testkit/fixtures"
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-"1 32 256"}
-TARGETS=${TARGETS:-"upstream hop switchboard"}
+TARGETS=${TARGETS:-"upstream hop floor switchboard"}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
 THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
@@ -166,11 +170,18 @@ wait_http() {
 # ---------------------------------------------------------------------------------------------
 # Build.
 BIN=${SWITCHBOARD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchboard}
+FLOOR_BIN=${FLOOR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/floor}
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building: cargo build --release --bin switchboard"
     (cd "$ROOT" && cargo build --release --bin switchboard >&2)
+    if has_target floor; then
+        log "building: cargo build --release -p switchboard-bench-floor"
+        (cd "$ROOT" && cargo build --release -p switchboard-bench-floor >&2)
+    fi
 fi
 [ -x "$BIN" ] || die "no binary at $BIN"
+if has_target floor; then [ -x "$FLOOR_BIN" ] || die "no floor binary at $FLOOR_BIN (TARGETS without floor skips it)"; fi
 
 mkdir -p "$OUT/raw"
 RESULTS="$OUT/results.tsv"
@@ -230,6 +241,24 @@ OBS_BODY='{"params":{"patient":"pat-0001","category":"vital-signs,laboratory","_
 check_status "$UP_BASE/Observation?$OBS_QUERY" 401
 check_status "$UP_BASE/Observation?$OBS_QUERY" 200 "$TOKEN"
 check_status "$HOP_BASE/Observation?$OBS_QUERY" 200 "$TOKEN"
+
+# ---------------------------------------------------------------------------------------------
+# The floor: the same request shape as Switchboard's (POST, JSON body, API key), one process for
+# the whole run (it has no database).
+FLOOR_PID=""
+FLOOR_URL=""
+FLOOR_KEY="floor-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+if has_target floor; then
+    FLOOR_PORT=$(free_port)
+    "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "$UP_BASE" "$TOKEN" "$FLOOR_KEY" >"$TMP/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=("$FLOOR_PID")
+    FLOOR_URL="http://127.0.0.1:$FLOOR_PORT/v1/accounts/a/installs/i/methods"
+    wait_http "http://127.0.0.1:$FLOOR_PORT/" "the floor"
+    r=$(curl -s -X POST -H "Authorization: Bearer $FLOOR_KEY" -H 'Content-Type: application/json' \
+        --data '{"params":{"id":"pat-0001"}}' "$FLOOR_URL/get_patient")
+    [[ "$r" == '{"status":200,"data":{'* ]] || die "the floor's get_patient failed: ${r:0:200}"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Switchboard.
@@ -473,12 +502,16 @@ bench_backend() { # backend audit-mode
         if [ "$sbl" = switchboard ]; then
             run_wrk "$backend" upstream.get_patient "$c" GET "$UP_BASE/Patient/pat-0001" "" "$TOKEN" "$UP_MASTER"
             run_wrk "$backend" hop.get_patient "$c" GET "$HOP_BASE/Patient/pat-0001" "" "$TOKEN" "$HOP_MASTER"
+            run_wrk "$backend" floor.get_patient "$c" POST "$FLOOR_URL/get_patient" \
+                '{"params":{"id":"pat-0001"}}' "$FLOOR_KEY" "$FLOOR_PID"
         fi
         run_wrk "$backend" $sbl.get_patient "$c" POST "$sb/get_patient" \
             '{"params":{"id":"pat-0001"}}' "$API_KEY" "$SB_PID"
         if [ "$sbl" = switchboard ]; then
             run_wrk "$backend" upstream.search_patients "$c" GET "$UP_BASE/Patient?family=x" "" "$TOKEN" "$UP_MASTER"
             run_wrk "$backend" hop.search_patients "$c" GET "$HOP_BASE/Patient?family=x" "" "$TOKEN" "$HOP_MASTER"
+            run_wrk "$backend" floor.search_patients "$c" POST "$FLOOR_URL/search_patients" \
+                '{"params":{"family":"x"}}' "$FLOOR_KEY" "$FLOOR_PID"
         fi
         run_wrk "$backend" $sbl.search_patients "$c" POST "$sb/search_patients" \
             '{"params":{"family":"x"}}' "$API_KEY" "$SB_PID"
@@ -588,6 +621,22 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
                     printf "| %s, audit off | 32 | | | %.0f%s | | | | %s / %s | | / %.1f | //%d |\n", \
                         M[mm], m(rps, o), spread(o), lat(m(p50, o)), lat(m(p99, o)), m(cpu, o), err[o]
             }
+            hdr = 0
+            for (mm = 1; mm <= 2; mm++) for (c = 1; c <= nc; c++) {
+                f = be SUBSEP "floor." M[mm] SUBSEP C[c]
+                d = be SUBSEP "upstream." M[mm] SUBSEP C[c]
+                h = be SUBSEP "hop." M[mm] SUBSEP C[c]
+                s = be SUBSEP "switchboard." M[mm] SUBSEP C[c]
+                if (!has(f)) continue
+                if (!hdr++) {
+                    print "\nThe floor (bench/floor: bare actix-web + reqwest, same requests, none of Switchboard'"'"'s work), same run:\n"
+                    print "| method | conns | floor req/s | floor / hop | SB / floor | floor p50 / p99 | floor added p50 | server CPU µs/req floor / SB | errors |"
+                    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+                }
+                printf "| %s | %s | %.0f%s | %.2fx | %.2fx | %s / %s | %d µs | %.1f / %.1f | %d |\n", \
+                    M[mm], C[c], m(rps, f), spread(f), ratio(f, h), ratio(s, f), lat(m(p50, f)), lat(m(p99, f)), \
+                    added(f, d), m(cpu, f), m(cpu, s), err[f]
+            }
             if (anyir) {
                 print "\nInstructions per request (callgrind, Switchboard process, medians):\n"
                 for (mm = 1; mm <= 2; mm++) for (c = 1; c <= nc; c++) for (t = 1; t <= 2; t++) {
@@ -619,6 +668,18 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
                 r = ratio(sr SUBSEP 32, be SUBSEP "hop.search_patients" SUBSEP 32); ok = r >= 0.5; fails += !ok
                 printf "| search_patients @32 >= 0.5x the nginx hop req/s | %.2fx | %s |\n", r, verdict(ok)
             }
+            # What the fixed stack allows: the floor against the same targets (reported, not counted).
+            fg = be SUBSEP "floor.get_patient"
+            if (has(fg SUBSEP 32) && has(be SUBSEP "hop.get_patient" SUBSEP 32))
+                printf "| (the floor) get_patient @32 vs the nginx hop req/s; CPU per request | %.2fx; %.1f µs | (reported) |\n", \
+                    ratio(fg SUBSEP 32, be SUBSEP "hop.get_patient" SUBSEP 32), m(cpu, fg SUBSEP 32)
+            if (has(fg SUBSEP 1) && has(be SUBSEP "upstream.get_patient" SUBSEP 1))
+                printf "| (the floor) get_patient @1: added p50 over the direct upstream | %d µs | (reported) |\n", \
+                    added(fg SUBSEP 1, be SUBSEP "upstream.get_patient" SUBSEP 1)
+            fs = be SUBSEP "floor.search_patients" SUBSEP 32
+            if (has(fs) && has(be SUBSEP "hop.search_patients" SUBSEP 32))
+                printf "| (the floor) search_patients @32 vs the nginx hop req/s | %.2fx | (reported) |\n", \
+                    ratio(fs, be SUBSEP "hop.search_patients" SUBSEP 32)
             # Issue 12 states no numeric target for the 100-entry Bundle: the ratio is reported
             # only (not counted in "Targets missed").
             so = be SUBSEP "switchboard.search_observations" SUBSEP 32; ho = be SUBSEP "hop.search_observations" SUBSEP 32
