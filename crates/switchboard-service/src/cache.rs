@@ -123,3 +123,93 @@ impl InstallCache {
         self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn prepared(id: &str) -> Arc<Prepared> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors");
+        let catalog = switchboard_connector::load_dir(&dir).expect("shipped connectors load");
+        Arc::new(Prepared {
+            id: id.to_owned(),
+            tenant_id: "ten_1".into(),
+            account_id: "acc_1".into(),
+            connector: catalog.get("canvas").expect("canvas"),
+            auth_kind: AuthKind::StaticBearer,
+            status: InstallStatus::Authorized,
+            status_error: None,
+            fhir_base: Url::parse("https://fhir.example/").unwrap(),
+            headers: vec![],
+            bearer: None,
+            expires_at: None,
+            obtained_at: None,
+            token_version: 0,
+            has_refresh_token: false,
+            granted_scope: None,
+            search_params: vec![],
+            loaded_at: Instant::now(),
+        })
+    }
+
+    /// Loads `id` as the method service does (the load puts its result in the cache), yielding
+    /// in between as a database read would, and counts the loads.
+    async fn load(
+        cache: &InstallCache,
+        loads: &AtomicUsize,
+        id: &str,
+        fail: bool,
+    ) -> Result<Arc<Prepared>, &'static str> {
+        cache
+            .get_or_load(id, async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                if fail {
+                    return Err("database down");
+                }
+                let p = prepared(id);
+                cache.put(p.clone());
+                Ok(p)
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_of_one_install_load_it_once() {
+        let cache = Arc::new(InstallCache::new(60_000));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tasks.spawn(async move {
+                load(&cache, &loads, "ins_a", false)
+                    .await
+                    .map(|p| p.id.clone())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), "ins_a");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        // Another install is loaded on its own.
+        load(&cache, &loads, "ins_b", false).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_not_cached() {
+        let cache = InstallCache::new(60_000);
+        let loads = AtomicUsize::new(0);
+        assert_eq!(
+            load(&cache, &loads, "ins_a", true).await.err(),
+            Some("database down")
+        );
+        assert!(cache.get("ins_a").is_none());
+        load(&cache, &loads, "ins_a", false).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(cache.get("ins_a").is_some());
+    }
+}
