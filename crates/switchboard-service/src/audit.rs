@@ -108,136 +108,11 @@ pub const BATCH_MAX: usize = 1_000;
 pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 enum Msg {
-    Record(Packed),
+    Record(Box<AuditEvent>),
     /// Write everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
     /// Write everything queued before this, answer, and stop.
     Stop(oneshot::Sender<()>),
-}
-
-/// A borrowed [`AuditEvent`]: what a call hands [`AuditLog::record_ref`] without allocating
-/// each field.
-pub struct EventRef<'a> {
-    pub id: &'a str,
-    pub tenant_id: &'a str,
-    pub at: i64,
-    pub kind: &'a str,
-    pub action: &'a str,
-    pub api_key_id: Option<&'a str>,
-    pub account_id: Option<&'a str>,
-    pub install_id: Option<&'a str>,
-    pub connector_id: Option<&'a str>,
-    pub status: i64,
-    pub code: Option<&'a str>,
-    pub upstream_status: Option<i64>,
-    pub duration_ms: Option<i64>,
-    pub request_id: Option<&'a str>,
-    pub patient_hash: Option<&'a str>,
-}
-
-impl<'a> From<&'a AuditEvent> for EventRef<'a> {
-    fn from(e: &'a AuditEvent) -> Self {
-        EventRef {
-            id: &e.id,
-            tenant_id: &e.tenant_id,
-            at: e.at,
-            kind: &e.kind,
-            action: &e.action,
-            api_key_id: e.api_key_id.as_deref(),
-            account_id: e.account_id.as_deref(),
-            install_id: e.install_id.as_deref(),
-            connector_id: e.connector_id.as_deref(),
-            status: e.status,
-            code: e.code.as_deref(),
-            upstream_status: e.upstream_status,
-            duration_ms: e.duration_ms,
-            request_id: e.request_id.as_deref(),
-            patient_hash: e.patient_hash.as_deref(),
-        }
-    }
-}
-
-/// The text fields of a queued record, in [`EventRef`] order.
-const TEXT_FIELDS: usize = 11;
-
-/// A record as it waits in the queue: its text fields in one allocation. A call's record is
-/// allocated on its worker thread and freed by the writer a batch window later; one block
-/// instead of a dozen small strings costs fewer allocations per call and scatters fewer
-/// long-lived chunks among the workers' short-lived buffers. The writer turns it into an
-/// [`AuditEvent`] for the insert.
-struct Packed {
-    at: i64,
-    status: i64,
-    upstream_status: Option<i64>,
-    duration_ms: Option<i64>,
-    text: Box<str>,
-    /// Where each field ends in `text`; a field is `text[previous end..its end]`.
-    ends: [u32; TEXT_FIELDS],
-    /// Bit i: field i is `Some` (the first four are always set).
-    present: u16,
-}
-
-impl Packed {
-    fn new(e: &EventRef<'_>) -> Self {
-        let fields = [
-            Some(e.id),
-            Some(e.tenant_id),
-            Some(e.kind),
-            Some(e.action),
-            e.api_key_id,
-            e.account_id,
-            e.install_id,
-            e.connector_id,
-            e.code,
-            e.request_id,
-            e.patient_hash,
-        ];
-        let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
-        let mut ends = [0; TEXT_FIELDS];
-        let mut present = 0;
-        for (i, field) in fields.iter().enumerate() {
-            if let Some(f) = field {
-                text.push_str(f);
-                present |= 1 << i;
-            }
-            // Audit fields are ids, codes and names far below 4 GiB.
-            ends[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
-        }
-        Self {
-            at: e.at,
-            status: e.status,
-            upstream_status: e.upstream_status,
-            duration_ms: e.duration_ms,
-            text: text.into_boxed_str(),
-            ends,
-            present,
-        }
-    }
-
-    fn field(&self, i: usize) -> Option<String> {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        (self.present & (1 << i) != 0).then(|| self.text[start..self.ends[i] as usize].to_owned())
-    }
-
-    fn into_event(self) -> AuditEvent {
-        AuditEvent {
-            id: self.field(0).unwrap_or_default(),
-            tenant_id: self.field(1).unwrap_or_default(),
-            at: self.at,
-            kind: self.field(2).unwrap_or_default(),
-            action: self.field(3).unwrap_or_default(),
-            api_key_id: self.field(4),
-            account_id: self.field(5),
-            install_id: self.field(6),
-            connector_id: self.field(7),
-            status: self.status,
-            code: self.field(8),
-            upstream_status: self.upstream_status,
-            duration_ms: self.duration_ms,
-            request_id: self.field(9),
-            patient_hash: self.field(10),
-        }
-    }
 }
 
 /// The process's audit trail writer. The server spawns [`AuditLog::writer`] (inside its
@@ -446,17 +321,12 @@ impl AuditLog {
 
     /// Queues one record without waiting. A full buffer drops it (counted), or with
     /// `audit.fail_closed` refuses it with a retryable 503.
-    pub fn record(&self, e: AuditEvent) -> Result<(), ServiceError> {
-        self.record_ref(&EventRef::from(&e))
-    }
-
-    /// [`AuditLog::record`] from borrowed fields (a method call's record, built per call).
-    pub fn record_ref(&self, event: &EventRef<'_>) -> Result<(), ServiceError> {
+    pub fn record(&self, event: AuditEvent) -> Result<(), ServiceError> {
         if !self.enabled {
             return Ok(());
         }
         // The writer sets the queue-depth gauge when it takes a batch: no metric lookup here.
-        match self.tx.try_send(Msg::Record(Packed::new(event))) {
+        match self.tx.try_send(Msg::Record(Box::new(event))) {
             Ok(()) => {
                 if self.tx.max_capacity() - self.tx.capacity() >= self.wake_at {
                     self.wake.notify_one();
@@ -582,7 +452,7 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
         switchboard_metrics::audit_queue_depth(rx.len());
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(e) => batch.push(e.into_event()),
+                Msg::Record(e) => batch.push(*e),
                 Msg::Flush(done) => {
                     answer = Some(done);
                     break;
@@ -699,33 +569,6 @@ mod tests {
             duration_ms: None,
             request_id: None,
             patient_hash: None,
-        }
-    }
-
-    /// The queued form gives back the record it was made from, field for field, with every
-    /// `Option` text field both set and unset (and empty strings kept apart from `None`).
-    #[test]
-    fn a_packed_record_unpacks_to_the_same_event() {
-        let full = AuditEvent {
-            id: "aud_0123456789abXXXXXXXXXXXXXX".into(),
-            tenant_id: "ten_a".into(),
-            at: 1_800_000_000_000,
-            kind: "method_call".into(),
-            action: "get_patient".into(),
-            api_key_id: Some("key_1".into()),
-            account_id: Some("acc-ü".into()),
-            install_id: Some("ins_1".into()),
-            connector_id: Some("canvas".into()),
-            status: 502,
-            code: Some("upstream_error".into()),
-            upstream_status: Some(500),
-            duration_ms: Some(12),
-            request_id: Some(String::new()),
-            patient_hash: Some("ab".repeat(32)),
-        };
-        let bare = event("aud_2");
-        for e in [full, bare] {
-            assert_eq!(Packed::new(&EventRef::from(&e)).into_event(), e);
         }
     }
 
