@@ -600,6 +600,7 @@ crate::both_backends! {
     webhook_retention_purges_old_finished_events => retention_purges_old_finished_events;
     disable_and_enable => a_disabled_endpoint_gets_nothing_and_resumes_when_enabled;
     auto_disable_failing => a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enabled;
+    disable_mid_queue => a_disable_committed_mid_queue_stops_the_next_delivery;
 }
 
 /// `PATCH /v1/webhooks/{id}`: a disabled endpoint gets no attempt (its failed-once pending
@@ -833,6 +834,114 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
         (v["enabled"].clone(), v["failing_since"].clone()),
         (json!(true), Value::Null)
     );
+}
+
+/// The race behind a flaky `disable_and_enable`: the dispatcher claimed an endpoint with two
+/// due deliveries; while the first is being delivered, `PATCH {"enabled": false}` commits (the
+/// receiver sends it before it answers). The attempt in flight finishes (delivered), and no
+/// further attempt starts: the second delivery stays pending, untried, however late it gets,
+/// until the endpoint is enabled. The dispatcher is driven pass by pass (`run_once`), on a
+/// `ManualClock`.
+async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use std::sync::{Arc, Mutex, OnceLock};
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
+        s.webhooks.dispatch = false;
+    })
+    .await;
+    // The `webhook-id`s received, in order; the endpoint's PATCH URL and the key to call it.
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let patch: Arc<OnceLock<(String, String)>> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (got_in, patch_in) = (got.clone(), patch.clone());
+    let server = HttpServer::new(move || {
+        let (got, patch) = (got_in.clone(), patch_in.clone());
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let (got, patch) = (got.clone(), patch.clone());
+            async move {
+                let id = req
+                    .headers()
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let first = {
+                    let mut got = got.lock().unwrap();
+                    got.push(id);
+                    got.len() == 1
+                };
+                if first {
+                    // Disabled (committed: the PATCH answered) before this delivery's answer.
+                    let (patch_url, key) = patch.get().expect("endpoint created").clone();
+                    let r = reqwest::Client::new()
+                        .patch(patch_url)
+                        .bearer_auth(key)
+                        .json(&json!({"enabled": false}))
+                        .send()
+                        .await;
+                    if !matches!(r, Ok(ref r) if r.status() == StatusCode::OK) {
+                        return HttpResponse::InternalServerError().finish();
+                    }
+                }
+                HttpResponse::NoContent().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let server_handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let (hook, _) = create_webhook(&app, &url, json!([])).await;
+    patch
+        .set((
+            app.url(&format!("/v1/webhooks/{hook}")),
+            app.api_key.clone(),
+        ))
+        .unwrap();
+    // setup.changed and install.authorized, both due now.
+    canvas_install(&app).await;
+    let written: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(written.len(), 2);
+
+    let dispatcher = &app.services.dispatcher;
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1, "one attempt");
+    assert_eq!(*got.lock().unwrap(), written[..1]);
+    assert_eq!(
+        delivery_states(&app).await[&hook],
+        vec![("delivered".into(), 1), ("pending".into(), 0)],
+        "the attempt in flight is recorded; the next one never started"
+    );
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(
+        (v["enabled"].clone(), v["disabled_reason"].clone()),
+        (json!(false), json!("manual")),
+        "the delivery's result leaves the endpoint disabled: {v}"
+    );
+
+    // Disabled: a pass hours later attempts nothing.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(dispatcher.run_once().await.unwrap(), 0);
+    assert_eq!(got.lock().unwrap().len(), 1);
+
+    // Enabled: the kept delivery goes out.
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1);
+    assert_eq!(*got.lock().unwrap(), written);
+    assert_eq!(
+        delivery_states(&app).await[&hook],
+        vec![("delivered".into(), 1), ("delivered".into(), 1)]
+    );
+    server_handle.stop(false).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -665,8 +665,9 @@ impl Dispatcher {
         Ok(attempted)
     }
 
-    /// Takes the endpoint's lease and sends its due deliveries in order, one at a time, until
-    /// one fails (the rest wait behind it: order per install holds) or none is due.
+    /// Takes the endpoint's lease (never a disabled endpoint's) and sends its due deliveries in
+    /// order, one at a time, until one fails (the rest wait behind it: order per install
+    /// holds), none is due, or the endpoint is disabled.
     async fn serve_endpoint(&self, endpoint_id: &str) -> Result<usize, ServiceError> {
         let ttl = self.cfg.lease_ttl_ms as i64;
         let (id, owner) = (endpoint_id.to_owned(), self.owner.clone());
@@ -695,11 +696,10 @@ impl Dispatcher {
         result
     }
 
+    /// Sends the endpoint's due deliveries in order under its lease. Each send is preceded by
+    /// [`repo::head`], which requires the endpoint enabled and the lease ours: a disable
+    /// committed before it stops the queue (an attempt already sent may finish).
     async fn deliver_queue(&self, endpoint: &WebhookEndpoint) -> Result<usize, ServiceError> {
-        if endpoint.disabled_at.is_some() {
-            // Disabled after it was found due: its deliveries wait.
-            return Ok(0);
-        }
         let secret = self
             .crypto
             .decrypt(&endpoint.secret, secret_aad(&endpoint.id).as_bytes())?;
@@ -708,14 +708,15 @@ impl Dispatcher {
         let ttl = self.cfg.lease_ttl_ms as i64;
         let mut attempted = 0;
         while attempted < BATCH_PER_CLAIM {
-            let id = endpoint.id.clone();
-            let Some((delivery, event)) = self.db.run(move |conn| repo::head(conn, &id)).await?
+            let (id, owner) = (endpoint.id.clone(), self.owner.clone());
+            let now = self.outbox.clock.now_ms();
+            let Some((delivery, event)) = self
+                .db
+                .run(move |conn| repo::head(conn, &id, &owner, now))
+                .await?
             else {
                 break;
             };
-            if delivery.next_attempt_at > self.outbox.clock.now_ms() {
-                break;
-            }
             let started = Instant::now();
             let sent = self.send(&url, &secret, &event).await;
             let now = self.outbox.clock.now_ms();
