@@ -603,6 +603,37 @@ crate::both_backends! {
     disable_mid_queue => a_disable_committed_mid_queue_stops_the_next_delivery;
 }
 
+/// The tenant's `webhook.*` administrative records as `GET /v1/audit` shows them, oldest
+/// first (after the audit writer caught up).
+async fn webhook_audit(app: &TestApp, key: &str) -> Vec<Value> {
+    app.services.audit.flush().await;
+    let (s, v) = app
+        .call_as(key, reqwest::Method::GET, "/v1/audit?limit=100", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["next_cursor"].is_null(), "{v}");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "admin" && e["action"].as_str().unwrap().starts_with("webhook."))
+        .cloned()
+        .collect()
+}
+
+/// (action, by a key) of each record.
+fn actions(records: &[Value]) -> Vec<(String, bool)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["api_key_id"].is_string(),
+            )
+        })
+        .collect()
+}
+
 /// `PATCH /v1/webhooks/{id}`: a disabled endpoint gets no attempt (its failed-once pending
 /// deliveries wait however long; events emitted while disabled are not queued for it); enabled
 /// again, the pending ones are delivered at once, in order, signed. The event filter and URL
@@ -656,6 +687,11 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
         vec![("pending".into(), 1), ("pending".into(), 0)],
         "kept, and nothing queued for install.deleted"
     );
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [(format!("webhook.disabled:{hook}"), true)],
+        "the PATCH is audited with its key"
+    );
 
     // Enabled: both pending deliveries go out at once, in order.
     let (s, v) = app
@@ -672,6 +708,13 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     }
     let ids: Vec<String> = written[..2].iter().map(|e| e.0.clone()).collect();
     assert_eq!(receiver.accepted("p").await, ids);
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [
+            (format!("webhook.disabled:{hook}"), true),
+            (format!("webhook.enabled:{hook}"), true)
+        ]
+    );
     assert!(receiver
         .received("p")
         .await
@@ -780,6 +823,33 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     assert_eq!(listed["disabled_reason"], "failing");
     assert_eq!(listed["disabled_at"], v["disabled_at"]);
 
+    // Audited for the tenant as a change no request made (no key, no request id), naming
+    // the endpoint only (never its URL or secret); another tenant sees nothing of it.
+    let records = webhook_audit(&app, &app.api_key).await;
+    assert_eq!(
+        actions(&records),
+        [(format!("webhook.disabled:{hook}"), false)],
+        "{records:?}"
+    );
+    let record = &records[0];
+    assert_eq!(record["status"], 200, "{record}");
+    for field in [
+        "request_id",
+        "account_id",
+        "install_id",
+        "connector_id",
+        "code",
+    ] {
+        assert!(record[field].is_null(), "{field}: {record}");
+    }
+    let text = record.to_string();
+    assert!(
+        !text.contains(&receiver.url("f")) && !text.contains(&secret),
+        "{text}"
+    );
+    let (_, other_key) = app.new_tenant("Other").await;
+    assert!(webhook_audit(&app, &other_key).await.is_empty());
+
     // Disabled: its deliveries are kept (pending) and nothing is attempted, hours on.
     let tried = receiver.received("f").await.len();
     assert!(tried > 5, "{tried} attempts");
@@ -817,6 +887,13 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     let written: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
     assert_eq!(written.len(), 2);
     assert_eq!(receiver.accepted("f").await, written);
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [
+            (format!("webhook.disabled:{hook}"), false),
+            (format!("webhook.enabled:{hook}"), true)
+        ]
+    );
     assert!(receiver
         .received("f")
         .await
