@@ -600,6 +600,38 @@ crate::both_backends! {
     webhook_retention_purges_old_finished_events => retention_purges_old_finished_events;
     disable_and_enable => a_disabled_endpoint_gets_nothing_and_resumes_when_enabled;
     auto_disable_failing => a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enabled;
+    disable_mid_queue => a_disable_committed_mid_queue_stops_the_next_delivery;
+}
+
+/// The tenant's `webhook.*` administrative records as `GET /v1/audit` shows them, oldest
+/// first (after the audit writer caught up).
+async fn webhook_audit(app: &TestApp, key: &str) -> Vec<Value> {
+    app.services.audit.flush().await;
+    let (s, v) = app
+        .call_as(key, reqwest::Method::GET, "/v1/audit?limit=100", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["next_cursor"].is_null(), "{v}");
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "admin" && e["action"].as_str().unwrap().starts_with("webhook."))
+        .cloned()
+        .collect()
+}
+
+/// (action, by a key) of each record.
+fn actions(records: &[Value]) -> Vec<(String, bool)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["api_key_id"].is_string(),
+            )
+        })
+        .collect()
 }
 
 /// `PATCH /v1/webhooks/{id}`: a disabled endpoint gets no attempt (its failed-once pending
@@ -655,6 +687,11 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
         vec![("pending".into(), 1), ("pending".into(), 0)],
         "kept, and nothing queued for install.deleted"
     );
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [(format!("webhook.disabled:{hook}"), true)],
+        "the PATCH is audited with its key"
+    );
 
     // Enabled: both pending deliveries go out at once, in order.
     let (s, v) = app
@@ -671,6 +708,13 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     }
     let ids: Vec<String> = written[..2].iter().map(|e| e.0.clone()).collect();
     assert_eq!(receiver.accepted("p").await, ids);
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [
+            (format!("webhook.disabled:{hook}"), true),
+            (format!("webhook.enabled:{hook}"), true)
+        ]
+    );
     assert!(receiver
         .received("p")
         .await
@@ -779,6 +823,33 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     assert_eq!(listed["disabled_reason"], "failing");
     assert_eq!(listed["disabled_at"], v["disabled_at"]);
 
+    // Audited for the tenant as a change no request made (no key, no request id), naming
+    // the endpoint only (never its URL or secret); another tenant sees nothing of it.
+    let records = webhook_audit(&app, &app.api_key).await;
+    assert_eq!(
+        actions(&records),
+        [(format!("webhook.disabled:{hook}"), false)],
+        "{records:?}"
+    );
+    let record = &records[0];
+    assert_eq!(record["status"], 200, "{record}");
+    for field in [
+        "request_id",
+        "account_id",
+        "install_id",
+        "connector_id",
+        "code",
+    ] {
+        assert!(record[field].is_null(), "{field}: {record}");
+    }
+    let text = record.to_string();
+    assert!(
+        !text.contains(&receiver.url("f")) && !text.contains(&secret),
+        "{text}"
+    );
+    let (_, other_key) = app.new_tenant("Other").await;
+    assert!(webhook_audit(&app, &other_key).await.is_empty());
+
     // Disabled: its deliveries are kept (pending) and nothing is attempted, hours on.
     let tried = receiver.received("f").await.len();
     assert!(tried > 5, "{tried} attempts");
@@ -816,6 +887,13 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     let written: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
     assert_eq!(written.len(), 2);
     assert_eq!(receiver.accepted("f").await, written);
+    assert_eq!(
+        actions(&webhook_audit(&app, &app.api_key).await),
+        [
+            (format!("webhook.disabled:{hook}"), false),
+            (format!("webhook.enabled:{hook}"), true)
+        ]
+    );
     assert!(receiver
         .received("f")
         .await
@@ -833,6 +911,114 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
         (v["enabled"].clone(), v["failing_since"].clone()),
         (json!(true), Value::Null)
     );
+}
+
+/// The race behind a flaky `disable_and_enable`: the dispatcher claimed an endpoint with two
+/// due deliveries; while the first is being delivered, `PATCH {"enabled": false}` commits (the
+/// receiver sends it before it answers). The attempt in flight finishes (delivered), and no
+/// further attempt starts: the second delivery stays pending, untried, however late it gets,
+/// until the endpoint is enabled. The dispatcher is driven pass by pass (`run_once`), on a
+/// `ManualClock`.
+async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use std::sync::{Arc, Mutex, OnceLock};
+    let clock = ManualClock::new(now_ms());
+    let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
+        s.webhooks.dispatch = false;
+    })
+    .await;
+    // The `webhook-id`s received, in order; the endpoint's PATCH URL and the key to call it.
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let patch: Arc<OnceLock<(String, String)>> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (got_in, patch_in) = (got.clone(), patch.clone());
+    let server = HttpServer::new(move || {
+        let (got, patch) = (got_in.clone(), patch_in.clone());
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let (got, patch) = (got.clone(), patch.clone());
+            async move {
+                let id = req
+                    .headers()
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let first = {
+                    let mut got = got.lock().unwrap();
+                    got.push(id);
+                    got.len() == 1
+                };
+                if first {
+                    // Disabled (committed: the PATCH answered) before this delivery's answer.
+                    let (patch_url, key) = patch.get().expect("endpoint created").clone();
+                    let r = reqwest::Client::new()
+                        .patch(patch_url)
+                        .bearer_auth(key)
+                        .json(&json!({"enabled": false}))
+                        .send()
+                        .await;
+                    if !matches!(r, Ok(ref r) if r.status() == StatusCode::OK) {
+                        return HttpResponse::InternalServerError().finish();
+                    }
+                }
+                HttpResponse::NoContent().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let server_handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let (hook, _) = create_webhook(&app, &url, json!([])).await;
+    patch
+        .set((
+            app.url(&format!("/v1/webhooks/{hook}")),
+            app.api_key.clone(),
+        ))
+        .unwrap();
+    // setup.changed and install.authorized, both due now.
+    canvas_install(&app).await;
+    let written: Vec<String> = events(&app).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(written.len(), 2);
+
+    let dispatcher = &app.services.dispatcher;
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1, "one attempt");
+    assert_eq!(*got.lock().unwrap(), written[..1]);
+    assert_eq!(
+        delivery_states(&app).await[&hook],
+        vec![("delivered".into(), 1), ("pending".into(), 0)],
+        "the attempt in flight is recorded; the next one never started"
+    );
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(
+        (v["enabled"].clone(), v["disabled_reason"].clone()),
+        (json!(false), json!("manual")),
+        "the delivery's result leaves the endpoint disabled: {v}"
+    );
+
+    // Disabled: a pass hours later attempts nothing.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(dispatcher.run_once().await.unwrap(), 0);
+    assert_eq!(got.lock().unwrap().len(), 1);
+
+    // Enabled: the kept delivery goes out.
+    let (s, v) = app
+        .patch(&format!("/v1/webhooks/{hook}"), json!({"enabled": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1);
+    assert_eq!(*got.lock().unwrap(), written);
+    assert_eq!(
+        delivery_states(&app).await[&hook],
+        vec![("delivered".into(), 1), ("delivered".into(), 1)]
+    );
+    server_handle.stop(false).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! Modules depend one way: leaves (`error`, `tenant`, `clock`, `settings`, `sealing`, `cache`,
 //! `return_url`, `pagination`, `limits`, `console` (web console sessions, on `clock` and
 //! `tenant`), then `resolve` on `settings`, `audit` on `pagination` and
-//! `tenant`, `webhooks` on `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
+//! `tenant`, `webhooks` on `audit`, `clock`, `pagination` and `tenant`, and `signing_keys` on `resolve`
 //! and `clock`) <- `tokens` <- the services (`keys`, `setups`, `installs` + `accounts`,
 //! `callback`, `methods` (with `bulk`: Bulk Data jobs and their poller), `connectors`,
 //! `agent_sessions` on `clock` and `pagination`; they
@@ -273,12 +273,14 @@ impl Services {
                 crypto: crypto.clone(),
                 outbound: outbound.clone(),
                 outbox: outbox.clone(),
+                audit: audit.clone(),
             }),
             dispatcher: Arc::new(webhooks::Dispatcher::new(
                 db.clone(),
                 crypto.clone(),
                 outbound.clone(),
                 outbox,
+                audit.clone(),
                 settings.webhooks.clone(),
             )),
             bulk_poller: Arc::new(bulk::BulkPoller {

@@ -4,6 +4,7 @@
 //! endpoint row), in event order, signed `v1,` HMAC-SHA256 over `id.timestamp.body`, retried
 //! on an exponential schedule decided on the injected [`Clock`].
 
+use crate::audit::{AuditLog, By, Target};
 use crate::clock::Clock;
 use crate::error::ServiceError;
 use crate::pagination::{self, PageIn};
@@ -320,6 +321,14 @@ pub struct WebhookService {
     pub(crate) crypto: Arc<KeyRing>,
     pub(crate) outbound: Outbound,
     pub(crate) outbox: Arc<Outbox>,
+    pub(crate) audit: Arc<AuditLog>,
+}
+
+/// The audit action of a disable (`PATCH`, or the dispatcher's for a failing endpoint) or an
+/// enable of the endpoint `id`.
+fn enabled_action(enabled: bool, id: &str) -> String {
+    let change = if enabled { "enabled" } else { "disabled" };
+    format!("webhook.{change}:{id}")
 }
 
 impl WebhookService {
@@ -382,7 +391,8 @@ impl WebhookService {
     }
 
     /// `PATCH /v1/webhooks/{id}`: enables or disables the endpoint, or changes its URL (checked
-    /// as at creation) or event filter. 404 if the tenant has no such endpoint.
+    /// as at creation) or event filter. 404 if the tenant has no such endpoint. `enabled` is
+    /// audited (`webhook.enabled:{id}` or `webhook.disabled:{id}`).
     pub async fn patch_webhook(
         &self,
         t: &TenantCtx,
@@ -407,6 +417,11 @@ impl WebhookService {
         if input.enabled == Some(true) {
             // Its pending deliveries are due now.
             self.outbox.committed();
+        }
+        if let Some(enabled) = input.enabled {
+            let action = enabled_action(enabled, &row.id);
+            self.audit
+                .admin(&t.tenant_id, Some(t), &action, 200, Target::default())?;
         }
         Ok(webhook_out(&row))
     }
@@ -543,6 +558,8 @@ pub struct Dispatcher {
     crypto: Arc<KeyRing>,
     outbound: Outbound,
     outbox: Arc<Outbox>,
+    /// Records the disable of a failing endpoint.
+    audit: Arc<AuditLog>,
     cfg: WebhookSettings,
     /// This process as a lease owner; new on every start.
     owner: String,
@@ -563,6 +580,7 @@ impl Dispatcher {
         crypto: Arc<KeyRing>,
         outbound: Outbound,
         outbox: Arc<Outbox>,
+        audit: Arc<AuditLog>,
         cfg: WebhookSettings,
     ) -> Self {
         Self {
@@ -570,6 +588,7 @@ impl Dispatcher {
             crypto,
             outbound,
             outbox,
+            audit,
             cfg,
             owner: format!("whd_{}", switchboard_core::random_token(12)),
             passes: tokio::sync::watch::Sender::new(0),
@@ -665,8 +684,9 @@ impl Dispatcher {
         Ok(attempted)
     }
 
-    /// Takes the endpoint's lease and sends its due deliveries in order, one at a time, until
-    /// one fails (the rest wait behind it: order per install holds) or none is due.
+    /// Takes the endpoint's lease (never a disabled endpoint's) and sends its due deliveries in
+    /// order, one at a time, until one fails (the rest wait behind it: order per install
+    /// holds), none is due, or the endpoint is disabled.
     async fn serve_endpoint(&self, endpoint_id: &str) -> Result<usize, ServiceError> {
         let ttl = self.cfg.lease_ttl_ms as i64;
         let (id, owner) = (endpoint_id.to_owned(), self.owner.clone());
@@ -695,11 +715,10 @@ impl Dispatcher {
         result
     }
 
+    /// Sends the endpoint's due deliveries in order under its lease. Each send is preceded by
+    /// [`repo::head`], which requires the endpoint enabled and the lease ours: a disable
+    /// committed before it stops the queue (an attempt already sent may finish).
     async fn deliver_queue(&self, endpoint: &WebhookEndpoint) -> Result<usize, ServiceError> {
-        if endpoint.disabled_at.is_some() {
-            // Disabled after it was found due: its deliveries wait.
-            return Ok(0);
-        }
         let secret = self
             .crypto
             .decrypt(&endpoint.secret, secret_aad(&endpoint.id).as_bytes())?;
@@ -708,14 +727,15 @@ impl Dispatcher {
         let ttl = self.cfg.lease_ttl_ms as i64;
         let mut attempted = 0;
         while attempted < BATCH_PER_CLAIM {
-            let id = endpoint.id.clone();
-            let Some((delivery, event)) = self.db.run(move |conn| repo::head(conn, &id)).await?
+            let (id, owner) = (endpoint.id.clone(), self.owner.clone());
+            let now = self.outbox.clock.now_ms();
+            let Some((delivery, event)) = self
+                .db
+                .run(move |conn| repo::head(conn, &id, &owner, now))
+                .await?
             else {
                 break;
             };
-            if delivery.next_attempt_at > self.outbox.clock.now_ms() {
-                break;
-            }
             let started = Instant::now();
             let sent = self.send(&url, &secret, &event).await;
             let now = self.outbox.clock.now_ms();
@@ -754,6 +774,18 @@ impl Dispatcher {
                         failing_for_secs = self.cfg.disable_after_failing_secs,
                         "webhook endpoint disabled: every attempt failed for the configured period; its pending deliveries wait until it is enabled"
                     );
+                    // No request made this change: no key, no request id.
+                    let action = enabled_action(false, &endpoint.id);
+                    let by = By::default();
+                    if let Err(e) = self.audit.admin_by(
+                        &endpoint.tenant_id,
+                        by,
+                        &action,
+                        200,
+                        Target::default(),
+                    ) {
+                        tracing::warn!(webhook = %endpoint.id, code = %e.code(), "the webhook endpoint's disable was not audited");
+                    }
                     break;
                 }
             }

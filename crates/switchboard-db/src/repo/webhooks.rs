@@ -235,7 +235,8 @@ pub fn due_endpoints(
 }
 
 /// Takes the endpoint's delivery lease for `owner` until `now + ttl_ms` (or extends it). True
-/// if `owner` holds it.
+/// if `owner` holds it. A disabled endpoint is never claimed (false): the condition is part of
+/// the UPDATE, so on PostgreSQL a claim racing a disable waits for it and sees it committed.
 pub fn claim_endpoint(
     conn: &mut AnyConnection,
     id: &str,
@@ -244,12 +245,15 @@ pub fn claim_endpoint(
     ttl_ms: i64,
 ) -> Result<bool, DbError> {
     let n = diesel::update(
-        e::webhook_endpoints.filter(e::id.eq(id)).filter(
-            e::lease_until
-                .is_null()
-                .or(e::lease_until.le(now))
-                .or(e::lease_owner.eq(owner)),
-        ),
+        e::webhook_endpoints
+            .filter(e::id.eq(id))
+            .filter(e::disabled_at.is_null())
+            .filter(
+                e::lease_until
+                    .is_null()
+                    .or(e::lease_until.le(now))
+                    .or(e::lease_owner.eq(owner)),
+            ),
     )
     .set((
         e::lease_owner.eq(owner),
@@ -273,19 +277,30 @@ pub fn release_endpoint(conn: &mut AnyConnection, id: &str, owner: &str) -> Resu
     Ok(n == 1)
 }
 
-/// The endpoint's oldest pending delivery with its event (the head of its queue).
+/// The delivery `owner` may attempt now: the endpoint's oldest pending delivery (the head of
+/// its queue) with its event, if it is due at `now`, the endpoint is enabled and `owner` holds
+/// its lease. The dispatcher reads it right before each send, so a disable committed before
+/// this statement stops the endpoint's next attempt (one already sent may finish). None when
+/// the queue is empty, its head not due, the endpoint disabled or the lease someone else's.
 pub fn head(
     conn: &mut AnyConnection,
     endpoint_id: &str,
+    owner: &str,
+    now: i64,
 ) -> Result<Option<(WebhookDelivery, WebhookEvent)>, DbError> {
-    Ok(d::webhook_deliveries
+    let head = d::webhook_deliveries
         .inner_join(ev::webhook_events)
+        .inner_join(e::webhook_endpoints)
         .filter(d::endpoint_id.eq(endpoint_id))
         .filter(d::state.eq(PENDING))
+        .filter(e::disabled_at.is_null())
+        .filter(e::lease_owner.eq(owner))
         .order(d::event_seq.asc())
         .select((WebhookDelivery::as_select(), WebhookEvent::as_select()))
-        .first(conn)
-        .optional()?)
+        .first::<(WebhookDelivery, WebhookEvent)>(conn)
+        .optional()?;
+    // Not the oldest due one: a later delivery never overtakes a head that waits for its retry.
+    Ok(head.filter(|(delivery, _)| delivery.next_attempt_at <= now))
 }
 
 /// What one attempt came to.
@@ -318,7 +333,9 @@ pub const DISABLED_FAILING: &str = "failing";
 /// write happens (and the lease is extended to `lease_until`) only while `owner` holds it.
 /// The endpoint's `failing_since` is cleared by a delivery and set by the first failure after
 /// one; a failed attempt of an endpoint failing since `disable_failing_before` or earlier
-/// disables it (reason `failing`; its pending deliveries are kept).
+/// disables it (reason `failing`; its pending deliveries are kept). Nothing here enables an
+/// endpoint: the result of an attempt that was in flight when the endpoint was disabled is
+/// recorded on the delivery, and the endpoint stays disabled (with its reason).
 pub fn record_attempt(
     conn: &mut AnyConnection,
     endpoint_id: &str,

@@ -14,7 +14,8 @@ both_backends!(
     fan_out_order_and_fence,
     rollback_and_tenant_scope,
     seq_order_is_commit_order,
-    failing_endpoint_is_disabled_and_keeps_its_queue
+    failing_endpoint_is_disabled_and_keeps_its_queue,
+    a_disable_stops_the_next_attempt
 );
 
 fn endpoint(db: &Db, tenant_id: &str, id: &str, events: &str) {
@@ -84,7 +85,11 @@ fn fan_out_order_and_fence(db: &Db) {
     assert!(wh::claim_endpoint(&mut c, "whk_all", "a", 1_000, 500).unwrap());
     assert!(!wh::claim_endpoint(&mut c, "whk_all", "b", 1_200, 500).unwrap());
     assert_eq!(wh::due_endpoints(&mut c, 1_000, 10).unwrap(), ["whk_del"]);
-    let (head, ev) = wh::head(&mut c, "whk_all").unwrap().unwrap();
+    assert!(
+        wh::head(&mut c, "whk_all", "b", 1_000).unwrap().is_none(),
+        "not b's lease"
+    );
+    let (head, ev) = wh::head(&mut c, "whk_all", "a", 1_000).unwrap().unwrap();
     assert_eq!(ev.id, "msg_1");
     let delivered = Attempt {
         at: 1_100,
@@ -106,16 +111,28 @@ fn fan_out_order_and_fence(db: &Db) {
         .unwrap(),
         Recorded::Written
     );
-    assert_eq!(wh::head(&mut c, "whk_all").unwrap().unwrap().1.id, "msg_2");
+    assert_eq!(
+        wh::head(&mut c, "whk_all", "a", 1_100)
+            .unwrap()
+            .unwrap()
+            .1
+            .id,
+        "msg_2"
+    );
 
     // The lease lapses and b takes it: a's late result is fenced out, nothing written.
     assert!(wh::claim_endpoint(&mut c, "whk_all", "b", 1_700, 500).unwrap());
-    let seq2 = wh::head(&mut c, "whk_all").unwrap().unwrap().0.event_seq;
+    assert!(wh::head(&mut c, "whk_all", "a", 1_700).unwrap().is_none());
+    let seq2 = wh::head(&mut c, "whk_all", "b", 1_700)
+        .unwrap()
+        .unwrap()
+        .0
+        .event_seq;
     assert_eq!(
         wh::record_attempt(&mut c, "whk_all", seq2, "a", 2_000, &delivered, None).unwrap(),
         Recorded::LeaseLost
     );
-    let (d, _) = wh::head(&mut c, "whk_all").unwrap().unwrap();
+    let (d, _) = wh::head(&mut c, "whk_all", "b", 1_700).unwrap().unwrap();
     assert_eq!((d.attempts, d.state.as_str()), (0, "pending"));
     let retry = Attempt {
         at: 1_800,
@@ -127,6 +144,16 @@ fn fan_out_order_and_fence(db: &Db) {
     assert_eq!(
         wh::record_attempt(&mut c, "whk_all", seq2, "b", 2_300, &retry, None).unwrap(),
         Recorded::Written
+    );
+    // The head waits for its retry; nothing behind it overtakes it.
+    assert!(wh::head(&mut c, "whk_all", "b", 8_999).unwrap().is_none());
+    assert_eq!(
+        wh::head(&mut c, "whk_all", "b", 9_000)
+            .unwrap()
+            .unwrap()
+            .0
+            .event_seq,
+        seq2
     );
     assert!(wh::release_endpoint(&mut c, "whk_all", "b").unwrap());
     let page = wh::list_deliveries(&mut c, "ten_a", "whk_all", None, 10).unwrap();
@@ -278,7 +305,12 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         (ep.failing_since, ep.disabled_at, ep.disabled_reason)
     }
     fn head(c: &mut AnyConnection) -> i64 {
-        wh::head(c, "whk_a").unwrap().unwrap().0.event_seq
+        // Due or not: the attempts below choose their own times.
+        wh::head(c, "whk_a", "a", i64::MAX)
+            .unwrap()
+            .unwrap()
+            .0
+            .event_seq
     }
     const PERIOD: i64 = 5_000;
     /// The attempt on the head delivery `seq` under lease `a`; with `period`, an endpoint
@@ -352,7 +384,8 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         (None, None, None)
     );
     assert_eq!(wh::due_endpoints(&mut c, 20_000, 10).unwrap(), ["whk_a"]);
-    let (d, e) = wh::head(&mut c, "whk_a").unwrap().unwrap();
+    assert!(wh::claim_endpoint(&mut c, "whk_a", "a", 20_000, 100_000).unwrap());
+    let (d, e) = wh::head(&mut c, "whk_a", "a", 20_000).unwrap().unwrap();
     assert_eq!(
         (e.id.as_str(), d.next_attempt_at, d.retry_from),
         ("msg_2", 20_000, 20_000)
@@ -369,4 +402,90 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         (ep.disabled_at, ep.disabled_reason.as_deref()),
         (Some(21_000), Some(wh::DISABLED_MANUAL))
     );
+}
+
+/// A disable committed while a dispatcher holds the lease stops its next attempt: the head is
+/// no longer served to the lease holder, and the endpoint cannot be claimed again. The result
+/// of the attempt that was in flight is recorded, and changes neither `disabled_at` nor the
+/// reason (even a failure past the failing period); enabling brings claim and head back.
+fn a_disable_stops_the_next_attempt(db: &Db) {
+    tenant(db, "ten_a");
+    endpoint(db, "ten_a", "whk_a", "");
+    emit(db, &event("ten_a", "msg_1", "install.authorized", 100));
+    emit(db, &event("ten_a", "msg_2", "install.deleted", 200));
+    let mut c = db.get().unwrap();
+    assert!(wh::claim_endpoint(&mut c, "whk_a", "a", 1_000, 100_000).unwrap());
+    let (in_flight, _) = wh::head(&mut c, "whk_a", "a", 1_000).unwrap().unwrap();
+
+    let disable = wh::EndpointChange {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    wh::update_endpoint(&mut c, "ten_a", "whk_a", &disable, 1_050)
+        .unwrap()
+        .unwrap();
+    assert!(
+        wh::head(&mut c, "whk_a", "a", 1_100).unwrap().is_none(),
+        "no attempt starts after the disable"
+    );
+    // The attempt in flight finishes: a failure past the failing period does not turn the
+    // manual disable into a `failing` one, a delivery does not enable it.
+    let failed = Attempt {
+        at: 1_100,
+        state: wh::PENDING,
+        next_attempt_at: 1_200,
+        status: Some(500),
+        error: Some("receiver answered 500".into()),
+    };
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        in_flight.event_seq,
+        "a",
+        101_100,
+        &failed,
+        Some(1_100),
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    let delivered = Attempt {
+        at: 1_300,
+        state: wh::DELIVERED,
+        next_attempt_at: 1_300,
+        status: Some(204),
+        error: None,
+    };
+    let r = wh::record_attempt(
+        &mut c,
+        "whk_a",
+        in_flight.event_seq,
+        "a",
+        101_300,
+        &delivered,
+        None,
+    );
+    assert_eq!(r.unwrap(), Recorded::Written);
+    let ep = wh::find_endpoint(&mut c, "ten_a", "whk_a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ep.disabled_at, ep.disabled_reason.as_deref()),
+        (Some(1_050), Some(wh::DISABLED_MANUAL))
+    );
+    assert!(wh::head(&mut c, "whk_a", "a", 2_000).unwrap().is_none());
+    // Neither the holder (extending) nor anyone after the lease can claim it.
+    assert!(!wh::claim_endpoint(&mut c, "whk_a", "a", 2_000, 100_000).unwrap());
+    assert!(wh::release_endpoint(&mut c, "whk_a", "a").unwrap());
+    assert!(!wh::claim_endpoint(&mut c, "whk_a", "b", 2_000, 100_000).unwrap());
+    assert!(wh::due_endpoints(&mut c, 2_000, 10).unwrap().is_empty());
+
+    let enable = wh::EndpointChange {
+        enabled: Some(true),
+        ..Default::default()
+    };
+    wh::update_endpoint(&mut c, "ten_a", "whk_a", &enable, 3_000)
+        .unwrap()
+        .unwrap();
+    assert!(wh::claim_endpoint(&mut c, "whk_a", "b", 3_000, 100_000).unwrap());
+    let (d, e) = wh::head(&mut c, "whk_a", "b", 3_000).unwrap().unwrap();
+    assert_eq!((e.id.as_str(), d.state.as_str()), ("msg_2", "pending"));
 }
