@@ -394,6 +394,49 @@ async fn thousand_concurrent_calls_refresh_once(backend: Backend) {
 // 2. Two processes on one PostgreSQL database: one refresh (the database lease)
 // ---------------------------------------------------------------------------------------------
 
+/// The install's token has expired and the token endpoint is slow: 500 concurrent calls on
+/// the world's app and 500 on the server at `other_base` (same database) all succeed with one
+/// refresh between them, from the refresh token the install held, and the rotated one is
+/// stored. `servers` names the two in the timing line.
+async fn bursts_on_two_servers_refresh_once(
+    w: &World,
+    ins: &Install,
+    other_base: &str,
+    servers: &str,
+) {
+    let before = w.row(ins).await;
+    let rt0 = w.stored_refresh_token(&before);
+    w.expire_token(ins).await;
+    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
+    slow_token_endpoint(&w.oauth);
+
+    let t0 = now_ms();
+    let started = Instant::now();
+    let (a, b) = futures_util::join!(
+        burst(&w.app.base, &w.app.api_key, ins, 500),
+        burst(other_base, &w.app.api_key, ins, 500)
+    );
+    let elapsed = started.elapsed();
+    w.oauth.clear_token_faults();
+    let t1 = now_ms();
+    eprintln!("token_lifecycle: 2 x 500 concurrent calls ({servers}) served in {elapsed:?}");
+
+    assert_all_ok(&a);
+    assert_all_ok(&b);
+    assert_eq!(
+        w.oauth.refresh_request_count() - refreshes,
+        1,
+        "one refresh"
+    );
+    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
+    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
+    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
+    let after = assert_refreshed_once(w, ins, &before, t0, t1).await;
+    assert!(w
+        .oauth
+        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+}
+
 /// PostgreSQL only: two Switchboard processes share one database only on PostgreSQL in
 /// production (SQLite is a single-host embedded store). The second `Application` builds its
 /// own `Services` (its own in-process locks, caches and lease owner id), so only the database
@@ -413,37 +456,7 @@ async fn two_replicas_on_one_postgres_refresh_once() {
         |s| s.secrets.key_file = key_file.clone(),
     )
     .await;
-    let before = w.row(&ins).await;
-    let rt0 = w.stored_refresh_token(&before);
-    w.expire_token(&ins).await;
-    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
-    slow_token_endpoint(&w.oauth);
-
-    let t0 = now_ms();
-    let started = Instant::now();
-    let (a, b) = futures_util::join!(
-        burst(&w.app.base, &w.app.api_key, &ins, 500),
-        burst(&replica.base, &w.app.api_key, &ins, 500)
-    );
-    let elapsed = started.elapsed();
-    w.oauth.clear_token_faults();
-    let t1 = now_ms();
-    eprintln!("token_lifecycle: 2 x 500 concurrent calls (two replicas) served in {elapsed:?}");
-
-    assert_all_ok(&a);
-    assert_all_ok(&b);
-    assert_eq!(
-        w.oauth.refresh_request_count() - refreshes,
-        1,
-        "one refresh"
-    );
-    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
-    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
-    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
-    let after = assert_refreshed_once(&w, &ins, &before, t0, t1).await;
-    assert!(w
-        .oauth
-        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+    bursts_on_two_servers_refresh_once(&w, &ins, &replica.base, "two replicas").await;
 }
 
 /// A `switchboard serve` child process, configured through the environment like in production.
@@ -569,39 +582,7 @@ async fn separate_os_process_on_one_postgres_refreshes_once() {
         &[],
     )
     .await;
-    let before = w.row(&ins).await;
-    let rt0 = w.stored_refresh_token(&before);
-    w.expire_token(&ins).await;
-    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
-    slow_token_endpoint(&w.oauth);
-
-    let t0 = now_ms();
-    let started = Instant::now();
-    let (a, b) = futures_util::join!(
-        burst(&w.app.base, &w.app.api_key, &ins, 500),
-        burst(&child.base, &w.app.api_key, &ins, 500)
-    );
-    let elapsed = started.elapsed();
-    w.oauth.clear_token_faults();
-    let t1 = now_ms();
-    eprintln!(
-        "token_lifecycle: 2 x 500 concurrent calls (test process + child process) served in {elapsed:?}"
-    );
-
-    assert_all_ok(&a);
-    assert_all_ok(&b);
-    assert_eq!(
-        w.oauth.refresh_request_count() - refreshes,
-        1,
-        "one refresh"
-    );
-    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
-    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
-    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
-    let after = assert_refreshed_once(&w, &ins, &before, t0, t1).await;
-    assert!(w
-        .oauth
-        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+    bursts_on_two_servers_refresh_once(&w, &ins, &child.base, "test process + child process").await;
 }
 
 // ---------------------------------------------------------------------------------------------
