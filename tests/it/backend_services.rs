@@ -219,6 +219,41 @@ fn pem_line(pem: &str) -> String {
     pem.lines().nth(2).expect("a PEM body line").to_owned()
 }
 
+/// A line of each of the tenant's private keys: what no answer or stored error may show.
+async fn private_pem_lines(app: &TestApp) -> Vec<String> {
+    private_pems(app)
+        .await
+        .iter()
+        .map(|p| pem_line(p))
+        .collect()
+}
+
+/// A FHIR server with one patient that accepts any bearer token, and that patient's id.
+fn fhir_with_one_patient() -> (FakeFhir, String) {
+    let fhir = FakeFhir::builder()
+        .seed_patients(1)
+        .accept_any_bearer()
+        .start();
+    let patient = fhir.patient_ids().remove(0);
+    (fhir, patient)
+}
+
+/// Saves the `testbackend` setup of a second tenant, `other` (client `sb-other`): its
+/// `jwks_url` publishes keys that are not this tenant's. Returns that setup (200 asserted).
+async fn other_tenants_setup(app: &TestApp, op: &OidcProvider, fhir: &FakeFhir) -> Value {
+    let (_, other_key) = app.new_tenant("other").await;
+    let (s, other) = app
+        .call_as(
+            &other_key,
+            reqwest::Method::PUT,
+            "/v1/connectors/testbackend/setup",
+            Some(setup_body(op, fhir, "sb-other", json!({}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{other}");
+    other
+}
+
 // ---------------------------------------------------------------------------------------------
 // RS384 and ES384 installs
 // ---------------------------------------------------------------------------------------------
@@ -352,11 +387,7 @@ async fn key_rotation_keeps_installs_working(backend: Backend) {
     // 150 s); tokens live 30 s (by the manual clock) so every phase refreshes with a new
     // assertion.
     let op = provider(150, 30);
-    let fhir = FakeFhir::builder()
-        .seed_patients(1)
-        .accept_any_bearer()
-        .start();
-    let patient = fhir.patient_ids().remove(0);
+    let (fhir, patient) = fhir_with_one_patient();
     let setup = put_setup(
         &app,
         "testbackend",
@@ -495,23 +526,10 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
     let clock = ManualClock::new(switchboard_core::now_ms() - 600_000);
     let app = spawn(backend, Some(clock.clone())).await;
     let op = provider(15, 3600);
-    let fhir = FakeFhir::builder()
-        .seed_patients(1)
-        .accept_any_bearer()
-        .start();
-    let patient = fhir.patient_ids().remove(0);
+    let (fhir, patient) = fhir_with_one_patient();
 
     // Wrong key: the client is registered with another setup's JWK Set.
-    let (_, other_key) = app.new_tenant("other").await;
-    let (s, other) = app
-        .call_as(
-            &other_key,
-            reqwest::Method::PUT,
-            "/v1/connectors/testbackend/setup",
-            Some(setup_body(&op, &fhir, "sb-other", json!({}))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{other}");
+    let other = other_tenants_setup(&app, &op, &fhir).await;
     let setup = put_setup(
         &app,
         "testbackend",
@@ -524,8 +542,7 @@ async fn refused_assertions_are_clear_install_errors(backend: Backend) {
         .await
         .unwrap();
     let (s, v) = create_install(&app, "testbackend").await;
-    let pems = private_pems(&app).await;
-    let hidden: Vec<String> = pems.iter().map(|p| pem_line(p)).collect();
+    let hidden = private_pem_lines(&app).await;
     let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
     assert_problem(s, &v, 422, "credentials_rejected").hides(&hidden);
     assert!(
@@ -615,21 +632,8 @@ async fn refused_assertion_on_refresh_needs_reauthorization(backend: Backend) {
     // Tokens live 30 s; the manual clock runs up to ~61 s ahead of the provider's (its clock
     // tolerance is 150 s).
     let op = provider(150, 30);
-    let fhir = FakeFhir::builder()
-        .seed_patients(1)
-        .accept_any_bearer()
-        .start();
-    let patient = fhir.patient_ids().remove(0);
-    let (_, other_key) = app.new_tenant("other").await;
-    let (s, other) = app
-        .call_as(
-            &other_key,
-            reqwest::Method::PUT,
-            "/v1/connectors/testbackend/setup",
-            Some(setup_body(&op, &fhir, "sb-other", json!({}))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{other}");
+    let (fhir, patient) = fhir_with_one_patient();
+    let other = other_tenants_setup(&app, &op, &fhir).await;
     let setup = put_setup(
         &app,
         "testbackend",
@@ -654,8 +658,7 @@ async fn refused_assertion_on_refresh_needs_reauthorization(backend: Backend) {
     // Well past the token's expiry, however long the set-up above took in wall time.
     clock.advance(Duration::from_secs(61));
     let (s, v) = call_patient(&app, &id, &patient).await;
-    let pems = private_pems(&app).await;
-    let hidden: Vec<String> = pems.iter().map(|p| pem_line(p)).collect();
+    let hidden = private_pem_lines(&app).await;
     let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
     assert_problem(s, &v, 409, "install_not_authorized").hides(&hidden);
     assert!(

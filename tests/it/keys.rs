@@ -166,6 +166,24 @@ fn keys_cli(app: &TestApp, key_file: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `keys rotate` one row per batch with a pause of `pause_ms` after each, waiting `wait_ms`
+/// after each key file change: a rotation slow enough to interrupt or to run calls beside.
+fn paced_rotation(app: &TestApp, key_file: &Path, pause_ms: &str, wait_ms: &str) -> Command {
+    keys_cli(
+        app,
+        key_file,
+        &[
+            "rotate",
+            "--batch-size",
+            "1",
+            "--pause-ms",
+            pause_ms,
+            "--wait-ms",
+            wait_ms,
+        ],
+    )
+}
+
 /// The real binary on the app's database, configured only through the environment.
 fn switchboard_cmd(app: &TestApp, key_file: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
@@ -344,23 +362,11 @@ async fn rotation_killed_halfway_resumes_and_prune_waits(backend: Backend) {
         .sum();
 
     // One value per batch, 150 ms apart: killed after some batches, long before the end.
-    let mut child = keys_cli(
-        &w.app,
-        &key_file,
-        &[
-            "rotate",
-            "--batch-size",
-            "1",
-            "--pause-ms",
-            "150",
-            "--wait-ms",
-            "300",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = paced_rotation(&w.app, &key_file, "150", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = json_of(&run(keys_cli(&w.app, &key_file, &["status"])));
@@ -622,23 +628,11 @@ async fn rotation_while_two_replicas_serve_500_calls_with_expiring_tokens() {
     }
 
     let refreshes_before = w.oauth.refresh_request_count();
-    let mut rotation = keys_cli(
-        &w.app,
-        &key_file,
-        &[
-            "rotate",
-            "--batch-size",
-            "1",
-            "--pause-ms",
-            "50",
-            "--wait-ms",
-            "400",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut rotation = paced_rotation(&w.app, &key_file, "50", "400")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
 
     let mut refreshes_during = None;
     // 500 calls in 10 waves of 50 (both replicas, every install), 400 ms apart: tokens expire

@@ -196,6 +196,12 @@ impl Env {
         app.post(&self.method_path(method), body).await
     }
 
+    /// Calls `get_patient` with this id.
+    pub(crate) async fn get_patient(&self, app: &TestApp, id: &str) -> (StatusCode, Value) {
+        self.call(app, "get_patient", json!({ "params": { "id": id } }))
+            .await
+    }
+
     fn oauth(&self) -> &FakeOAuth {
         self.oauth.as_ref().expect("an OAuth install")
     }
@@ -441,13 +447,7 @@ async fn every_connector_reads_and_searches(backend: Backend) {
         let prefix = via.prefix();
 
         // Get Patient.
-        let (s, v) = env
-            .call(
-                &app,
-                "get_patient",
-                json!({ "params": { "id": "pat-0003" } }),
-            )
-            .await;
+        let (s, v) = env.get_patient(&app, "pat-0003").await;
         assert_eq!(s, StatusCode::OK, "{via:?}: {v}");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["data", "pages", "status"], "{via:?}: {v}");
@@ -741,9 +741,7 @@ async fn path_parameters_stay_one_segment(backend: Backend) {
     // The shipped definition (Epic's, identical for every connector) refuses them all.
     let epic = install(&app, Via::Epic, Via::Epic.fhir().seed_patients(2)).await;
     for id in hostile {
-        let (s, v) = epic
-            .call(&app, "get_patient", json!({ "params": { "id": id } }))
-            .await;
+        let (s, v) = epic.get_patient(&app, id).await;
         assert_problem(s, &v, 422, "invalid_params");
         assert_eq!(fields(&v), ["id"], "{id}: {v}");
     }
@@ -762,9 +760,7 @@ async fn path_parameters_stay_one_segment(backend: Backend) {
     ];
     for (id, segment) in expected {
         let before = canvas.fhir.request_count();
-        let (s, v) = canvas
-            .call(&app, "get_patient", json!({ "params": { "id": id } }))
-            .await;
+        let (s, v) = canvas.get_patient(&app, id).await;
         match segment {
             None => {
                 assert_problem(s, &v, 422, "invalid_params");
@@ -783,13 +779,7 @@ async fn path_parameters_stay_one_segment(backend: Backend) {
         }
     }
     // The segment that matters: a real id still works, and nothing ever reached Observation.
-    let (s, v) = canvas
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0002" } }),
-        )
-        .await;
+    let (s, v) = canvas.get_patient(&app, "pat-0002").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     for r in canvas.fhir.requests() {
         assert!(r.path().starts_with("/Patient/"), "{}", r.path_and_query);
@@ -1116,13 +1106,7 @@ async fn upstream_errors_are_mapped(backend: Backend) {
     let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(5)).await;
 
     // 404 from the EHR.
-    let (s, v) = env
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-9999" } }),
-        )
-        .await;
+    let (s, v) = env.get_patient(&app, "pat-9999").await;
     assert_problem(s, &v, 404, "upstream_not_found");
     assert_eq!(v["issues"][0]["code"], "not-found", "{v}");
     assert_eq!(env.fhir.request_count(), 1);
@@ -1204,13 +1188,7 @@ async fn upstream_errors_are_mapped(backend: Backend) {
     assert_problem(s, &v, 502, "upstream_error").hides(&["fullUrl"]);
 
     // And the install still works.
-    let (s, v) = env
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0001" } }),
-        )
-        .await;
+    let (s, v) = env.get_patient(&app, "pat-0001").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
@@ -1266,13 +1244,7 @@ async fn throttling_honours_retry_after(backend: Backend) {
     // Test settings: max_retries 3, max_retry_wait_ms 3000.
     let app = TestApp::spawn(backend).await;
     let env = install(&app, Via::Canvas, Via::Canvas.fhir().seed_patients(2)).await;
-    let get = || {
-        env.call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0001" } }),
-        )
-    };
+    let get = || env.get_patient(&app, "pat-0001");
 
     // 429 with Retry-After in seconds, then success: two upstream calls, the wait honoured.
     env.fhir.fail_next(Fault::TooManyRequests {
@@ -1377,13 +1349,7 @@ async fn timeouts_and_oversized_responses(backend: Backend) {
     assert_problem(s, &v, 502, "upstream_response_too_large").hides(&["xxxxxxxx"]);
 
     // Within the limits everything is fine.
-    let (s, v) = env
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0002" } }),
-        )
-        .await;
+    let (s, v) = env.get_patient(&app, "pat-0002").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
@@ -1394,25 +1360,13 @@ async fn install_and_method_lookup_errors(backend: Backend) {
     let (pending, created) =
         create_install(&app, Via::Epic, Via::Epic.fhir().seed_patients(2)).await;
     assert_eq!(created["status"], "pending_authorization");
-    let (s, v) = pending
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0001" } }),
-        )
-        .await;
+    let (s, v) = pending.get_patient(&app, "pat-0001").await;
     assert_problem(s, &v, 409, "install_not_authorized");
     assert_eq!(v["install_status"], "pending_authorization", "{v}");
     assert_eq!(pending.fhir.request_count(), 0);
     // Once the user consents, the very next call works (nothing stale is cached).
     complete_authorization(&app, created["authorize_url"].as_str().unwrap()).await;
-    let (s, v) = pending
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0001" } }),
-        )
-        .await;
+    let (s, v) = pending.get_patient(&app, "pat-0001").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(pending.fhir.request_count(), 1);
 
@@ -1770,13 +1724,7 @@ async fn connector_headers_are_rendered_from_settings(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{setup}");
     assert_eq!(setup["settings"]["client_id"], CLIENT_ID, "{setup}");
 
-    let (s, v) = canvas
-        .call(
-            &app,
-            "get_patient",
-            json!({ "params": { "id": "pat-0002" } }),
-        )
-        .await;
+    let (s, v) = canvas.get_patient(&app, "pat-0002").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["data"], canvas.fhir.patient("pat-0002").unwrap());
     let r = canvas.fhir.last_request().unwrap();

@@ -66,6 +66,29 @@ async fn put_setup(app: &TestApp, connector: &str, settings: Value) -> (StatusCo
     .await
 }
 
+/// The test client (`CLIENT_ID`, `CLIENT_SECRET`, the app's callback), authenticating with
+/// `method` (`OAuthClient::basic` or `OAuthClient::post`).
+fn test_client(app: &TestApp, method: fn(&str, &str, &str) -> OAuthClient) -> OAuthClient {
+    method(CLIENT_ID, CLIENT_SECRET, &callback_url(app))
+}
+
+/// Saves the Canvas setup: its instance is `oauth`'s origin, its FHIR base `fhir`'s.
+async fn put_canvas_setup(
+    app: &TestApp,
+    oauth: &FakeOAuth,
+    fhir: &FakeFhir,
+) -> (StatusCode, Value) {
+    put_setup(
+        app,
+        "canvas",
+        json!({
+            "instance_url": format!("{}/", oauth.origin()), "fhir_base_url": fhir.base_url(),
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET
+        }),
+    )
+    .await
+}
+
 async fn install_count(app: &TestApp) -> i64 {
     use diesel::prelude::*;
     use switchboard_db::schema::installs::dsl as i;
@@ -91,11 +114,7 @@ fn servers(
 ) -> (FakeOAuth, FakeFhir) {
     let oauth = FakeOAuth::builder()
         .prefix(prefix)
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(app),
-        ))
+        .client(test_client(app, OAuthClient::basic))
         .with_iss(with_iss)
         .start();
     let mut fhir = FakeFhir::builder()
@@ -398,11 +417,7 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
     let (oauth, fhir) = {
         let oauth = FakeOAuth::builder()
             .prefix("/auth/")
-            .client(OAuthClient::post(
-                CLIENT_ID,
-                CLIENT_SECRET,
-                &callback_url(&app),
-            ))
+            .client(test_client(&app, OAuthClient::post))
             .with_iss(true)
             .start();
         let mut doc = oauth.smart_configuration();
@@ -415,15 +430,7 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
         (oauth, fhir)
     };
     oauth.set_iss_override(Some(oauth.origin()));
-    let (s, v) = put_setup(
-        &app,
-        "canvas",
-        json!({
-            "instance_url": format!("{}/", oauth.origin()), "fhir_base_url": fhir.base_url(),
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET
-        }),
-    )
-    .await;
+    let (s, v) = put_canvas_setup(&app, &oauth, &fhir).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (id, cb) = start_install(&app, "canvas").await;
     assert_eq!(query(&cb)["iss"], oauth.origin());
@@ -443,11 +450,7 @@ async fn canvas_and_medplum_with_iss(backend: Backend) {
     // both); the issuer is the base URL with its "/".
     let oauth = FakeOAuth::builder()
         .prefix("/oauth2/")
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::basic))
         .with_iss(true)
         .start();
     let fhir = FakeFhir::builder()
@@ -489,11 +492,7 @@ async fn oracle_health_provider_flow(backend: Backend) {
         .prefix(&format!(
             "/tenants/{ORACLE_TENANT}/hosts/fhir-ehr-code/protocols/oauth2/profiles/smart-v1/"
         ))
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::basic))
         .expires_in(570)
         .rotating_refresh(false)
         .start();
@@ -567,11 +566,7 @@ async fn athenahealth_practice_searches(backend: Backend) {
     // One host: OAuth under /oauth2/v1/, FHIR under /fhir/r4/ (smart-configuration there only).
     let oauth = FakeOAuth::builder()
         .prefix("/oauth2/v1/")
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::basic))
         .start();
     let mut doc = oauth.smart_configuration();
     doc["issuer"] = json!("https://athena.okta.com/oauth2/aus2k");
@@ -700,11 +695,7 @@ async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
     // Canvas: OAuth under /auth/ on the instance host; the fumage host has no document.
     let oauth = FakeOAuth::builder()
         .prefix("/auth/")
-        .client(OAuthClient::post(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::post))
         .with_iss(true)
         .start();
     let fhir = FakeFhir::builder()
@@ -712,15 +703,7 @@ async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
         .accept_tokens_from(oauth.token_validator())
         .start();
     oauth.set_iss_override(Some(oauth.origin()));
-    let (s, v) = put_setup(
-        &app,
-        "canvas",
-        json!({
-            "instance_url": format!("{}/", oauth.origin()), "fhir_base_url": fhir.base_url(),
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET
-        }),
-    )
-    .await;
+    let (s, v) = put_canvas_setup(&app, &oauth, &fhir).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["discovered"].is_null(), "{v}");
     let err = v["discovery_error"].as_str().unwrap();
@@ -746,11 +729,7 @@ async fn declared_connectors_save_when_discovery_is_down(backend: Backend) {
     // Medplum: OAuth under /oauth2/ and FHIR under /fhir/R4/ behind one origin, no document.
     let oauth = FakeOAuth::builder()
         .prefix("/oauth2/")
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::basic))
         .start();
     let fhir = FakeFhir::builder()
         .prefix("/fhir/R4/")
@@ -796,11 +775,7 @@ async fn medplum_missing_iss_refused_when_advertised(backend: Backend) {
     let app = spawn(backend).await;
     let oauth = FakeOAuth::builder()
         .prefix("/oauth2/")
-        .client(OAuthClient::basic(
-            CLIENT_ID,
-            CLIENT_SECRET,
-            &callback_url(&app),
-        ))
+        .client(test_client(&app, OAuthClient::basic))
         .with_iss(false)
         .start();
     let mut doc = oauth.smart_configuration();

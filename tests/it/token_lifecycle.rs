@@ -61,6 +61,20 @@ fn callback_of(base: &str) -> String {
     format!("{base}/connector/callback")
 }
 
+/// For the tests that run the real binary as a child server: a free port for it, a world whose
+/// provider also accepts the child's callback, one authorized install (`acme`), the world's key
+/// file and a work directory for the child.
+async fn child_server_world(backend: Backend) -> (u16, World, Install, PathBuf, tempfile::TempDir) {
+    let port = free_port();
+    let child_base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::spawn(backend).await;
+    let w = World::with_app(app, &[callback_of(&child_base)]).await;
+    let ins = w.authorized_install("acme").await;
+    let key_file = w.app.dir.path().join("secret.key");
+    let work = tempfile::tempdir().unwrap();
+    (port, w, ins, key_file, work)
+}
+
 /// A free loopback port (for a child server whose callback URL must be registered up front).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -380,6 +394,49 @@ async fn thousand_concurrent_calls_refresh_once(backend: Backend) {
 // 2. Two processes on one PostgreSQL database: one refresh (the database lease)
 // ---------------------------------------------------------------------------------------------
 
+/// The install's token has expired and the token endpoint is slow: 500 concurrent calls on
+/// the world's app and 500 on the server at `other_base` (same database) all succeed with one
+/// refresh between them, from the refresh token the install held, and the rotated one is
+/// stored. `servers` names the two in the timing line.
+async fn bursts_on_two_servers_refresh_once(
+    w: &World,
+    ins: &Install,
+    other_base: &str,
+    servers: &str,
+) {
+    let before = w.row(ins).await;
+    let rt0 = w.stored_refresh_token(&before);
+    w.expire_token(ins).await;
+    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
+    slow_token_endpoint(&w.oauth);
+
+    let t0 = now_ms();
+    let started = Instant::now();
+    let (a, b) = futures_util::join!(
+        burst(&w.app.base, &w.app.api_key, ins, 500),
+        burst(other_base, &w.app.api_key, ins, 500)
+    );
+    let elapsed = started.elapsed();
+    w.oauth.clear_token_faults();
+    let t1 = now_ms();
+    eprintln!("token_lifecycle: 2 x 500 concurrent calls ({servers}) served in {elapsed:?}");
+
+    assert_all_ok(&a);
+    assert_all_ok(&b);
+    assert_eq!(
+        w.oauth.refresh_request_count() - refreshes,
+        1,
+        "one refresh"
+    );
+    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
+    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
+    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
+    let after = assert_refreshed_once(w, ins, &before, t0, t1).await;
+    assert!(w
+        .oauth
+        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+}
+
 /// PostgreSQL only: two Switchboard processes share one database only on PostgreSQL in
 /// production (SQLite is a single-host embedded store). The second `Application` builds its
 /// own `Services` (its own in-process locks, caches and lease owner id), so only the database
@@ -399,37 +456,7 @@ async fn two_replicas_on_one_postgres_refresh_once() {
         |s| s.secrets.key_file = key_file.clone(),
     )
     .await;
-    let before = w.row(&ins).await;
-    let rt0 = w.stored_refresh_token(&before);
-    w.expire_token(&ins).await;
-    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
-    slow_token_endpoint(&w.oauth);
-
-    let t0 = now_ms();
-    let started = Instant::now();
-    let (a, b) = futures_util::join!(
-        burst(&w.app.base, &w.app.api_key, &ins, 500),
-        burst(&replica.base, &w.app.api_key, &ins, 500)
-    );
-    let elapsed = started.elapsed();
-    w.oauth.clear_token_faults();
-    let t1 = now_ms();
-    eprintln!("token_lifecycle: 2 x 500 concurrent calls (two replicas) served in {elapsed:?}");
-
-    assert_all_ok(&a);
-    assert_all_ok(&b);
-    assert_eq!(
-        w.oauth.refresh_request_count() - refreshes,
-        1,
-        "one refresh"
-    );
-    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
-    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
-    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
-    let after = assert_refreshed_once(&w, &ins, &before, t0, t1).await;
-    assert!(w
-        .oauth
-        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+    bursts_on_two_servers_refresh_once(&w, &ins, &replica.base, "two replicas").await;
 }
 
 /// A `switchboard serve` child process, configured through the environment like in production.
@@ -555,39 +582,7 @@ async fn separate_os_process_on_one_postgres_refreshes_once() {
         &[],
     )
     .await;
-    let before = w.row(&ins).await;
-    let rt0 = w.stored_refresh_token(&before);
-    w.expire_token(&ins).await;
-    let (refreshes, fhir_from) = (w.oauth.refresh_request_count(), w.fhir.request_count());
-    slow_token_endpoint(&w.oauth);
-
-    let t0 = now_ms();
-    let started = Instant::now();
-    let (a, b) = futures_util::join!(
-        burst(&w.app.base, &w.app.api_key, &ins, 500),
-        burst(&child.base, &w.app.api_key, &ins, 500)
-    );
-    let elapsed = started.elapsed();
-    w.oauth.clear_token_faults();
-    let t1 = now_ms();
-    eprintln!(
-        "token_lifecycle: 2 x 500 concurrent calls (test process + child process) served in {elapsed:?}"
-    );
-
-    assert_all_ok(&a);
-    assert_all_ok(&b);
-    assert_eq!(
-        w.oauth.refresh_request_count() - refreshes,
-        1,
-        "one refresh"
-    );
-    assert_eq!(w.oauth.refresh_tokens_seen(), vec![rt0]);
-    assert_eq!(w.fhir.request_count() - fhir_from, 1000);
-    assert_eq!(bearers_since(&w.fhir, fhir_from).len(), 1);
-    let after = assert_refreshed_once(&w, &ins, &before, t0, t1).await;
-    assert!(w
-        .oauth
-        .is_refresh_token_valid(&w.stored_refresh_token(&after)));
+    bursts_on_two_servers_refresh_once(&w, &ins, &child.base, "test process + child process").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -829,14 +824,8 @@ async fn invalid_grant_needs_reauthorization(backend: Backend) {
 /// the install says so: `needs_reauthorization` with a clear `last_error`, calls answered 409
 /// with the way out, and re-authorization through the restarted process works.
 async fn crash_during_refresh_never_leaves_a_silent_break(backend: Backend) {
-    let port = free_port();
-    let child_base = format!("http://127.0.0.1:{port}");
-    let app = TestApp::spawn(backend).await;
-    let w = World::with_app(app, &[callback_of(&child_base)]).await;
-    let ins = w.authorized_install("acme").await;
+    let (port, w, ins, key_file, work) = child_server_world(backend).await;
     let rt0 = w.stored_refresh_token(&w.row(&ins).await);
-    let key_file = w.app.dir.path().join("secret.key");
-    let work = tempfile::tempdir().unwrap();
     // A short lease so the restarted process may take over after 3 s; the configuration requires
     // it to exceed the token request timeout (so a live refresher always ends first).
     let env = [
@@ -1288,14 +1277,8 @@ async fn instance_rows(w: &World) -> i64 {
 /// the install answers successfully within 5 s of the restart. Every 503 in between carries
 /// `Retry-After`; the provider never sees a spent refresh token again (the grant survives).
 async fn crash_mid_refresh_recovers_within_five_seconds(backend: Backend) {
-    let port = free_port();
-    let child_base = format!("http://127.0.0.1:{port}");
-    let app = TestApp::spawn(backend).await;
-    let w = World::with_app(app, &[callback_of(&child_base)]).await;
-    let ins = w.authorized_install("acme").await;
+    let (port, w, ins, key_file, work) = child_server_world(backend).await;
     let rt0 = w.stored_refresh_token(&w.row(&ins).await);
-    let key_file = w.app.dir.path().join("secret.key");
-    let work = tempfile::tempdir().unwrap();
     // Default lease (60 s) and heartbeat (1 s, stale after 3 s); a short wait so callers see
     // the 503 instead of waiting in the server.
     let env = [("SWITCHBOARD__TOKENS__WAIT_TIMEOUT_MS", "300")];
@@ -1442,15 +1425,9 @@ async fn live_slow_refresh_is_not_stolen(backend: Backend) {
 /// the refresh runs detached, the server awaits it, and the rotated refresh token is committed
 /// before the process exits; the instance row is removed.
 async fn shutdown_mid_refresh_commits(backend: Backend) {
-    let port = free_port();
-    let child_base = format!("http://127.0.0.1:{port}");
-    let app = TestApp::spawn(backend).await;
-    let w = World::with_app(app, &[callback_of(&child_base)]).await;
-    let ins = w.authorized_install("acme").await;
+    let (port, w, ins, key_file, work) = child_server_world(backend).await;
     let before = w.row(&ins).await;
     let rt0 = w.stored_refresh_token(&before);
-    let key_file = w.app.dir.path().join("secret.key");
-    let work = tempfile::tempdir().unwrap();
     let mut child = ChildServer::start(port, &w.app.db_url, &key_file, work.path(), &[]).await;
     assert_eq!(instance_rows(&w).await, 2);
     w.expire_token(&ins).await;

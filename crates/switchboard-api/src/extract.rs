@@ -20,16 +20,7 @@ impl FromRequest for Tenant {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let services = req.app_data::<web::Data<Services>>().cloned();
         let request_id = crate::request_id::RequestId::of(req);
-        let key = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, rest) = v.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| rest.trim().to_owned())
-            });
+        let key = bearer_token(req).map(str::to_owned);
         // Without an Authorization header, the web console's session cookie authenticates the
         // same API; a write must then pass the CSRF rule before anything is read or written.
         let session = key
@@ -84,6 +75,15 @@ impl FromRequest for Tenant {
             }
         })
     }
+}
+
+/// The token of the request's `Authorization: Bearer <token>` header (scheme matched without
+/// regard to case, token trimmed), if it has one: the API key of `/v1`, the agent session token
+/// of `/mcp`. Each caller answers its absence with its own 401.
+pub(crate) fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// The value of cookie `name` in the request's `Cookie` header(s), if any.

@@ -61,17 +61,46 @@ pub struct CapabilityWarningOut {
     pub param: String,
 }
 
-/// The capability fields of a setup: (warnings, checked_at, error).
-type CapabilityView = (Vec<CapabilityWarningOut>, Option<String>, Option<String>);
+/// The discovery fields of a setup: (discovered, discovery_error).
+type DiscoveryView = (Option<DiscoveredOut>, Option<String>);
 
-fn capability_view(row: Option<&switchboard_db::CapabilityCheck>) -> CapabilityView {
-    match row {
-        Some(r) => (
-            serde_json::from_str(&r.warnings).unwrap_or_default(),
-            Some(ms_to_rfc3339(r.checked_at)),
-            r.error.clone(),
-        ),
-        None => (Vec::new(), None, None),
+impl SetupOut {
+    /// The response for a stored setup: its settings masked, its keys' public view, the
+    /// discovery read for its FHIR base and its last capability check.
+    fn new(
+        connector_id: &ConnectorId,
+        def: &switchboard_connector::ConnectorDef,
+        values: &std::collections::BTreeMap<String, String>,
+        row: &switchboard_db::ConnectorSetup,
+        keys: Option<SetupKeysOut>,
+        (discovered, discovery_error): DiscoveryView,
+        checked: Option<&switchboard_db::CapabilityCheck>,
+    ) -> Self {
+        let (jwks_url, signing_keys) = match keys {
+            Some(k) => (Some(k.jwks_url), Some(k.signing_keys)),
+            None => (None, None),
+        };
+        let (capability_warnings, capability_checked_at, capability_error) = match checked {
+            Some(c) => (
+                serde_json::from_str(&c.warnings).unwrap_or_default(),
+                Some(ms_to_rfc3339(c.checked_at)),
+                c.error.clone(),
+            ),
+            None => (Vec::new(), None, None),
+        };
+        Self {
+            connector: connector_id.to_string(),
+            settings: settings::masked(def, values),
+            created_at: ms_to_rfc3339(row.created_at),
+            updated_at: ms_to_rfc3339(row.updated_at),
+            jwks_url,
+            signing_keys,
+            discovered,
+            discovery_error,
+            capability_warnings,
+            capability_checked_at,
+            capability_error,
+        }
     }
 }
 
@@ -114,16 +143,6 @@ impl DiscoveredOut {
                 .authorization_response_iss_parameter_supported,
             fetched_at: ms_to_rfc3339(row.fetched_at),
         }))
-    }
-}
-
-impl SetupOut {
-    fn with_keys(mut self, keys: Option<crate::signing_keys::SetupKeysOut>) -> Self {
-        if let Some(k) = keys {
-            self.jwks_url = Some(k.jwks_url);
-            self.signing_keys = Some(k.signing_keys);
-        }
-        self
     }
 }
 
@@ -226,26 +245,19 @@ impl SetupService {
         };
         self.audit
             .admin(&t.tenant_id, Some(t), "setup.saved", 200, target)?;
-        let (discovered, discovery_error) = match discovered_base {
+        let discovery = match discovered_base {
             Some(base) => self.cached(t, connector_id, &base).await?,
             None => (None, None),
         };
-        let (capability_warnings, capability_checked_at, capability_error) =
-            capability_view(checked.as_ref());
-        Ok(SetupOut {
-            connector: connector_id.to_string(),
-            settings: settings::masked(def, &values),
-            created_at: ms_to_rfc3339(row.created_at),
-            updated_at: ms_to_rfc3339(row.updated_at),
-            jwks_url: None,
-            signing_keys: None,
-            discovered,
-            discovery_error,
-            capability_warnings,
-            capability_checked_at,
-            capability_error,
-        }
-        .with_keys(key_view))
+        Ok(SetupOut::new(
+            connector_id,
+            def,
+            &values,
+            &row,
+            key_view,
+            discovery,
+            checked.as_ref(),
+        ))
     }
 
     /// Reads discovery for the FHIR base the setup values form (when they form one: a base
@@ -345,7 +357,7 @@ impl SetupService {
         t: &TenantCtx,
         connector_id: &ConnectorId,
         base: &str,
-    ) -> Result<(Option<DiscoveredOut>, Option<String>), ServiceError> {
+    ) -> Result<DiscoveryView, ServiceError> {
         let (tenant, cid, base) = (
             t.tenant_id.clone(),
             connector_id.to_string(),
@@ -385,9 +397,7 @@ impl SetupService {
             .db
             .run(move |conn| capability::find(conn, &tenant, &cid))
             .await?;
-        let (capability_warnings, capability_checked_at, capability_error) =
-            capability_view(checked.as_ref());
-        let (discovered, discovery_error) = if connector.def.discovery.is_some() {
+        let discovery = if connector.def.discovery.is_some() {
             let merged =
                 switchboard_connector::merge_settings(&connector.def, &values, &Default::default());
             let base = connector
@@ -402,20 +412,15 @@ impl SetupService {
         } else {
             (None, None)
         };
-        Ok(SetupOut {
-            connector: connector_id.to_string(),
-            settings: settings::masked(&connector.def, &values),
-            created_at: ms_to_rfc3339(row.created_at),
-            updated_at: ms_to_rfc3339(row.updated_at),
-            jwks_url: None,
-            signing_keys: None,
-            discovered,
-            discovery_error,
-            capability_warnings,
-            capability_checked_at,
-            capability_error,
-        }
-        .with_keys(key_view))
+        Ok(SetupOut::new(
+            connector_id,
+            &connector.def,
+            &values,
+            &row,
+            key_view,
+            discovery,
+            checked.as_ref(),
+        ))
     }
 
     /// `POST /v1/connectors/{c}/setup/keys/rotate`: publishes a new key now; it signs after

@@ -44,6 +44,57 @@ pub enum ClientAuthMethod {
     None,
 }
 
+/// The constructors and builders a registered client type shares (`OAuthClient` here,
+/// `oidc::OidcClient`): `basic`, `post`, `public`, `redirect_uri`, `grant_types`. Expanded
+/// inside the type's `impl`, which supplies `fn new(id, secret, method, redirect) -> Self` and
+/// the fields `redirect_uris` and `grant_types`.
+macro_rules! client_constructors {
+    () => {
+        /// Confidential client using `client_secret_basic`.
+        pub fn basic(id: &str, secret: &str, redirect_uri: &str) -> Self {
+            Self::new(
+                id,
+                Some(secret),
+                $crate::oauth::ClientAuthMethod::ClientSecretBasic,
+                redirect_uri,
+            )
+        }
+
+        /// Confidential client using `client_secret_post`.
+        pub fn post(id: &str, secret: &str, redirect_uri: &str) -> Self {
+            Self::new(
+                id,
+                Some(secret),
+                $crate::oauth::ClientAuthMethod::ClientSecretPost,
+                redirect_uri,
+            )
+        }
+
+        /// Public client (`token_endpoint_auth_method=none`): PKCE only.
+        pub fn public(id: &str, redirect_uri: &str) -> Self {
+            Self::new(
+                id,
+                None,
+                $crate::oauth::ClientAuthMethod::None,
+                redirect_uri,
+            )
+        }
+
+        /// Registers one more exact redirect URI.
+        pub fn redirect_uri(mut self, uri: &str) -> Self {
+            self.redirect_uris.push(uri.to_owned());
+            self
+        }
+
+        /// Replaces the allowed grant types.
+        pub fn grant_types(mut self, grants: &[&str]) -> Self {
+            self.grant_types = grants.iter().map(|g| (*g).to_owned()).collect();
+            self
+        }
+    };
+}
+pub(crate) use client_constructors;
+
 /// A registered client.
 #[derive(Clone)]
 pub struct OAuthClient {
@@ -85,40 +136,7 @@ impl OAuthClient {
         }
     }
 
-    /// Confidential client using `client_secret_basic`.
-    pub fn basic(id: &str, secret: &str, redirect_uri: &str) -> Self {
-        Self::new(
-            id,
-            Some(secret),
-            ClientAuthMethod::ClientSecretBasic,
-            redirect_uri,
-        )
-    }
-
-    /// Confidential client using `client_secret_post`.
-    pub fn post(id: &str, secret: &str, redirect_uri: &str) -> Self {
-        Self::new(
-            id,
-            Some(secret),
-            ClientAuthMethod::ClientSecretPost,
-            redirect_uri,
-        )
-    }
-
-    /// Public client (`token_endpoint_auth_method=none`).
-    pub fn public(id: &str, redirect_uri: &str) -> Self {
-        Self::new(id, None, ClientAuthMethod::None, redirect_uri)
-    }
-
-    pub fn redirect_uri(mut self, uri: &str) -> Self {
-        self.redirect_uris.push(uri.to_owned());
-        self
-    }
-
-    pub fn grant_types(mut self, grants: &[&str]) -> Self {
-        self.grant_types = grants.iter().map(|g| (*g).to_owned()).collect();
-        self
-    }
+    client_constructors!();
 
     pub fn without_refresh_tokens(mut self) -> Self {
         self.issue_refresh_tokens = false;

@@ -72,40 +72,7 @@ impl OidcClient {
         }
     }
 
-    /// Confidential, `client_secret_basic`.
-    pub fn basic(id: &str, secret: &str, redirect_uri: &str) -> Self {
-        Self::new(
-            id,
-            Some(secret),
-            ClientAuthMethod::ClientSecretBasic,
-            redirect_uri,
-        )
-    }
-
-    /// Confidential, `client_secret_post`.
-    pub fn post(id: &str, secret: &str, redirect_uri: &str) -> Self {
-        Self::new(
-            id,
-            Some(secret),
-            ClientAuthMethod::ClientSecretPost,
-            redirect_uri,
-        )
-    }
-
-    /// Public (`none`): PKCE only.
-    pub fn public(id: &str, redirect_uri: &str) -> Self {
-        Self::new(id, None, ClientAuthMethod::None, redirect_uri)
-    }
-
-    pub fn redirect_uri(mut self, uri: &str) -> Self {
-        self.redirect_uris.push(uri.to_owned());
-        self
-    }
-
-    pub fn grant_types(mut self, grants: &[&str]) -> Self {
-        self.grant_types = grants.iter().map(|g| (*g).to_owned()).collect();
-        self
-    }
+    crate::oauth::client_constructors!();
 
     pub fn scope(mut self, scope: &str) -> Self {
         self.scope = scope.to_owned();

@@ -153,15 +153,7 @@ async fn authenticate(req: &HttpRequest, s: &Services) -> Result<AgentCtx> {
             "send Authorization: Bearer <agent session token>; the session may be revoked or expired",
         )
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .ok_or_else(unauthorized)?;
+    let token = crate::extract::bearer_token(req).ok_or_else(unauthorized)?;
     let request_id = crate::request_id::RequestId::of(req);
     match s.agent_sessions.authenticate(token).await? {
         Some(agent) => Ok(agent.with_request_id(request_id)),
