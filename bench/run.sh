@@ -41,8 +41,8 @@
 #                       wrk measures it, and report instructions per request (repeatable on a
 #                       shared machine, unlike req/s); the dumps go to OUT_DIR (callgrind_annotate
 #                       them). Slow: use it with TARGETS=switchboard and one connection count.
-#   PROFILE=0           1: perf record (call graphs) of Switchboard during get_patient at
-#                       PROFILE_CONNS (default 32) connections (audit as set, first round);
+#   PROFILE=0           1: perf record (call graphs) of Switchboard (and of the floor) during
+#                       get_patient at PROFILE_CONNS (default 32) connections (audit as set, first round);
 #                       perf.data and, with inferno on the PATH, a flame graph SVG go to OUT_DIR
 # Only 127.0.0.1 is ever contacted. Every process and temp directory is removed on exit.
 set -euo pipefail
@@ -419,7 +419,7 @@ run_wrk() { # backend label conns method url body auth server-pid
     fi
     local perf_pid=""
     if [ "$PROFILE" = 1 ] && [ "$ROUND" = 1 ] && [ "$conns" = "$PROFILE_CONNS" ] &&
-        [[ "$label" == switchboard.get_patient || "$label" == sb_audit_off.get_patient ]]; then
+        [[ "$label" == switchboard.get_patient || "$label" == sb_audit_off.get_patient || "$label" == floor.get_patient ]]; then
         command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf (apt-get install linux-perf)"
         # DWARF call graphs: the release build keeps .eh_frame and its symbols, no frame pointers.
         perf record -q -F 499 --call-graph dwarf,16384 -p "$server" -o "$OUT/perf-$backend-$label.data" \
