@@ -689,8 +689,11 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     );
     assert_eq!(
         actions(&webhook_audit(&app, &app.api_key).await),
-        [(format!("webhook.disabled:{hook}"), true)],
-        "the PATCH is audited with its key"
+        [
+            (format!("webhook.created:{hook}"), true),
+            (format!("webhook.disabled:{hook}"), true)
+        ],
+        "the creation and the PATCH are audited with their key"
     );
 
     // Enabled: both pending deliveries go out at once, in order.
@@ -711,6 +714,7 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     assert_eq!(
         actions(&webhook_audit(&app, &app.api_key).await),
         [
+            (format!("webhook.created:{hook}"), true),
             (format!("webhook.disabled:{hook}"), true),
             (format!("webhook.enabled:{hook}"), true)
         ]
@@ -756,6 +760,39 @@ async fn a_disabled_endpoint_gets_nothing_and_resumes_when_enabled(backend: Back
     assert_problem(s, &v, 404, "not_found");
     let (_, got) = app.get(&format!("/v1/webhooks/{hook}")).await;
     assert_eq!(got["enabled"], true);
+
+    // The accepted URL and filter change is audited once (the refused ones and the other
+    // tenant's 404 are not), then the deletion; never the URL itself.
+    let (s, _) = app.delete(&format!("/v1/webhooks/{hook}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let records = webhook_audit(&app, &app.api_key).await;
+    assert_eq!(
+        actions(&records),
+        [
+            (format!("webhook.created:{hook}"), true),
+            (format!("webhook.disabled:{hook}"), true),
+            (format!("webhook.enabled:{hook}"), true),
+            (format!("webhook.updated:{hook}"), true),
+            (format!("webhook.deleted:{hook}"), true)
+        ]
+    );
+    let statuses: Vec<&Value> = records.iter().map(|r| &r["status"]).collect();
+    assert_eq!(
+        statuses,
+        [
+            &json!(201),
+            &json!(200),
+            &json!(200),
+            &json!(200),
+            &json!(204)
+        ]
+    );
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains(&receiver.url("p")) && !text.contains(&receiver.url("q")),
+        "{text}"
+    );
+    assert!(webhook_audit(&app, &other_key).await.is_empty());
 }
 
 /// `webhooks.disable_after_failing_secs`: a receiver that answers 500 to everything is
@@ -828,10 +865,13 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     let records = webhook_audit(&app, &app.api_key).await;
     assert_eq!(
         actions(&records),
-        [(format!("webhook.disabled:{hook}"), false)],
+        [
+            (format!("webhook.created:{hook}"), true),
+            (format!("webhook.disabled:{hook}"), false)
+        ],
         "{records:?}"
     );
-    let record = &records[0];
+    let record = &records[1];
     assert_eq!(record["status"], 200, "{record}");
     for field in [
         "request_id",
@@ -890,6 +930,7 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
     assert_eq!(
         actions(&webhook_audit(&app, &app.api_key).await),
         [
+            (format!("webhook.created:{hook}"), true),
             (format!("webhook.disabled:{hook}"), false),
             (format!("webhook.enabled:{hook}"), true)
         ]

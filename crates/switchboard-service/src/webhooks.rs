@@ -333,7 +333,8 @@ fn enabled_action(enabled: bool, id: &str) -> String {
 
 impl WebhookService {
     /// Registers an endpoint. The URL must pass the outbound policy (422
-    /// `upstream_not_allowed`), and every event type must be known.
+    /// `upstream_not_allowed`), and every event type must be known. Audited as
+    /// `webhook.created:{id}` (never the URL or the secret).
     pub async fn create_webhook(
         &self,
         t: &TenantCtx,
@@ -364,6 +365,13 @@ impl WebhookService {
             .db
             .run(move |conn| repo::insert_endpoint(conn, &row))
             .await?;
+        self.audit.admin(
+            &t.tenant_id,
+            Some(t),
+            &format!("webhook.created:{}", row.id),
+            201,
+            Target::default(),
+        )?;
         Ok(WebhookCreated {
             webhook: webhook_out(&row),
             secret,
@@ -392,7 +400,8 @@ impl WebhookService {
 
     /// `PATCH /v1/webhooks/{id}`: enables or disables the endpoint, or changes its URL (checked
     /// as at creation) or event filter. 404 if the tenant has no such endpoint. `enabled` is
-    /// audited (`webhook.enabled:{id}` or `webhook.disabled:{id}`).
+    /// audited (`webhook.enabled:{id}` or `webhook.disabled:{id}`), a new URL or event filter
+    /// as `webhook.updated:{id}` (never the URL itself).
     pub async fn patch_webhook(
         &self,
         t: &TenantCtx,
@@ -420,6 +429,11 @@ impl WebhookService {
         }
         if let Some(enabled) = input.enabled {
             let action = enabled_action(enabled, &row.id);
+            self.audit
+                .admin(&t.tenant_id, Some(t), &action, 200, Target::default())?;
+        }
+        if input.url.is_some() || input.events.is_some() {
+            let action = format!("webhook.updated:{}", row.id);
             self.audit
                 .admin(&t.tenant_id, Some(t), &action, 200, Target::default())?;
         }
@@ -459,9 +473,11 @@ impl WebhookService {
         })
     }
 
-    /// Deletes the endpoint and its pending and past deliveries.
+    /// Deletes the endpoint and its pending and past deliveries. Audited as
+    /// `webhook.deleted:{id}`.
     pub async fn delete_webhook(&self, t: &TenantCtx, id: &str) -> Result<(), ServiceError> {
         let (tenant, id) = (t.tenant_id.clone(), id.to_owned());
+        let action = format!("webhook.deleted:{id}");
         let deleted = self
             .db
             .run(move |conn| {
@@ -469,7 +485,8 @@ impl WebhookService {
             })
             .await?;
         if deleted {
-            Ok(())
+            self.audit
+                .admin(&t.tenant_id, Some(t), &action, 204, Target::default())
         } else {
             Err(ServiceError::NotFound("webhook not found".into()))
         }
