@@ -363,6 +363,11 @@ async fn metrics_on_a_dedicated_listener_behind_a_token(backend: Backend) {
         assert_eq!(body["code"], "unauthorized", "{body}");
         assert!(!body.to_string().contains(scrape_token));
     }
+    // The scheme is case-insensitive (RFC 7235 §2.1), as on the API.
+    for scheme in ["bearer", "BEARER"] {
+        let r = get(Some(format!("{scheme} {scrape_token}"))).await;
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+    }
     let r = get(Some(format!("Bearer {scrape_token}"))).await;
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();

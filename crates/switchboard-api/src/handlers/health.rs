@@ -46,11 +46,8 @@ pub async fn metrics_on_dedicated_listener(
 /// Checks `metrics.token` (when set), samples the pool gauges and renders.
 fn scrape(req: &HttpRequest, m: &Metrics, s: &Services) -> super::Result<HttpResponse> {
     if let Some(token) = m.token() {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        // The same parsing as the API's (the scheme is case-insensitive, RFC 7235 §2.1).
+        let presented = crate::extract::bearer_token(req);
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
             return Err(crate::ApiError::new(
                 switchboard_core::ErrorCode::Unauthorized,
