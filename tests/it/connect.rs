@@ -743,24 +743,18 @@ async fn assert_authorized_and_callable(app: &TestApp, ehr: &Ehr, install: &str)
 const RETURN_PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Back in the application</title></head><body style=\"font-family:system-ui,sans-serif;margin:3rem\"><h1>Back in the application</h1><p id=\"where\"></p></body></html>";
 
 async fn in_the_browser(backend: Backend) {
-    use actix_web::{web, App, HttpResponse, HttpServer};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let return_prefix = format!("http://{}/", listener.local_addr().unwrap());
-    let tenant_app = HttpServer::new(|| {
-        App::new().default_service(web::to(|| async {
-            HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .body(RETURN_PAGE)
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(0)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let tenant_app_handle = tenant_app.handle();
-    actix_web::rt::spawn(tenant_app);
+    use actix_web::{web, HttpResponse};
+    let tenant_app = switchboard_testkit::fhir::ServerThread::spawn(
+        "tenant-app",
+        |cfg: &mut web::ServiceConfig| {
+            cfg.default_service(web::to(|| async {
+                HttpResponse::Ok()
+                    .content_type("text/html; charset=utf-8")
+                    .body(RETURN_PAGE)
+            }));
+        },
+    );
+    let return_prefix = format!("http://{}/", tenant_app.addr());
     let prefix = return_prefix.clone();
     let app = TestApp::spawn_with(backend, move |s| {
         s.security.allowed_return_urls.push(prefix)
@@ -824,7 +818,7 @@ async fn in_the_browser(backend: Backend) {
     }
     assert_eq!(install_count(&app).await, 1);
     assert_authorized_and_callable(&app, &ehr, &install).await;
-    drop(tenant_app_handle.stop(false));
+    drop(tenant_app);
 }
 
 crate::both_backends! {

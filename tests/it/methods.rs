@@ -6,7 +6,7 @@
 //! logs.
 
 use crate::support::{assert_problem, install_row, log_capture, open_tokens, Backend, TestApp};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use switchboard_testkit::fhir::{
-    self, FakeFhir, FakeFhirBuilder, Fault, NextLinks, RecordedRequest, RetryAfter,
+    self, FakeFhir, FakeFhirBuilder, Fault, NextLinks, RecordedRequest, RetryAfter, ServerThread,
 };
 use switchboard_testkit::oauth::{FakeOAuth, OAuthClient, TokenFault};
 
@@ -33,7 +33,7 @@ const RETURN_URL: &str = "https://console.example/done";
 /// followed). Epic's `endpoint` and Medplum's `base_url` point here.
 pub(crate) struct Front {
     pub(crate) origin: String,
-    handle: actix_web::dev::ServerHandle,
+    _server: ServerThread,
 }
 
 struct FrontTargets {
@@ -52,8 +52,6 @@ const HOP_BY_HOP: [&str; 5] = [
 
 impl Front {
     pub(crate) fn start(oauth_origin: &str, fhir_origin: &str) -> Front {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let origin = format!("http://{}", listener.local_addr().unwrap());
         let targets = web::Data::new(FrontTargets {
             oauth: oauth_origin.to_owned(),
             fhir: fhir_origin.to_owned(),
@@ -63,28 +61,15 @@ impl Front {
                 .build()
                 .unwrap(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(targets.clone())
+        let server = ServerThread::spawn("front", move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(targets.clone())
                 .app_data(web::PayloadConfig::new(1 << 20))
-                .default_service(web::to(forward))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(0)
-        .listen(listener)
-        .expect("listen")
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-        Front { origin, handle }
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        // The stop command is sent at once; the returned future only waits for completion.
-        drop(self.handle.stop(false));
+                .default_service(web::to(forward));
+        });
+        Front {
+            origin: format!("http://{}", server.addr()),
+            _server: server,
+        }
     }
 }
 

@@ -961,8 +961,9 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
 /// until the endpoint is enabled. The dispatcher is driven pass by pass (`run_once`), on a
 /// `ManualClock`.
 async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend) {
-    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use actix_web::{web, HttpRequest, HttpResponse};
     use std::sync::{Arc, Mutex, OnceLock};
+    use switchboard_testkit::fhir::ServerThread;
     let clock = ManualClock::new(now_ms());
     let app = TestApp::spawn_with_clock(backend, clock.clone(), |s| {
         s.webhooks.dispatch = false;
@@ -971,12 +972,10 @@ async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend)
     // The `webhook-id`s received, in order; the endpoint's PATCH URL and the key to call it.
     let got: Arc<Mutex<Vec<String>>> = Arc::default();
     let patch: Arc<OnceLock<(String, String)>> = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (got_in, patch_in) = (got.clone(), patch.clone());
-    let server = HttpServer::new(move || {
+    let receiver = ServerThread::spawn("webhook-receiver", move |cfg: &mut web::ServiceConfig| {
         let (got, patch) = (got_in.clone(), patch_in.clone());
-        App::new().default_service(web::to(move |req: HttpRequest| {
+        cfg.default_service(web::to(move |req: HttpRequest| {
             let (got, patch) = (got.clone(), patch.clone());
             async move {
                 let id = req
@@ -1005,16 +1004,9 @@ async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend)
                 }
                 HttpResponse::NoContent().finish()
             }
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(0)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let server_handle = server.handle();
-    actix_web::rt::spawn(server);
+        }));
+    });
+    let url = format!("http://{}/hook", receiver.addr());
 
     let (hook, _) = create_webhook(&app, &url, json!([])).await;
     patch
@@ -1059,7 +1051,7 @@ async fn a_disable_committed_mid_queue_stops_the_next_delivery(backend: Backend)
         delivery_states(&app).await[&hook],
         vec![("delivered".into(), 1), ("delivered".into(), 1)]
     );
-    server_handle.stop(false).await;
+    drop(receiver);
 }
 
 // ---------------------------------------------------------------------------------------------

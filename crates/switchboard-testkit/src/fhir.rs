@@ -48,8 +48,10 @@ pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 // A server on its own thread, usable from any runtime (actix_rt, tokio, or none).
 // ---------------------------------------------------------------------------------------------
 
-/// An actix-web server running on a dedicated thread with its own actix `System`; stopped on drop.
-pub(crate) struct ServerThread {
+/// An actix-web server on 127.0.0.1 running on a dedicated thread with its own actix `System`
+/// (one worker); stopped on drop. The testkit's fakes run on it, and so can a test's own stub
+/// server: `configure` sets up its routes.
+pub struct ServerThread {
     addr: SocketAddr,
     handle: ServerHandle,
     thread: Option<JoinHandle<()>>,
@@ -57,7 +59,7 @@ pub(crate) struct ServerThread {
 
 impl ServerThread {
     /// Binds 127.0.0.1:0 and serves the routes `configure` adds.
-    pub(crate) fn spawn<C>(name: &str, configure: C) -> ServerThread
+    pub fn spawn<C>(name: &str, configure: C) -> ServerThread
     where
         C: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
@@ -88,7 +90,7 @@ impl ServerThread {
         }
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 }
