@@ -220,10 +220,7 @@ fn insert_cost(db: &Db) {
     let mut conn = db.get().unwrap();
     if let Ok(sql) = std::env::var("AUDIT_BENCH_SQL") {
         use diesel::connection::SimpleConnection;
-        match &mut *conn {
-            switchboard_db::AnyConnection::Postgresql(c) => c.batch_execute(&sql).unwrap(),
-            switchboard_db::AnyConnection::Sqlite(c) => c.batch_execute(&sql).unwrap(),
-        }
+        conn.batch_execute(&sql).unwrap();
     }
     let start_ms = 1_800_000_000_000_i64;
     let mut n = 0_i64;
