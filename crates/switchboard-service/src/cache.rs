@@ -125,14 +125,16 @@ impl InstallCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn prepared(id: &str) -> Arc<Prepared> {
+    /// A prepared Canvas static-bearer install `id` of tenant `ten_1` (the shipped connector);
+    /// other tests override the fields they need.
+    pub(crate) fn prepared(id: &str) -> Prepared {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors");
         let catalog = switchboard_connector::load_dir(&dir).expect("shipped connectors load");
-        Arc::new(Prepared {
+        Prepared {
             id: id.to_owned(),
             tenant_id: "ten_1".into(),
             account_id: "acc_1".into(),
@@ -150,7 +152,7 @@ mod tests {
             granted_scope: None,
             search_params: vec![],
             loaded_at: Instant::now(),
-        })
+        }
     }
 
     /// Loads `id` as the method service does (the load puts its result in the cache), yielding
@@ -170,7 +172,7 @@ mod tests {
                 if fail {
                     return Err("database down");
                 }
-                let p = prepared(id);
+                let p = Arc::new(prepared(id));
                 cache.put(p.clone());
                 Ok(p)
             })

@@ -517,26 +517,16 @@ async fn a_failure_is_shared_with_the_callers_queued_behind_it() {
 
 /// The prepared form of `row` as the method service builds it (a Canvas install).
 fn prepared(row: &Install) -> Arc<Prepared> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../connectors");
-    let catalog = switchboard_connector::load_dir(&dir).expect("shipped connectors load");
     Arc::new(Prepared {
-        id: row.id.clone(),
         tenant_id: row.tenant_id.clone(),
         account_id: row.account_id.clone(),
-        connector: catalog.get("canvas").expect("canvas"),
         auth_kind: switchboard_connector::AuthKind::Oauth2AuthorizationCode,
-        status: InstallStatus::Authorized,
-        status_error: None,
-        fhir_base: url::Url::parse("https://fhir.example/").unwrap(),
-        headers: vec![],
         bearer: Some(secrecy::SecretString::from("at-0")),
         expires_at: row.token_expires_at,
         obtained_at: row.last_refresh_at,
         token_version: row.token_version,
         has_refresh_token: row.refresh_token.is_some(),
-        granted_scope: None,
-        search_params: vec![],
-        loaded_at: std::time::Instant::now(),
+        ..crate::cache::tests::prepared(&row.id)
     })
 }
 
