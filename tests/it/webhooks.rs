@@ -822,6 +822,9 @@ async fn a_failing_endpoint_is_disabled_and_gets_its_kept_deliveries_when_enable
         advance(&app, &clock, Duration::from_secs(1)).await;
     }
     assert_eq!(receiver.received("f").await[0]["status"], 500);
+    // The receiver answered; the pass that sent the attempt records it when it ends (the
+    // install's commit may have started that pass outside `advance`): wait for it.
+    advance(&app, &clock, Duration::ZERO).await;
     let first_failure = clock.now_ms();
     let (_, v) = app.get(&format!("/v1/webhooks/{hook}")).await;
     assert_eq!(v["enabled"], true, "{v}");
