@@ -432,13 +432,20 @@ run_wrk() { # backend label conns method url body auth server-pid
         cg=$(ls "$OUT"/callgrind.*.out* 2>/dev/null | wc -l)
         callgrind_control -z "$server" >/dev/null && callgrind_control -i on "$server" >/dev/null
     fi
-    local cpu0 cpu1 vcs0 vcs1
+    local cpu0 cpu1 vcs0 vcs1 db0=0 db1=0 pg=""
+    # PostgreSQL's own CPU (the postmaster and its backends) while Switchboard is measured: the
+    # database's share of a call (mostly the audit trail's inserts) on the same cores.
+    if [ "$backend" = postgres ] && [ "$server" = "$SB_PID" ] && [ -r "$PG_DATA/postmaster.pid" ]; then
+        pg=$(head -n 1 "$PG_DATA/postmaster.pid")
+        db0=$(cpu_ticks "$pg")
+    fi
     cpu0=$(cpu_ticks "$server")
     vcs0=$(voluntary_switches "$server")
     BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth \
         wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s --latency -s "$LUA" "$url" >"$raw" 2>&1 ||
         die "wrk failed: $(cat "$raw")"
     cpu1=$(cpu_ticks "$server")
+    [ -n "$pg" ] && db1=$(cpu_ticks "$pg")
     vcs1=$(voluntary_switches "$server")
     local ir=0
     if [ -n "$cg" ]; then
@@ -464,13 +471,16 @@ run_wrk() { # backend label conns method url body auth server-pid
     local cpu
     cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$(kv "$line" requests)" \
         'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+    local dbcpu
+    dbcpu=$(awk -v t=$((db1 - db0)) -v hz="$CLK_TCK" -v n="$(kv "$line" requests)" \
+        'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
     local vcs
     vcs=$(awk -v d=$((vcs1 - vcs0)) -v n="$(kv "$line" requests)" 'BEGIN { printf "%.2f", (n > 0 ? d / n : 0) }')
     local irq
     irq=$(awk -v ir="${ir:-0}" -v n="$(kv "$line" requests)" 'BEGIN { printf "%.0f", (n > 0 ? ir / n : 0) }')
-    printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$label" "$conns" "$rps" "$p50" "$p99" "$errs" "$cpu" "$ROUND" "$irq" >>"$RESULTS"
-    printf '  %-28s c=%-4s %10s req/s   p50 %7s us   p99 %7s us   cpu %6s us/req   wake-ups %5s/req   errors %s%s\n' \
-        "$label" "$conns" "$rps" "$p50" "$p99" "$cpu" "$vcs" "$errs" "${cg:+   instructions/req $irq}" >&2
+    printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$backend" "$label" "$conns" "$rps" "$p50" "$p99" "$errs" "$cpu" "$ROUND" "$irq" "$dbcpu" >>"$RESULTS"
+    printf '  %-28s c=%-4s %10s req/s   p50 %7s us   p99 %7s us   cpu %6s us/req%s   wake-ups %5s/req   errors %s%s\n' \
+        "$label" "$conns" "$rps" "$p50" "$p99" "$cpu" "${pg:+ (PostgreSQL $dbcpu)}" "$vcs" "$errs" "${cg:+   instructions/req $irq}" >&2
 }
 
 # perf.data -> flame graph SVG, when inferno (cargo install inferno) is on the PATH.
@@ -592,7 +602,7 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
     function ratio(a, b,   r, n) { n = 0; for (r = 1; r <= rounds; r++) if (((a SUBSEP r) in rps) && rps[b, r] > 0) V[++n] = rps[a, r] / rps[b, r]; return med(n) }
     # Median over the rounds of p50[a] - p50[b].
     function added(a, b,   r, n) { n = 0; for (r = 1; r <= rounds; r++) if (((a SUBSEP r) in p50) && ((b SUBSEP r) in p50)) V[++n] = p50[a, r] - p50[b, r]; return med(n) }
-    $1 == "run" { k = $2 SUBSEP $3 SUBSEP $4; rps[k, $10] = $5; p50[k, $10] = $6; p99[k, $10] = $7; err[k] += $8; cpu[k, $10] = $9; if ($11 > 0) { ir[k, $10] = $11; anyir = 1 } }
+    $1 == "run" { k = $2 SUBSEP $3 SUBSEP $4; rps[k, $10] = $5; p50[k, $10] = $6; p99[k, $10] = $7; err[k] += $8; cpu[k, $10] = $9; if ($12 != "") db[k, $10] = $12; if ($11 > 0) { ir[k, $10] = $11; anyir = 1 } }
     $1 == "rss" { k = $2 SUBSEP $3; if (!(k in hwm) || $4 > hwm[k]) hwm[k] = $4 }
     $1 == "load" { k = $2 SUBSEP $3; if ($3 == "start" && !(k in load)) load[k] = $4; if ($3 == "end") load[k] = $4 }
     END {
@@ -693,7 +703,8 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
                 o = be SUBSEP "sb_audit_off." M[mm] SUBSEP 32; on = be SUBSEP "switchboard." M[mm] SUBSEP 32
                 if (!has(o) || !has(on)) continue
                 r = ratio(on, o); ok = r >= 0.9; fails += !ok
-                printf "| %s @32: audit on >= 0.9x audit off req/s (within 10%%) | %.2fx (CPU %.1f / %.1f µs) | %s |\n", M[mm], r, m(cpu, on), m(cpu, o), verdict(ok)
+                dbs = (be == "postgres" ? sprintf("; PostgreSQL %.1f / %.1f µs", m(db, on), m(db, o)) : "")
+                printf "| %s @32: audit on >= 0.9x audit off req/s (within 10%%) | %.2fx (CPU on / off %.1f / %.1f µs%s) | %s |\n", M[mm], r, m(cpu, on), m(cpu, o), dbs, verdict(ok)
             }
             for (mm = 1; mm <= 2; mm++) for (c = 1; c <= nc; c++) {
                 s = be SUBSEP "switchboard." M[mm] SUBSEP C[c]
