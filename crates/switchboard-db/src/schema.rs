@@ -88,7 +88,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    audit_events (id) {
+    audit_events (tenant_id, at, id) {
         id -> Text,
         tenant_id -> Text,
         at -> BigInt,

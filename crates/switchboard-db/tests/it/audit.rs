@@ -147,8 +147,9 @@ fn audit_writer_batches_land_whole_and_it_recovers_after_an_error(db: &Db) {
     assert_eq!(w.insert(&[]).unwrap(), 0);
     let rows = [event("ten_a", "a", 10, 200), event("ten_a", "b", 11, 502)];
     assert_eq!(w.insert(&rows).unwrap(), 2);
-    // A batch that fails (a duplicate id) leaves nothing of itself behind...
-    let bad = [event("ten_a", "c", 12, 200), event("ten_a", "a", 13, 200)];
+    // A batch that fails (a duplicate primary key: tenant, time and id) leaves nothing of
+    // itself behind...
+    let bad = [event("ten_a", "c", 12, 200), event("ten_a", "a", 10, 200)];
     assert!(w.insert(&bad).is_err());
     let mut c = db.get().unwrap();
     assert_eq!(
