@@ -44,6 +44,23 @@ pub struct CompiledMethod {
     connector: String,
 }
 
+/// Param patterns compiled once per source text. The FHIR methods every connector includes
+/// repeat the same few patterns (the id pattern about fifty times per connector), and a
+/// compiled regex is about 10 KiB of automata. A clone shares them (`Regex` is an `Arc` inside).
+#[derive(Default)]
+pub(crate) struct Patterns(std::collections::HashMap<String, Regex>);
+
+impl Patterns {
+    fn get(&mut self, src: &str) -> Result<Regex, regex::Error> {
+        if let Some(re) = self.0.get(src) {
+            return Ok(re.clone());
+        }
+        let re = compile_pattern(src)?;
+        self.0.insert(src.to_owned(), re.clone());
+        Ok(re)
+    }
+}
+
 /// A param with its `pattern` compiled (anchored: it must match the whole value): what the
 /// engine validates a caller's value against.
 #[derive(Debug)]
@@ -61,12 +78,16 @@ impl Connector {
                 problems: issues.iter().map(ToString::to_string).collect(),
             });
         }
-        Self::compile(def)
+        Self::compile(def, &mut Patterns::default())
     }
 
     /// Compile an already validated definition. Errors can only come from a definition that
-    /// skipped validation, so they are reported rather than trusted away.
-    pub(crate) fn compile(def: ConnectorDef) -> Result<Self, InvalidConnector> {
+    /// skipped validation, so they are reported rather than trusted away. `patterns` holds the
+    /// regexes compiled so far (of this connector and of the others loaded with it).
+    pub(crate) fn compile(
+        def: ConnectorDef,
+        patterns: &mut Patterns,
+    ) -> Result<Self, InvalidConnector> {
         let bad = |what: String| InvalidConnector {
             problems: vec![what],
         };
@@ -89,7 +110,8 @@ impl Connector {
             for p in &m.params {
                 let pattern = match &p.pattern {
                     Some(src) => Some(
-                        compile_pattern(src)
+                        patterns
+                            .get(src)
                             .map_err(|e| bad(format!("{}.{}.pattern: {e}", m.id, p.name)))?,
                     ),
                     None => None,

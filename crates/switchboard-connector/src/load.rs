@@ -57,8 +57,9 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, Vec<Diagnostic>> {
         }
     }
     let mut catalog = Catalog::new();
+    let mut patterns = crate::catalog::Patterns::default();
     for (file, _, def) in loaded {
-        match Connector::compile(def) {
+        match Connector::compile(def, &mut patterns) {
             Ok(c) => {
                 catalog.insert(c);
             }
