@@ -1,6 +1,6 @@
 -- Cheaper audit inserts (issue 13): every index of audit_events is written once per method
 -- call, so each one costs on the request path's budget. Five B-trees become four, with
--- narrower keys (docs/BENCHMARKS.md, "Audit cost, fourth pass"):
+-- narrower keys (docs/BENCHMARKS.md, "Fourth pass"):
 -- - the primary key is (tenant_id, at, id), the order of a tenant's trail, and replaces both
 --   the primary key on id alone and audit_events_tenant_at (an id is unique by itself: its
 --   time and 80 random bits; unique with the tenant and time all the more);
