@@ -44,9 +44,9 @@ pub struct CompiledMethod {
     connector: String,
 }
 
-/// Param patterns compiled once per source text. The FHIR methods every connector includes
-/// repeat the same few patterns (the id pattern about fifty times per connector), and a
-/// compiled regex is about 10 KiB of automata. A clone shares them (`Regex` is an `Arc` inside).
+/// Param patterns compiled once per source text. The US Core methods six connectors include
+/// declare 44 patterns, 37 of them the same id pattern, and a compiled regex holds its own
+/// automata; a clone shares them (`Regex` is an `Arc` inside).
 #[derive(Default)]
 pub(crate) struct Patterns(std::collections::HashMap<String, Regex>);
 
