@@ -33,9 +33,11 @@ pub enum Outcome {
 }
 
 /// The audit writer's own SQLite settings, on top of the pool's (WAL, `synchronous = NORMAL`):
-/// a 16 MiB page cache (the default is 2 MiB), which holds the hot pages of the table and its
-/// indexes between batches.
-const WRITER_SQLITE_PRAGMAS: &str = "PRAGMA cache_size = -16384;";
+/// an 8 MiB page cache (the default is 2 MiB), which holds the hot pages of the table and its
+/// indexes between batches. With the narrower indexes of 2026-12-09, 8 MiB cost the same CPU
+/// per record as 16 MiB over 200,000 spread records (4 MiB was about 12% dearer);
+/// docs/BENCHMARKS.md, "Fourth pass".
+const WRITER_SQLITE_PRAGMAS: &str = "PRAGMA cache_size = -8192;";
 
 /// Where the service's audit writer sends its batches: one connection outside the pool
 /// ([`Db::dedicated`]), kept from batch to batch. A pooled connection would start most batches
