@@ -55,6 +55,17 @@ fn emit(db: &Db, e: &NewWebhookEvent) -> usize {
     c.transaction::<_, DbError, _>(|c| wh::emit(c, e)).unwrap()
 }
 
+/// `PATCH {"enabled": …}` of tenant `ten_a`'s endpoint `whk_a` at `at`; the endpoint after it.
+fn set_enabled(c: &mut AnyConnection, enabled: bool, at: i64) -> WebhookEndpoint {
+    let change = wh::EndpointChange {
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    wh::update_endpoint(c, "ten_a", "whk_a", &change, at)
+        .unwrap()
+        .unwrap()
+}
+
 fn fan_out_order_and_fence(db: &Db) {
     tenant(db, "ten_a");
     endpoint(db, "ten_a", "whk_all", "");
@@ -372,13 +383,7 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         0
     );
 
-    let enable = wh::EndpointChange {
-        enabled: Some(true),
-        ..Default::default()
-    };
-    let ep = wh::update_endpoint(&mut c, "ten_a", "whk_a", &enable, 20_000)
-        .unwrap()
-        .unwrap();
+    let ep = set_enabled(&mut c, true, 20_000);
     assert_eq!(
         (ep.failing_since, ep.disabled_at, ep.disabled_reason),
         (None, None, None)
@@ -391,13 +396,7 @@ fn failing_endpoint_is_disabled_and_keeps_its_queue(db: &Db) {
         ("msg_2", 20_000, 20_000)
     );
 
-    let disable = wh::EndpointChange {
-        enabled: Some(false),
-        ..Default::default()
-    };
-    let ep = wh::update_endpoint(&mut c, "ten_a", "whk_a", &disable, 21_000)
-        .unwrap()
-        .unwrap();
+    let ep = set_enabled(&mut c, false, 21_000);
     assert_eq!(
         (ep.disabled_at, ep.disabled_reason.as_deref()),
         (Some(21_000), Some(wh::DISABLED_MANUAL))
@@ -417,13 +416,7 @@ fn a_disable_stops_the_next_attempt(db: &Db) {
     assert!(wh::claim_endpoint(&mut c, "whk_a", "a", 1_000, 100_000).unwrap());
     let (in_flight, _) = wh::head(&mut c, "whk_a", "a", 1_000).unwrap().unwrap();
 
-    let disable = wh::EndpointChange {
-        enabled: Some(false),
-        ..Default::default()
-    };
-    wh::update_endpoint(&mut c, "ten_a", "whk_a", &disable, 1_050)
-        .unwrap()
-        .unwrap();
+    set_enabled(&mut c, false, 1_050);
     assert!(
         wh::head(&mut c, "whk_a", "a", 1_100).unwrap().is_none(),
         "no attempt starts after the disable"
@@ -478,13 +471,7 @@ fn a_disable_stops_the_next_attempt(db: &Db) {
     assert!(!wh::claim_endpoint(&mut c, "whk_a", "b", 2_000, 100_000).unwrap());
     assert!(wh::due_endpoints(&mut c, 2_000, 10).unwrap().is_empty());
 
-    let enable = wh::EndpointChange {
-        enabled: Some(true),
-        ..Default::default()
-    };
-    wh::update_endpoint(&mut c, "ten_a", "whk_a", &enable, 3_000)
-        .unwrap()
-        .unwrap();
+    set_enabled(&mut c, true, 3_000);
     assert!(wh::claim_endpoint(&mut c, "whk_a", "b", 3_000, 100_000).unwrap());
     let (d, e) = wh::head(&mut c, "whk_a", "b", 3_000).unwrap().unwrap();
     assert_eq!((e.id.as_str(), d.state.as_str()), ("msg_2", "pending"));
