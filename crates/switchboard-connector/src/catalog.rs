@@ -12,7 +12,7 @@ use regex::Regex;
 use crate::model::{BodyDef, ConnectorDef, HttpVerb, MethodDef, Paging, ParamDef, ParamLocation};
 use crate::path::{PathError, PathTemplate};
 use crate::template::{Template, TemplateContext, TemplateError};
-use crate::validate::{compile_pattern, validate};
+use crate::validate::{validate, Patterns};
 
 /// A definition that failed validation when built in code (files go through the loader, which
 /// reports `file:line` diagnostics instead).
@@ -42,23 +42,6 @@ pub struct CompiledMethod {
     params: Vec<CompiledParam>,
     /// The id of the connector declaring it (a metric label of its upstream calls).
     connector: String,
-}
-
-/// Param patterns compiled once per source text. The US Core methods six connectors include
-/// declare 44 patterns, 37 of them the same id pattern, and a compiled regex holds its own
-/// automata; a clone shares them (`Regex` is an `Arc` inside).
-#[derive(Default)]
-pub(crate) struct Patterns(std::collections::HashMap<String, Regex>);
-
-impl Patterns {
-    fn get(&mut self, src: &str) -> Result<Regex, regex::Error> {
-        if let Some(re) = self.0.get(src) {
-            return Ok(re.clone());
-        }
-        let re = compile_pattern(src)?;
-        self.0.insert(src.to_owned(), re.clone());
-        Ok(re)
-    }
 }
 
 /// A param with its `pattern` compiled (anchored: it must match the whole value): what the

@@ -57,7 +57,7 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, Vec<Diagnostic>> {
         }
     }
     let mut catalog = Catalog::new();
-    let mut patterns = crate::catalog::Patterns::default();
+    let mut patterns = crate::validate::Patterns::default();
     for (file, _, def) in loaded {
         match Connector::compile(def, &mut patterns) {
             Ok(c) => {

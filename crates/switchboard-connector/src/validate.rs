@@ -206,6 +206,8 @@ struct Checker<'a> {
     settings: BTreeMap<&'a str, &'a SettingDef>,
     sample: TemplateContext,
     issues: Vec<Issue>,
+    /// Each distinct param pattern compiled once (the US Core include repeats its id pattern).
+    patterns: Patterns,
 }
 
 /// Check a definition. Returns every problem found, in file order of the checked fields.
@@ -226,6 +228,7 @@ pub(crate) fn validate(def: &ConnectorDef) -> Vec<Issue> {
         settings,
         sample: TemplateContext::new(sample_settings),
         issues: Vec::new(),
+        patterns: Patterns::default(),
     };
     c.sample.redirect_uri = Some(SAMPLE_REDIRECT_URI.to_owned());
     c.top_level();
@@ -909,7 +912,10 @@ impl Checker<'_> {
                 }
             }
         }
-        let compiled = p.pattern.as_deref().map(|src| (src, compile_pattern(src)));
+        let compiled = p
+            .pattern
+            .as_deref()
+            .map(|src| (src, self.patterns.get(src)));
         if let Some((_, Err(e))) = &compiled {
             self.issue(at.key("pattern"), format!("invalid regex: {}", one_line(e)));
         }
@@ -954,9 +960,28 @@ fn one_line(e: &regex::Error) -> String {
     last.trim().trim_start_matches("error: ").to_owned()
 }
 
+/// Param patterns compiled once per source text. The US Core methods six connectors include
+/// declare 44 patterns, 37 of them the same id pattern, and a compiled regex holds its own
+/// automata; a clone shares them (`Regex` is an `Arc` inside).
+#[derive(Default)]
+pub(crate) struct Patterns(std::collections::HashMap<String, Regex>);
+
+impl Patterns {
+    /// The compiled `src`, compiled now on its first use. An error is not kept: each use of a
+    /// bad pattern reports it.
+    pub(crate) fn get(&mut self, src: &str) -> Result<Regex, regex::Error> {
+        if let Some(re) = self.0.get(src) {
+            return Ok(re.clone());
+        }
+        let re = compile_pattern(src)?;
+        self.0.insert(src.to_owned(), re.clone());
+        Ok(re)
+    }
+}
+
 /// Compile a param pattern so that it must match the whole value (a bare `[0-9]+` would
 /// otherwise accept `1; DROP`).
-pub(crate) fn compile_pattern(src: &str) -> Result<Regex, regex::Error> {
+fn compile_pattern(src: &str) -> Result<Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{src})$"))
         .size_limit(1 << 20)
         .build()
