@@ -259,29 +259,22 @@ impl AuditLog {
     }
 
     /// Every tenant's records with `at >= since`, oldest first, one JSON object each (the API's
-    /// fields plus `tenant_id`), read a page at a time (the `audit export` command).
+    /// fields plus `tenant_id`; the `audit export` command). One ordered query read row by row
+    /// on the blocking pool ([`repo::audit::export_each`]) feeds a bounded channel, and `line`
+    /// runs here as records arrive, so neither side holds more than the channel's 1,024 records.
     pub async fn export(
         &self,
         since: i64,
         mut line: impl FnMut(String),
     ) -> Result<usize, ServiceError> {
-        const PAGE: i64 = 1_000;
-        let mut after: Option<switchboard_db::repo::page::After> = None;
-        let mut n = 0;
-        loop {
-            let from = after.clone();
-            let rows = self
-                .db
-                .run(move |c| repo::audit::export_page(c, since, from.as_ref(), PAGE))
-                .await?;
-            let Some(last) = rows.last() else {
-                return Ok(n);
-            };
-            after = Some(switchboard_db::repo::page::After {
-                created_at: last.at,
-                id: last.id.clone(),
-            });
-            for r in rows {
+        let (tx, mut rx) = mpsc::channel::<AuditEvent>(1_024);
+        // The reader stops when the receiving side is gone (`blocking_send` fails).
+        let read = self
+            .db
+            .run(move |c| repo::audit::export_each(c, since, |r| tx.blocking_send(r).is_ok()));
+        let write = async {
+            let mut n = 0;
+            while let Some(r) = rx.recv().await {
                 let tenant_id = r.tenant_id.clone();
                 let mut v =
                     serde_json::to_value(AuditEventOut::from(r)).map_err(ServiceError::internal)?;
@@ -289,7 +282,14 @@ impl AuditLog {
                 line(v.to_string());
                 n += 1;
             }
-        }
+            Ok::<usize, ServiceError>(n)
+        };
+        let (read, written) = tokio::join!(read, write);
+        // A failed write ends the loop and drops the receiver, which ends the read: report the
+        // write's error first, as it is the cause.
+        let written = written?;
+        read?;
+        Ok(written)
     }
 
     /// Deletes the records older than the retention (`audit.retention_days`) as of `now_ms`.
@@ -594,10 +594,55 @@ mod tests {
     }
 
     async fn count(db: &Db) -> usize {
-        db.run(|c| repo::audit::export_page(c, 0, None, 100))
+        db.run(|c| repo::audit::export_each(c, 0, |_| true))
             .await
             .unwrap()
-            .len()
+    }
+
+    /// The export streams more records than its channel holds (1,024), oldest first across
+    /// tenants, as one JSON object per record with its tenant.
+    #[tokio::test]
+    async fn export_streams_every_record_since_in_order() {
+        let (db, path) = db();
+        let rows: Vec<AuditEvent> = (0..2_500)
+            .map(|i| {
+                let mut e = event(&format!("aud_{i:05}"));
+                e.tenant_id = if i % 2 == 0 { "ten_a" } else { "ten_b" }.into();
+                // Two records per millisecond, written newest first.
+                e.at = 10_000 - i / 2;
+                e
+            })
+            .collect();
+        db.run(move |c| repo::audit::insert_batch(c, &rows))
+            .await
+            .unwrap();
+        let audit = log(&db, 16, false);
+        let mut lines = Vec::new();
+        let n = audit
+            .export(10_000 - 1_000, |l| lines.push(l))
+            .await
+            .unwrap();
+        // `at` from 9,000 to 10,000: i from 0 to 2,001.
+        assert_eq!(n, 2_002);
+        assert_eq!(lines.len(), n);
+        // `at` is RFC 3339 in one fixed format, so its text sorts as its time does.
+        let keys: Vec<(String, String, String)> = lines
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["at"].as_str().unwrap().to_owned(),
+                    v["id"].as_str().unwrap().to_owned(),
+                    v["tenant_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "oldest first, then by id");
+        assert_eq!(keys[0].0, switchboard_core::ms_to_rfc3339(9_000));
+        assert!(keys.iter().any(|k| k.2 == "ten_a") && keys.iter().any(|k| k.2 == "ten_b"));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[tokio::test]

@@ -179,28 +179,48 @@ pub fn list_page(
     }))
 }
 
-/// Records of every tenant with `at >= since`, in `(at, id)` order after `after` (the export).
-pub fn export_page(
+/// Hands every tenant's records with `at >= since` to `each`, oldest first (`(at, id)` order),
+/// from one query read row by row (PostgreSQL's single-row mode; SQLite steps its statement),
+/// so memory stays flat however long the trail is. Stops early when `each` returns `false`.
+/// Returns how many records `each` took. PostgreSQL finds the rows through the BRIN index on
+/// `at` and sorts them; SQLite reads its `(at)` B-tree. Blocking, and holds the connection
+/// (and its snapshot) for the whole walk: the `audit export` command's.
+pub fn export_each(
     conn: &mut AnyConnection,
     since: i64,
-    after: Option<&After>,
-    limit: i64,
-) -> Result<Vec<AuditEvent>, DbError> {
-    let mut query = a::audit_events
-        .filter(a::at.ge(since))
-        .into_boxed::<AnyBackend>();
-    if let Some(k) = after {
-        query = query.filter(
-            a::at
-                .ge(k.created_at)
-                .and(a::at.gt(k.created_at).or(a::id.gt(k.id.clone()))),
-        );
+    mut each: impl FnMut(AuditEvent) -> bool,
+) -> Result<usize, DbError> {
+    fn drain(
+        rows: impl Iterator<Item = QueryResult<AuditEvent>>,
+        each: &mut impl FnMut(AuditEvent) -> bool,
+    ) -> Result<usize, DbError> {
+        let mut n = 0;
+        for row in rows {
+            n += 1;
+            if !each(row?) {
+                break;
+            }
+        }
+        Ok(n)
     }
-    Ok(query
-        .order((a::at.asc(), a::id.asc()))
-        .limit(limit.max(0))
-        .select(AuditEvent::as_select())
-        .load(conn)?)
+    macro_rules! ordered_since {
+        () => {
+            a::audit_events
+                .filter(a::at.ge(since))
+                .order((a::at.asc(), a::id.asc()))
+                .select(AuditEvent::as_select())
+        };
+    }
+    match conn {
+        AnyConnection::Postgresql(c) => drain(
+            ordered_since!().load_iter::<AuditEvent, diesel::pg::PgRowByRowLoadingMode>(c)?,
+            &mut each,
+        ),
+        AnyConnection::Sqlite(c) => drain(
+            ordered_since!().load_iter::<AuditEvent, diesel::connection::DefaultLoadingMode>(c)?,
+            &mut each,
+        ),
+    }
 }
 
 /// Deletes the records older than `before` (epoch ms), of every tenant. Returns rows deleted.

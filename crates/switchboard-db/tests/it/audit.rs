@@ -2,7 +2,6 @@
 //! walk and the retention purge.
 
 use switchboard_db::repo::audit::{AuditFilter, Outcome};
-use switchboard_db::repo::page::After;
 use switchboard_db::{repo, AuditEvent, AuditKey, Db};
 use switchboard_testkit::both_backends;
 
@@ -66,15 +65,29 @@ fn audit_batches_page_by_at_then_id_within_the_tenant(db: &Db) {
     assert_eq!(ids(&b.rows), ["a"]);
     assert!(b.next.is_none());
 
-    let export = repo::audit::export_page(&mut c, 15, None, 3).unwrap();
-    assert_eq!(ids(&export), ["a", "b", "m"]);
-    let last = export.last().unwrap();
-    let after = After {
-        created_at: last.at,
-        id: last.id.clone(),
-    };
-    let more = repo::audit::export_page(&mut c, 15, Some(&after), 1).unwrap();
-    assert_eq!(ids(&more), ["bulk_0000"]);
+    // The export: every tenant, oldest first, from `since`; `each` can stop it.
+    let mut export = Vec::new();
+    let taken = repo::audit::export_each(&mut c, 15, |r| {
+        export.push(r);
+        export.len() < 4
+    })
+    .unwrap();
+    assert_eq!(ids(&export), ["a", "b", "m", "bulk_0000"]);
+    assert_eq!(taken, 4);
+    assert_eq!(export_all(&mut c, 15).len(), 1_203);
+    assert_eq!(export_all(&mut c, 100 + 1_199).len(), 1);
+}
+
+/// Every record with `at >= since`, through the export's walk.
+fn export_all(c: &mut switchboard_db::AnyConnection, since: i64) -> Vec<AuditEvent> {
+    let mut rows = Vec::new();
+    let n = repo::audit::export_each(c, since, |r| {
+        rows.push(r);
+        true
+    })
+    .unwrap();
+    assert_eq!(n, rows.len());
+    rows
 }
 
 fn audit_filters_narrow_the_page(db: &Db) {
@@ -138,7 +151,7 @@ fn audit_purge_deletes_only_older_rows(db: &Db) {
     ];
     repo::audit::insert_batch(&mut c, &rows).unwrap();
     assert_eq!(repo::audit::purge_before(&mut c, 20).unwrap(), 2);
-    let left = repo::audit::export_page(&mut c, 0, None, 10).unwrap();
+    let left = export_all(&mut c, 0);
     assert_eq!(ids(&left), ["new"]);
     assert_eq!(repo::audit::purge_before(&mut c, 20).unwrap(), 0);
 }
@@ -153,13 +166,10 @@ fn audit_writer_batches_land_whole_and_it_recovers_after_an_error(db: &Db) {
     let bad = [event("ten_a", "c", 12, 200), event("ten_a", "a", 10, 200)];
     assert!(w.insert(&bad).is_err());
     let mut c = db.get().unwrap();
-    assert_eq!(
-        ids(&repo::audit::export_page(&mut c, 0, None, 10).unwrap()),
-        ["a", "b"]
-    );
+    assert_eq!(ids(&export_all(&mut c, 0)), ["a", "b"]);
     // ...and the next batch goes through on a fresh connection.
     assert_eq!(w.insert(&[event("ten_a", "c", 12, 200)]).unwrap(), 1);
-    let all = repo::audit::export_page(&mut c, 0, None, 10).unwrap();
+    let all = export_all(&mut c, 0);
     assert_eq!(ids(&all), ["a", "b", "c"]);
     assert_eq!(all[1], rows[1], "every column reads back");
 }
