@@ -8,6 +8,7 @@ use switchboard_config::Settings;
 use switchboard_service::Services;
 
 fn main() -> ExitCode {
+    switchboard::malloc::tune();
     let cli = Cli::parse();
     let settings = match Settings::load() {
         Ok(s) => s,
