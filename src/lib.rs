@@ -1,6 +1,6 @@
 //! The `switchboard` binary's library half: the CLI, `Application::build` (used by `main` and
-//! by the integration tests alike), telemetry, the allocator's thresholds, the background token refresher, the webhook
-//! dispatcher and the Bulk Data job poller.
+//! by the integration tests alike), telemetry, the allocator's thresholds, the background token
+//! refresher, the webhook dispatcher and the Bulk Data job poller.
 
 pub mod cli;
 pub mod malloc;
