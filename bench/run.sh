@@ -44,6 +44,8 @@
 #   PROFILE=0           1: perf record (call graphs) of Switchboard (and of the floor) during
 #                       get_patient at PROFILE_CONNS (default 32) connections (audit as set, first round);
 #                       perf.data and, with inferno on the PATH, a flame graph SVG go to OUT_DIR
+#   PG_LOCALE=C         the PostgreSQL cluster's locale (e.g. en_US.UTF-8, if the system has it:
+#                       text compares through strcoll, as on many production clusters)
 # Only 127.0.0.1 is ever contacted. Every process and temp directory is removed on exit.
 set -euo pipefail
 
@@ -67,6 +69,7 @@ ROUNDS=${ROUNDS:-1}
 PROFILE=${PROFILE:-0}
 PROFILE_CONNS=${PROFILE_CONNS:-32}
 CALLGRIND=${CALLGRIND:-0}
+PG_LOCALE=${PG_LOCALE:-C}
 case $AUDIT in
 on) AUDIT_MODES="on" ;;
 off) AUDIT_MODES="off" ;;
@@ -358,7 +361,7 @@ start_postgres() {
     mkdir -p "$dir/data" "$dir/sock"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
     as_postgres "$bin/initdb" -D "$dir/data" --auth=trust -U postgres --encoding=UTF8 \
-        --locale=C --no-sync >"$dir/initdb.log" 2>&1 || die "initdb failed: $(cat "$dir/initdb.log")"
+        --locale="$PG_LOCALE" --no-sync >"$dir/initdb.log" 2>&1 || die "initdb failed: $(cat "$dir/initdb.log")"
     local port
     port=$(free_port)
     PG_DATA="$dir/data"
@@ -578,7 +581,7 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
 {
     echo "Run $STAMP: $(nproc) cores ($cpu), $mem, $os, kernel $(uname -r)."
-    echo "Switchboard $commit (release), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') with worker_processes $NGINX_WORKERS, $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), at most $THREADS wrk threads, ${DURATION}s per point after ${WARMUP}s warm-up; Switchboard server.workers=$SB_WORKERS (0 = one per core)${PG_VERSION:+, PostgreSQL $PG_VERSION}."
+    echo "Switchboard $commit (release), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') with worker_processes $NGINX_WORKERS, $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), at most $THREADS wrk threads, ${DURATION}s per point after ${WARMUP}s warm-up; Switchboard server.workers=$SB_WORKERS (0 = one per core)${PG_VERSION:+, PostgreSQL $PG_VERSION (locale $PG_LOCALE)}."
     echo "Load generator, nginx, Switchboard (and PostgreSQL) all share the same cores."
     echo
     echo "Audit trail: $AUDIT. Rounds: $ROUNDS (each figure is the median over the rounds; [min-max] is the spread of req/s; ratios are the median of the per-round ratios)."

@@ -136,6 +136,16 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// The cluster's locale: "C" unless `PG_LOCALE` names another one the system has (for
+/// instance `en_US.UTF-8`, the usual default of a production cluster, to run the suite or a
+/// measurement where text compares through strcoll).
+fn cluster_locale() -> String {
+    std::env::var("PG_LOCALE")
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "C".to_owned())
+}
+
 fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BIN").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
@@ -243,9 +253,9 @@ fn start() -> Result<Option<PgCluster>, String> {
                 "-U",
                 "postgres",
                 "--encoding=UTF8",
-                "--locale=C",
                 "--no-sync",
-            ]),
+            ])
+            .arg(format!("--locale={}", cluster_locale())),
         "initdb",
     )?;
 

@@ -12,6 +12,7 @@ both_backends!(
     audit_key_first_stored_wins,
     audit_writer_batches_land_whole_and_it_recovers_after_an_error,
     audit_filters_read_their_own_index,
+    audit_keys_order_by_their_bytes,
 );
 
 fn event(tenant: &str, id: &str, at: i64, status: i64) -> AuditEvent {
@@ -351,6 +352,71 @@ fn hex_of(token: &str) -> String {
 
 /// The query plan of `sql` as text: SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's
 /// `EXPLAIN` lines.
+/// The trail's text keys compare as bytes on both backends, whatever the PostgreSQL cluster's
+/// locale: the same order everywhere, and no strcoll in the indexes every call writes (the
+/// columns are `COLLATE "C"` on PostgreSQL; SQLite's BINARY). Ids whose byte order is not a
+/// linguistic one (case, `-` and `_`) page in byte order. `PG_LOCALE=en_US.UTF-8` runs this on a
+/// cluster where the default collation would order them otherwise.
+fn audit_keys_order_by_their_bytes(db: &Db) {
+    let mut c = db.get().unwrap();
+    let mut ids_in = [
+        "aud_b", "aud_B", "aud-c", "aud_A0", "aud_a", "aud.z", "aud_ab",
+    ];
+    let rows: Vec<AuditEvent> = ids_in
+        .iter()
+        .map(|id| event("ten_a", id, 50, 200))
+        .collect();
+    repo::audit::insert_batch(&mut c, &rows).unwrap();
+    ids_in.sort_unstable();
+    let page = repo::audit::list_page(&mut c, "ten_a", &AuditFilter::default(), None, 3).unwrap();
+    assert_eq!(ids(&page.rows), ids_in[..3]);
+    let rest = repo::audit::list_page(
+        &mut c,
+        "ten_a",
+        &AuditFilter::default(),
+        page.next.as_ref(),
+        10,
+    )
+    .unwrap();
+    assert_eq!(ids(&rest.rows), ids_in[3..]);
+    assert_eq!(
+        ids(&export_all(&mut c, 0)),
+        ids_in,
+        "the export walks in the same order"
+    );
+    if let switchboard_db::AnyConnection::Postgresql(pg) = &mut *c {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct Collation {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            column_name: String,
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            collation_name: Option<String>,
+        }
+        let mut keys: Vec<(String, Option<String>)> = diesel::sql_query(
+            "SELECT column_name::text AS column_name, collation_name::text AS collation_name \
+             FROM information_schema.columns WHERE table_name = 'audit_events' \
+             AND column_name IN ('id', 'tenant_id', 'install_id', 'patient_hash')",
+        )
+        .load::<Collation>(pg)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.column_name, c.collation_name))
+        .collect();
+        keys.sort();
+        let c = Some("C".to_owned());
+        assert_eq!(
+            keys,
+            [
+                ("id".to_owned(), c.clone()),
+                ("install_id".to_owned(), c.clone()),
+                ("patient_hash".to_owned(), c.clone()),
+                ("tenant_id".to_owned(), c),
+            ]
+        );
+    }
+}
+
 fn plan(c: &mut switchboard_db::AnyConnection, sql: &str) -> String {
     use diesel::prelude::*;
     use diesel::sql_types::Text;
