@@ -350,8 +350,6 @@ fn hex_of(token: &str) -> String {
     token.bytes().take(32).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The query plan of `sql` as text: SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's
-/// `EXPLAIN` lines.
 /// The trail's text keys compare as bytes on both backends, whatever the PostgreSQL cluster's
 /// locale: the same order everywhere, and no strcoll in the indexes every call writes (the
 /// columns are `COLLATE "C"` on PostgreSQL; SQLite's BINARY). Ids whose byte order is not a
@@ -404,19 +402,21 @@ fn audit_keys_order_by_their_bytes(db: &Db) {
         .map(|c| (c.column_name, c.collation_name))
         .collect();
         keys.sort();
-        let c = Some("C".to_owned());
+        let bytes = Some("C".to_owned());
         assert_eq!(
             keys,
             [
-                ("id".to_owned(), c.clone()),
-                ("install_id".to_owned(), c.clone()),
-                ("patient_hash".to_owned(), c.clone()),
-                ("tenant_id".to_owned(), c),
+                ("id".to_owned(), bytes.clone()),
+                ("install_id".to_owned(), bytes.clone()),
+                ("patient_hash".to_owned(), bytes.clone()),
+                ("tenant_id".to_owned(), bytes),
             ]
         );
     }
 }
 
+/// The query plan of `sql` as text: SQLite's `EXPLAIN QUERY PLAN` details, PostgreSQL's
+/// `EXPLAIN` lines.
 fn plan(c: &mut switchboard_db::AnyConnection, sql: &str) -> String {
     use diesel::prelude::*;
     use diesel::sql_types::Text;
