@@ -601,8 +601,9 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
         n = 0; for (r = 1; r <= rounds; r++) if ((k SUBSEP r) in rps) { v = rps[k, r]; if (!n || v < lo) lo = v; if (!n || v > hi) hi = v; n++ }
         return n > 1 ? sprintf(" [%.0f-%.0f]", lo, hi) : ""
     }
-    # Median over the rounds of rps[a] / rps[b].
-    function ratio(a, b,   r, n) { n = 0; for (r = 1; r <= rounds; r++) if (((a SUBSEP r) in rps) && rps[b, r] > 0) V[++n] = rps[a, r] / rps[b, r]; return med(n) }
+    # Median over the rounds of rps[a] / rps[b]. Tests membership before reading rps[b, r]: in awk
+    # reading an element creates it, and has() would then take an unmeasured target as measured.
+    function ratio(a, b,   r, n) { n = 0; for (r = 1; r <= rounds; r++) if (((a SUBSEP r) in rps) && ((b SUBSEP r) in rps) && rps[b, r] > 0) V[++n] = rps[a, r] / rps[b, r]; return med(n) }
     # Median over the rounds of p50[a] - p50[b].
     function added(a, b,   r, n) { n = 0; for (r = 1; r <= rounds; r++) if (((a SUBSEP r) in p50) && ((b SUBSEP r) in p50)) V[++n] = p50[a, r] - p50[b, r]; return med(n) }
     $1 == "run" { k = $2 SUBSEP $3 SUBSEP $4; rps[k, $10] = $5; p50[k, $10] = $6; p99[k, $10] = $7; err[k] += $8; cpu[k, $10] = $9; if ($12 != "") db[k, $10] = $12; if ($11 > 0) { ir[k, $10] = $11; anyir = 1 } }
