@@ -239,6 +239,39 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Creates the SQLite database file, when it does not exist yet, readable and writable by its
+/// owner only (0600): it holds the audit trail, the installs and the sealed tokens, and SQLite
+/// gives the `-wal` and `-shm` files it makes beside it the database file's permissions. An
+/// existing file keeps its mode; one that group or others can read is logged as a warning.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "the SQLite database file is readable by group or others; chmod 600 it"
+                    );
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl Db {
     /// [`Db::connect_with`] with the default pool timeout ([`DEFAULT_POOL_TIMEOUT`]).
     pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
@@ -246,7 +279,8 @@ impl Db {
     }
 
     /// Opens a pool of at most `pool_size` connections to `url` (see [`AnyConnectionManager::new`]).
-    /// For SQLite the parent directory of the file is created. Blocks until one connection is
+    /// For SQLite the parent directory of the file is created, and the file itself 0600
+    /// ([`create_private`]). Blocks until one connection is
     /// established, so a wrong URL fails here rather than on the first request. Later, a caller
     /// that cannot get a connection within `pool_timeout` (the database is down, or every
     /// connection is busy) gets [`DbError::Pool`], which callers report as "unavailable".
@@ -264,6 +298,9 @@ impl Db {
                     ))
                 })?;
             }
+            create_private(Path::new(&manager.target)).map_err(|e| {
+                DbError::Pool(format!("cannot create the SQLite database file: {e}"))
+            })?;
         }
         // Fail fast with the real cause (r2d2 alone would retry until its timeout).
         let mut first = manager.connect()?;

@@ -37,6 +37,31 @@ fn run_and_ping(db: &Db) {
     });
 }
 
+/// A new SQLite database and the WAL files SQLite makes beside it are the owner's alone; an
+/// existing file keeps the mode its operator gave it.
+#[cfg(unix)]
+#[test]
+fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/switchboard.db");
+    let db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+    switchboard_db::run_migrations(&mut db.get().unwrap()).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("data/switchboard.db-wal");
+    assert!(wal.exists(), "the migrations wrote through the WAL");
+    assert_eq!(mode(&wal), 0o600);
+    assert_eq!(mode(&dir.path().join("data/switchboard.db-shm")), 0o600);
+    drop(db);
+
+    let shared = dir.path().join("shared.db");
+    std::fs::write(&shared, b"").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let _db = Db::connect(&format!("sqlite://{}", shared.display()), 2).unwrap();
+    assert_eq!(mode(&shared), 0o640);
+}
+
 #[test]
 fn backend_is_chosen_by_scheme() {
     let dir = tempfile::tempdir().unwrap();
