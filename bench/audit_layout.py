@@ -1,6 +1,6 @@
 """Insert cost per audit record in SQLite, measured apart (docs/BENCHMARKS.md, "Seventh pass").
 
-The current layout (a row, its primary key and three indexes, as the migrations make them)
+The current layout (a row, its primary key and three indexes: the migrations in migrations/sqlite)
 against a layout indexed per batch (a row appended by rowid, plus one span per distinct tenant,
 install and patient of the batch: its first and last row), and against the rows alone. Records
 shaped like the benchmark's, in batches with one transaction each; the writer's pragmas. Prints
@@ -9,6 +9,7 @@ the median CPU time of this process per record over the second half of the batch
     python3 bench/audit_layout.py current|perbatch|bare PATIENTS   # BATCHES=200 ROWS=1000
 """
 import os
+import pathlib
 import secrets
 import sqlite3
 import sys
@@ -22,13 +23,10 @@ db = sqlite3.connect(path, isolation_level=None)
 db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-8192;")
 cols = "id, tenant_id, at, kind, action, api_key_id, account_id, install_id, connector_id, status, code, upstream_status, duration_ms, request_id, patient_hash"
 if LAYOUT == "current":
-    db.executescript("""
-    CREATE TABLE audit_events (id TEXT NOT NULL, tenant_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
-      action TEXT NOT NULL, api_key_id TEXT, account_id TEXT, install_id TEXT, connector_id TEXT, status BIGINT NOT NULL,
-      code TEXT, upstream_status BIGINT, duration_ms BIGINT, request_id TEXT, patient_hash TEXT, PRIMARY KEY (tenant_id, at, id));
-    CREATE INDEX audit_events_install_at ON audit_events (install_id, at, id) WHERE install_id IS NOT NULL;
-    CREATE INDEX audit_events_patient_at ON audit_events (patient_hash, at, id) WHERE patient_hash IS NOT NULL;
-    CREATE INDEX audit_events_at ON audit_events (at);""")
+    # The project's own schema: every SQLite migration in order, as the host applies them.
+    migrations = pathlib.Path(__file__).resolve().parent.parent / "migrations" / "sqlite"
+    for m in sorted(migrations.iterdir()):
+        db.executescript((m / "up.sql").read_text())
 else:
     db.executescript("""
     CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, tenant_id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
@@ -48,8 +46,8 @@ for b in range(BATCHES):
         rows.append((f"aud_{at:012x}{secrets.token_hex(10)}", "ten_bench00000000000000", at, "method_call", "get_patient",
                      "key_bench0000000000000000", "acc_bench", f"ins_bench{n % 8:016}", "canvas", 200, None, 200, 1,
                      secrets.token_urlsafe(16), patients[(n * 7919) % PATIENTS]))
-    spans = {}
     if LAYOUT == "perbatch":
+        spans = {}
         # Computed before the clock starts: in Rust this is a hash map per batch, tens of ns a row.
         first = seq + 1
         seq += len(rows)

@@ -280,8 +280,8 @@ impl Db {
 
     /// Opens a pool of at most `pool_size` connections to `url` (see [`AnyConnectionManager::new`]).
     /// For SQLite the parent directory of the file is created, and the file itself 0600
-    /// ([`create_private`]). Blocks until one connection is
-    /// established, so a wrong URL fails here rather than on the first request. Later, a caller
+    /// ([`create_private`]). Blocks until one connection is established, so a wrong URL fails
+    /// here rather than on the first request. Later, a caller
     /// that cannot get a connection within `pool_timeout` (the database is down, or every
     /// connection is busy) gets [`DbError::Pool`], which callers report as "unavailable".
     pub fn connect_with(url: &str, pool_size: u32, pool_timeout: Duration) -> Result<Db, DbError> {
