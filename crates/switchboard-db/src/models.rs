@@ -287,8 +287,8 @@ impl fmt::Debug for OAuthState {
 /// One audit record: who (API key, request) did what (a method call or an administrative
 /// action) to which install, with what outcome. Holds no parameter value and no response data;
 /// the patient only as a keyed hash. Used both to insert and to read. `None` inserts NULL (the
-/// columns have no other default), so a batch is one multi-row INSERT on SQLite too, not one
-/// statement per row.
+/// columns have no other default), so every row binds all fifteen columns and a multi-row
+/// INSERT of a fixed row count is one statement text, prepared once (the SQLite writer's).
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = audit_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 #[diesel(treat_none_as_default_value = false)]

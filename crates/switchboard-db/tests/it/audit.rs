@@ -59,11 +59,24 @@ fn audit_rows_read_back_every_value_as_written(db: &Db) {
     big.duration_ms = None;
     big.request_id = None;
     big.api_key_id = None;
-    let rows = [odd, big];
-    assert_eq!(repo::audit::insert_batch(&mut c, &rows).unwrap(), 2);
+    // More rows than one multi-row INSERT of the SQLite writer takes (32): two such INSERTs
+    // and three single-row ones, with every integer different from row to row, so that a
+    // value bound to the wrong row or column in either kind of statement shows.
+    let rows: Vec<AuditEvent> = (0..67)
+        .map(|i| {
+            let mut r = if i % 2 == 0 { odd.clone() } else { big.clone() };
+            r.id = format!("{}_{i:03}", r.id);
+            r.at -= i;
+            r.status += i;
+            r
+        })
+        .collect();
+    assert_eq!(repo::audit::insert_batch(&mut c, &rows).unwrap(), 67);
     let page =
-        repo::audit::list_page(&mut c, "ten_odd", &AuditFilter::default(), None, 10).unwrap();
-    assert_eq!(page.rows, rows);
+        repo::audit::list_page(&mut c, "ten_odd", &AuditFilter::default(), None, 100).unwrap();
+    let mut want = rows;
+    want.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    assert_eq!(page.rows, want);
 }
 
 fn ids(rows: &[AuditEvent]) -> Vec<&str> {
@@ -230,7 +243,8 @@ fn audit_key_first_stored_wins(db: &Db) {
 /// second half (a table of some size, as in steady state): CPU time, not wall time, as the
 /// machine may be shared.
 /// `cargo test -p switchboard-db --test it -- --ignored --nocapture audit_insert_cost`
-/// (`AUDIT_BENCH_BATCHES`, default 100, and `AUDIT_BENCH_ROWS`, default 1,000, per batch).
+/// (`AUDIT_BENCH_BATCHES`, default 100, `AUDIT_BENCH_ROWS`, default 1,000, per batch, and
+/// `AUDIT_BENCH_PATIENTS`, default 1,000).
 mod audit_insert_cost {
     use switchboard_testkit::backends::{run, Backend};
 
@@ -257,7 +271,7 @@ fn bench_setting(name: &str, default: usize) -> usize {
 fn insert_cost(db: &Db) {
     let batches = bench_setting("AUDIT_BENCH_BATCHES", 100).max(2);
     let per_batch = bench_setting("AUDIT_BENCH_ROWS", 1_000).max(1);
-    let patients: Vec<String> = (0..1_000)
+    let patients: Vec<String> = (0..bench_setting("AUDIT_BENCH_PATIENTS", 1_000).max(1))
         .map(|_| hex_of(&switchboard_core::random_token(32)))
         .collect();
     let mut writer = repo::audit::AuditWriter::new(db.clone());
