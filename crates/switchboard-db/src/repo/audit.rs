@@ -113,7 +113,9 @@ pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usi
 /// and stepped per use. A multi-row INSERT of the whole batch would not be: its text depends
 /// on the batch's size, and SQLite parsed and compiled it anew for every batch, about a fifth
 /// of its work per record (docs/BENCHMARKS.md, "Audit cost, second pass"); one statement per
-/// row pays a step, a reset and a statement-cache lookup per record ("Eighth pass").
+/// row pays a step, a reset and a statement-cache lookup per record ("Eighth pass"). The
+/// table's constraints are `ON CONFLICT ROLLBACK` (migration `audit_conflict_rollback`), so a
+/// multi-row statement needs no statement journal: one would copy every page it touches.
 /// PostgreSQL takes the batch as one binary `COPY … FROM STDIN` (one round trip, no statement
 /// to parse or plan: about a third less server CPU per record than the multi-row INSERT it
 /// replaced, "Audit cost, third pass").
