@@ -538,10 +538,10 @@ fn each_thread_sends_on_connections_of_its_own() {
     use std::sync::atomic::Ordering;
     let (url, accepted) = counting_keep_alive_server();
     let out = insecure();
-    // This thread's connections are driven by a runtime that stays up (one worker thread), so
-    // an idle one stays usable: a shared pool would hand it to the other thread below.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // This thread's runtime stays up, so its idle connection stays usable: a shared pool would
+    // hand it to the other thread below. A current-thread runtime runs its tasks only inside
+    // `block_on`, which makes the steps below happen in order.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
@@ -550,6 +550,15 @@ fn each_thread_sends_on_connections_of_its_own() {
             .block_on(out.send(get(&format!("{url}/x")), RetryPolicy::Never))
             .unwrap();
         assert_eq!(resp.status, 200);
+        // hyper puts an HTTP/1 connection back into its pool from a task of its own, once the
+        // connection is ready for the next request. Give the runtime turns until that task has
+        // run (no time passes: each yield lets every ready task run first); without this, the
+        // next request could race it and open a second connection.
+        rt.block_on(async {
+            for _ in 0..64 {
+                tokio::task::yield_now().await;
+            }
+        });
     };
     send(&out, &rt);
     send(&out, &rt);
