@@ -100,3 +100,70 @@ fn concurrent_migrations_postgres() {
         }
     }
 }
+
+/// The tables of the database, but diesel's own bookkeeping.
+fn tables(conn: &mut switchboard_db::AnyConnection) -> Vec<String> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let sql = match conn {
+        switchboard_db::AnyConnection::Sqlite(_) => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        }
+        switchboard_db::AnyConnection::Postgresql(_) => {
+            "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'"
+        }
+    };
+    let mut names: Vec<String> = match conn {
+        switchboard_db::AnyConnection::Sqlite(c) => diesel::sql_query(sql).load::<Table>(c),
+        switchboard_db::AnyConnection::Postgresql(c) => diesel::sql_query(sql).load::<Table>(c),
+    }
+    .unwrap()
+    .into_iter()
+    .map(|t| t.name)
+    .filter(|n| n != "__diesel_schema_migrations")
+    .collect();
+    names.sort();
+    names
+}
+
+/// Every migration's `down.sql` runs, newest first, on a database that had them all applied,
+/// and leaves no table behind; then every `up.sql` applies again, to the same tables.
+fn every_migration_reverts_and_reapplies(url: &str) {
+    use diesel_migrations::MigrationHarness;
+    let db = Db::connect(url, 1).unwrap();
+    assert_eq!(db.migrate().unwrap(), expected_applied());
+    let mut conn = db.get().unwrap();
+    let before = tables(&mut conn);
+    assert!(before.contains(&"audit_events".to_owned()), "{before:?}");
+    let reverted = match &mut *conn {
+        switchboard_db::AnyConnection::Sqlite(c) => c
+            .revert_all_migrations(switchboard_db::SQLITE_MIGRATIONS)
+            .map(|v| v.len()),
+        switchboard_db::AnyConnection::Postgresql(c) => c
+            .revert_all_migrations(switchboard_db::POSTGRES_MIGRATIONS)
+            .map(|v| v.len()),
+    }
+    .unwrap_or_else(|e| panic!("a down.sql failed: {e}"));
+    assert_eq!(reverted, expected_applied().len());
+    assert_eq!(tables(&mut conn), Vec::<String>::new());
+    drop(conn);
+    assert_eq!(db.migrate().unwrap(), expected_applied());
+    assert_eq!(tables(&mut db.get().unwrap()), before);
+}
+
+#[test]
+fn migrations_revert_and_reapply_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    every_migration_reverts_and_reapplies(&switchboard_testkit::pg::sqlite_url(dir.path()));
+}
+
+#[test]
+fn migrations_revert_and_reapply_postgres() {
+    if let Some(pg) = switchboard_testkit::pg::cluster() {
+        every_migration_reverts_and_reapplies(&pg.create_database());
+    }
+}
