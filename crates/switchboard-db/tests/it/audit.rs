@@ -238,10 +238,10 @@ fn audit_key_first_stored_wins(db: &Db) {
 /// Not a test (ignored): what the audit writer's insert costs per record, on each backend, for
 /// docs/BENCHMARKS.md ("Audit cost, second pass"). Batches of realistic records (one tenant,
 /// 8 installs, 1,000 patients, unique request ids, ids as the service makes them) through
-/// [`repo::audit::AuditWriter`] as the service's writer sends them. Prints the median CPU time
-/// per record (this thread's, plus on PostgreSQL the server's backends') over the batches of the
-/// second half (a table of some size, as in steady state): CPU time, not wall time, as the
-/// machine may be shared.
+/// [`repo::audit::AuditWriter`] as the service's writer sends them. Prints the mean and the
+/// median CPU time per record (this thread's, plus on PostgreSQL the server's backends') over
+/// the batches of the second half (a table of some size, as in steady state): CPU time, not
+/// wall time, as the machine may be shared.
 /// `cargo test -p switchboard-db --test it -- --ignored --nocapture audit_insert_cost`
 /// (`AUDIT_BENCH_BATCHES`, default 100, `AUDIT_BENCH_ROWS`, default 1,000, per batch, and
 /// `AUDIT_BENCH_PATIENTS`, default 1,000).
