@@ -102,32 +102,29 @@ fn concurrent_migrations_postgres() {
 }
 
 /// The tables of the database, but diesel's own bookkeeping.
-fn tables(conn: &mut switchboard_db::AnyConnection) -> Vec<String> {
+fn tables(db: &Db) -> Vec<String> {
     use diesel::prelude::*;
     #[derive(QueryableByName)]
     struct Table {
         #[diesel(sql_type = diesel::sql_types::Text)]
         name: String,
     }
-    let sql = match conn {
-        switchboard_db::AnyConnection::Sqlite(_) => {
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    let sql = match db.backend() {
+        switchboard_db::Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> '__diesel_schema_migrations' ORDER BY name"
         }
-        switchboard_db::AnyConnection::Postgresql(_) => {
-            "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'"
+        switchboard_db::Backend::Postgres => {
+            "SELECT tablename::text AS name FROM pg_tables WHERE schemaname = 'public' \
+             AND tablename <> '__diesel_schema_migrations' ORDER BY name"
         }
     };
-    let mut names: Vec<String> = match conn {
-        switchboard_db::AnyConnection::Sqlite(c) => diesel::sql_query(sql).load::<Table>(c),
-        switchboard_db::AnyConnection::Postgresql(c) => diesel::sql_query(sql).load::<Table>(c),
-    }
-    .unwrap()
-    .into_iter()
-    .map(|t| t.name)
-    .filter(|n| n != "__diesel_schema_migrations")
-    .collect();
-    names.sort();
-    names
+    diesel::sql_query(sql)
+        .load::<Table>(&mut *db.get().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
 }
 
 /// Every migration's `down.sql` runs, newest first, on a database that had them all applied,
@@ -136,23 +133,22 @@ fn every_migration_reverts_and_reapplies(url: &str) {
     use diesel_migrations::MigrationHarness;
     let db = Db::connect(url, 1).unwrap();
     assert_eq!(db.migrate().unwrap(), expected_applied());
-    let mut conn = db.get().unwrap();
-    let before = tables(&mut conn);
+    let before = tables(&db);
     assert!(before.contains(&"audit_events".to_owned()), "{before:?}");
-    let reverted = match &mut *conn {
-        switchboard_db::AnyConnection::Sqlite(c) => c
-            .revert_all_migrations(switchboard_db::SQLITE_MIGRATIONS)
-            .map(|v| v.len()),
-        switchboard_db::AnyConnection::Postgresql(c) => c
-            .revert_all_migrations(switchboard_db::POSTGRES_MIGRATIONS)
-            .map(|v| v.len()),
-    }
-    .unwrap_or_else(|e| panic!("a down.sql failed: {e}"));
+    let migrations = match db.backend() {
+        switchboard_db::Backend::Sqlite => switchboard_db::SQLITE_MIGRATIONS,
+        switchboard_db::Backend::Postgres => switchboard_db::POSTGRES_MIGRATIONS,
+    };
+    let reverted = db
+        .get()
+        .unwrap()
+        .revert_all_migrations(migrations)
+        .map(|v| v.len())
+        .unwrap_or_else(|e| panic!("a down.sql failed: {e}"));
     assert_eq!(reverted, expected_applied().len());
-    assert_eq!(tables(&mut conn), Vec::<String>::new());
-    drop(conn);
+    assert_eq!(tables(&db), Vec::<String>::new());
     assert_eq!(db.migrate().unwrap(), expected_applied());
-    assert_eq!(tables(&mut db.get().unwrap()), before);
+    assert_eq!(tables(&db), before);
 }
 
 #[test]
