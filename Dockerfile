@@ -6,6 +6,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The bundled SQLite's compile-time options (LIBSQLITE3_FLAGS).
+COPY .cargo ./.cargo
 COPY crates ./crates
 COPY src ./src
 COPY config ./config

@@ -168,11 +168,19 @@ impl ManageConnection for AnyConnectionManager {
 
 /// Per-connection SQLite settings. `busy_timeout` comes first so that switching a fresh file to
 /// WAL waits for, rather than fails on, a concurrently opening connection.
+///
+/// `wal_autocheckpoint`: the commit that takes the write-ahead log past this many pages copies
+/// the log's pages into the database file (a checkpoint). SQLite's default, 1,000 pages (4 MiB),
+/// made checkpoints about a third of the audit writer's CPU with patients spread over a batch:
+/// a page of the patient index rewritten by many batches was copied at every checkpoint.
+/// With 10,000 pages the log grows to about 40 MiB and each page is copied once
+/// per checkpoint (docs/BENCHMARKS.md, "Ninth pass"). It is a per-connection setting, so every
+/// connection has it: whichever commits past the mark runs the checkpoint.
 #[derive(Debug, Clone, Copy)]
 struct SqlitePragmas;
 
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-     PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
+     PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 10000;";
 
 /// How often setting the pragmas is tried when SQLite answers "database is locked".
 const PRAGMA_ATTEMPTS: u32 = 50;

@@ -130,6 +130,38 @@ struct Timeout {
     timeout: i64,
 }
 
+#[derive(QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = BigInt)]
+    wal_autocheckpoint: i64,
+}
+
+#[derive(QueryableByName)]
+struct CompileOption {
+    #[diesel(sql_type = Text)]
+    compile_options: String,
+}
+
+/// The pragmas every SQLite connection gets (`conn.rs`), read back.
+fn assert_configured(c: &mut AnyConnection) {
+    let fk: Pragma = diesel::sql_query("PRAGMA foreign_keys")
+        .get_result(c)
+        .unwrap();
+    assert_eq!(fk.foreign_keys, 1);
+    let j: Journal = diesel::sql_query("PRAGMA journal_mode")
+        .get_result(c)
+        .unwrap();
+    assert_eq!(j.journal_mode, "wal");
+    let t: Timeout = diesel::sql_query("PRAGMA busy_timeout")
+        .get_result(c)
+        .unwrap();
+    assert_eq!(t.timeout, 10_000);
+    let w: Checkpoint = diesel::sql_query("PRAGMA wal_autocheckpoint")
+        .get_result(c)
+        .unwrap();
+    assert_eq!(w.wal_autocheckpoint, 10_000);
+}
+
 #[test]
 fn sqlite_connections_are_configured() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,17 +169,28 @@ fn sqlite_connections_are_configured() {
     // Every pooled connection, not just the first.
     let conns: Vec<_> = (0..4).map(|_| db.get().unwrap()).collect();
     for mut c in conns {
-        let fk: Pragma = diesel::sql_query("PRAGMA foreign_keys")
-            .get_result(&mut *c)
-            .unwrap();
-        assert_eq!(fk.foreign_keys, 1);
-        let j: Journal = diesel::sql_query("PRAGMA journal_mode")
-            .get_result(&mut *c)
-            .unwrap();
-        assert_eq!(j.journal_mode, "wal");
-        let t: Timeout = diesel::sql_query("PRAGMA busy_timeout")
-            .get_result(&mut *c)
-            .unwrap();
-        assert_eq!(t.timeout, 10_000);
+        assert_configured(&mut c);
+    }
+    // The audit writer's connection, outside the pool.
+    assert_configured(&mut db.dedicated().unwrap());
+}
+
+/// The bundled SQLite is built with the options of `.cargo/config.toml` (`LIBSQLITE3_FLAGS`):
+/// multi-thread mode, and no allocation statistics.
+#[test]
+fn bundled_sqlite_is_built_multi_thread_without_memory_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&switchboard_testkit::pg::sqlite_url(dir.path()), 1).unwrap();
+    let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+        .load::<CompileOption>(&mut *db.get().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|o| o.compile_options)
+        .collect();
+    for wanted in ["THREADSAFE=2", "DEFAULT_MEMSTATUS=0"] {
+        assert!(
+            options.iter().any(|o| o == wanted),
+            "{wanted} not in {options:?}"
+        );
     }
 }
