@@ -322,23 +322,24 @@ fn insert_cost(db: &Db) {
             .push(((client1 - client0) + (server1 - server0)) as f64 / 1e3 / per_batch as f64);
         server_share.push((server1 - server0) as f64 / 1e3 / per_batch as f64);
     }
-    let median = |mut v: Vec<f64>| -> (f64, f64, f64) {
+    // The second half's mean, median, min and max. The mean as well as the median: this
+    // thread's CPU time (schedstat) advances by whole scheduler ticks while it runs
+    // uninterrupted, so a batch of a few ms reads as 0, 1 or 2 ticks and the median snaps to a
+    // tick over the batch size (4 µs per record at 250 Hz and 1,000 records). The error of each
+    // reading is random, so the mean of the second half is not biased.
+    let summary = |mut v: Vec<f64>| -> (f64, f64, f64, f64) {
         let mut steady = v.split_off(v.len() / 2);
+        let mean = steady.iter().sum::<f64>() / steady.len() as f64;
         steady.sort_by(f64::total_cmp);
         (
+            mean,
             steady[steady.len() / 2],
             steady[0],
             steady[steady.len() - 1],
         )
     };
-    // The mean as well: this thread's CPU time (schedstat) advances by whole scheduler ticks
-    // while it runs uninterrupted, so a batch of a few ms reads as 0, 1 or 2 ticks and the
-    // median snaps to a tick over the batch size (4 µs per record at 250 Hz and 1,000 records).
-    // The error of each reading is random, so the mean of the second half is not biased.
-    let steady = &per_record[per_record.len() / 2..];
-    let mean = steady.iter().sum::<f64>() / steady.len() as f64;
-    let (total, lo, hi) = median(per_record);
-    let (in_server, _, _) = median(server_share);
+    let (mean, total, lo, hi) = summary(per_record);
+    let (_, in_server, _, _) = summary(server_share);
     // SQLite runs in this thread: there is no server share to tell apart.
     let server_part = if server.is_empty() {
         String::new()
