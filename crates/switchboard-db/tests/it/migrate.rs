@@ -127,13 +127,12 @@ fn tables(db: &Db) -> Vec<String> {
         .collect()
 }
 
-/// Every migration's `down.sql` runs, newest first, on a database that had them all applied,
-/// and leaves no table behind; then every `up.sql` applies again, to the same tables.
-fn every_migration_reverts_and_reapplies(url: &str) {
+/// Every migration's `down.sql` runs, newest first, on a database that had them all applied
+/// (the testkit's, migrated), and leaves no table behind; then every `up.sql` applies again, to
+/// the same tables.
+fn every_migration_reverts_and_reapplies(db: &Db) {
     use diesel_migrations::MigrationHarness;
-    let db = Db::connect(url, 1).unwrap();
-    assert_eq!(db.migrate().unwrap(), expected_applied());
-    let before = tables(&db);
+    let before = tables(db);
     assert!(before.contains(&"audit_events".to_owned()), "{before:?}");
     let migrations = match db.backend() {
         switchboard_db::Backend::Sqlite => switchboard_db::SQLITE_MIGRATIONS,
@@ -146,20 +145,11 @@ fn every_migration_reverts_and_reapplies(url: &str) {
         .map(|v| v.len())
         .unwrap_or_else(|e| panic!("a down.sql failed: {e}"));
     assert_eq!(reverted, expected_applied().len());
-    assert_eq!(tables(&db), Vec::<String>::new());
+    assert_eq!(tables(db), Vec::<String>::new());
     assert_eq!(db.migrate().unwrap(), expected_applied());
-    assert_eq!(tables(&db), before);
+    assert_eq!(tables(db), before);
 }
 
-#[test]
-fn migrations_revert_and_reapply_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    every_migration_reverts_and_reapplies(&switchboard_testkit::pg::sqlite_url(dir.path()));
-}
-
-#[test]
-fn migrations_revert_and_reapply_postgres() {
-    if let Some(pg) = switchboard_testkit::pg::cluster() {
-        every_migration_reverts_and_reapplies(&pg.create_database());
-    }
+switchboard_testkit::both_backends! {
+    migrations_revert_and_reapply => every_migration_reverts_and_reapplies;
 }
