@@ -188,28 +188,41 @@ const PRAGMA_ATTEMPTS: u32 = 50;
 impl CustomizeConnection<AnyConnection, r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut AnyConnection) -> Result<(), r2d2::Error> {
         if let AnyConnection::Sqlite(c) = conn {
-            // Switching a new database file to WAL takes an exclusive lock, and SQLite may
-            // answer SQLITE_BUSY at once (without its busy handler) when several processes or
-            // replicas open the same new file together: retried briefly, never reported.
-            let mut attempt = 1;
-            loop {
-                match c.batch_execute(SQLITE_PRAGMAS) {
-                    Ok(()) => break,
-                    Err(e) if attempt < PRAGMA_ATTEMPTS && is_locked(&e) => {
-                        attempt += 1;
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(r2d2::Error::QueryError(e)),
-                }
-            }
+            retry_locked(|| c.batch_execute(SQLITE_PRAGMAS)).map_err(r2d2::Error::QueryError)?;
         }
         Ok(())
     }
 }
 
-fn is_locked(e: &diesel::result::Error) -> bool {
-    let text = e.to_string();
+/// Runs `set` (the pragmas), retrying briefly while SQLite answers "database is locked":
+/// switching a new database file to WAL takes an exclusive lock, and SQLite may answer
+/// SQLITE_BUSY at once (without its busy handler) when several processes or replicas open the
+/// same new file together. Never reported unless it lasts.
+fn retry_locked<E: std::fmt::Display>(mut set: impl FnMut() -> Result<(), E>) -> Result<(), E> {
+    let mut attempt = 1;
+    loop {
+        match set() {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < PRAGMA_ATTEMPTS && is_locked(&e.to_string()) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_locked(text: &str) -> bool {
     text.contains("database is locked") || text.contains("database table is locked")
+}
+
+/// A connection outside the pool for one long-lived user ([`Db::dedicated`]).
+pub enum Dedicated {
+    /// SQLite through rusqlite, on the same bundled library as diesel: its statements bind
+    /// borrowed values, so the audit writer inserts 32 rows per statement straight from its
+    /// records (see `repo::audit::AuditWriter`).
+    Sqlite(rusqlite::Connection),
+    Postgres(AnyConnection),
 }
 
 /// How long a caller waits for a pooled connection unless configured otherwise.
@@ -351,10 +364,15 @@ impl Db {
     /// pragmas), for one long-lived user that keeps it between uses: the audit writer, whose
     /// page cache and prepared statements then stay warm. Blocking: call it where blocking is
     /// allowed (a `spawn_blocking` task).
-    pub fn dedicated(&self) -> Result<AnyConnection, DbError> {
-        let mut conn = self.manager.connect()?;
-        SqlitePragmas.on_acquire(&mut conn)?;
-        Ok(conn)
+    pub fn dedicated(&self) -> Result<Dedicated, DbError> {
+        match self.backend {
+            Backend::Postgres => Ok(Dedicated::Postgres(self.manager.connect()?)),
+            Backend::Sqlite => {
+                let c = rusqlite::Connection::open(&self.manager.target)?;
+                retry_locked(|| c.execute_batch(SQLITE_PRAGMAS))?;
+                Ok(Dedicated::Sqlite(c))
+            }
+        }
     }
 
     /// Runs `f` with a pooled connection on tokio's blocking pool, so diesel's synchronous calls

@@ -47,6 +47,30 @@ impl From<DieselError> for DbError {
     }
 }
 
+/// The audit writer's SQLite connection (rusqlite). SQLite's messages name the table and the
+/// constraint, never a value.
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == ErrorCode::ConstraintViolation
+                    && matches!(
+                        f.extended_code,
+                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    ) =>
+            {
+                DbError::Conflict
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::CannotOpen => {
+                DbError::Pool(e.to_string())
+            }
+            _ => DbError::Query(e.to_string()),
+        }
+    }
+}
+
 impl From<diesel::r2d2::PoolError> for DbError {
     fn from(e: diesel::r2d2::PoolError) -> Self {
         DbError::Pool(e.to_string())

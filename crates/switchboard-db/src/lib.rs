@@ -1,6 +1,8 @@
 //! Storage of Switchboard: the one diesel schema, `AnyConnection` (SQLite or PostgreSQL behind
 //! `#[derive(MultiConnection)]`), the r2d2 pool and [`Db::run`], migrations per backend (under an
-//! advisory lock on PostgreSQL), tenant-scoped repositories and the install lease.
+//! advisory lock on PostgreSQL), tenant-scoped repositories and the install lease. The audit
+//! writer's own SQLite connection goes through rusqlite ([`Dedicated`]), on the same bundled
+//! SQLite.
 //! Host-level rows: `instances` (the running processes' heartbeats the lease takeover reads).
 //!
 //! Every repository function that touches tenant data takes the tenant id (or an insertable
@@ -22,7 +24,9 @@ pub mod models;
 pub mod repo;
 pub mod schema;
 
-pub use conn::{AnyConnection, AnyConnectionManager, Backend, Db, PoolUsage, PooledConn};
+pub use conn::{
+    AnyConnection, AnyConnectionManager, Backend, Db, Dedicated, PoolUsage, PooledConn,
+};
 pub use error::DbError;
 pub use migrate::{run_migrations, MIGRATION_LOCK_KEY, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 pub use models::*;

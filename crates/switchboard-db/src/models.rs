@@ -284,14 +284,11 @@ impl fmt::Debug for OAuthState {
     }
 }
 
-/// One audit record: who (API key, request) did what (a method call or an administrative
-/// action) to which install, with what outcome. Holds no parameter value and no response data;
-/// the patient only as a keyed hash. Used both to insert and to read. `None` inserts NULL (the
-/// columns have no other default), so every row binds all fifteen columns and a multi-row
-/// INSERT of a fixed row count is one statement text, prepared once (the SQLite writer's).
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+/// One audit record as read: who (API key, request) did what (a method call or an
+/// administrative action) to which install, with what outcome. Holds no parameter value and no
+/// response data; the patient only as a keyed hash. Records are written as [`NewAuditEvent`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = audit_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
-#[diesel(treat_none_as_default_value = false)]
 pub struct AuditEvent {
     pub id: String,
     pub tenant_id: String,
@@ -315,6 +312,159 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     /// Hex HMAC-SHA256 of the patient id under the tenant's audit key.
     pub patient_hash: Option<String>,
+}
+
+impl AuditEvent {
+    /// This record in the shape it is inserted in.
+    pub fn as_new(&self) -> NewAuditEvent<'_> {
+        NewAuditEvent {
+            id: &self.id,
+            tenant_id: &self.tenant_id,
+            at: self.at,
+            kind: &self.kind,
+            action: &self.action,
+            api_key_id: self.api_key_id.as_deref(),
+            account_id: self.account_id.as_deref(),
+            install_id: self.install_id.as_deref(),
+            connector_id: self.connector_id.as_deref(),
+            status: self.status,
+            code: self.code.as_deref(),
+            upstream_status: self.upstream_status,
+            duration_ms: self.duration_ms,
+            request_id: self.request_id.as_deref(),
+            patient_hash: self.patient_hash.as_deref(),
+        }
+    }
+}
+
+/// One audit record to insert, its texts borrowed (the fields of [`AuditEvent`]). `None`
+/// inserts NULL (the columns have no other default), so every row binds all fifteen columns
+/// and a multi-row INSERT of a fixed row count is one statement text, prepared once (the
+/// SQLite writer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Insertable)]
+#[diesel(table_name = audit_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+#[diesel(treat_none_as_default_value = false)]
+pub struct NewAuditEvent<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub kind: &'a str,
+    pub action: &'a str,
+    pub api_key_id: Option<&'a str>,
+    pub account_id: Option<&'a str>,
+    pub install_id: Option<&'a str>,
+    pub connector_id: Option<&'a str>,
+    pub status: i64,
+    pub code: Option<&'a str>,
+    pub upstream_status: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub request_id: Option<&'a str>,
+    pub patient_hash: Option<&'a str>,
+}
+
+/// An audit record on its way to the writer: a [`NewAuditEvent`] that owns its eleven texts
+/// in one allocation. A method call's record is made on a worker thread and freed on the
+/// writer's. As eleven `String`s it cost eleven allocations, and eleven frees of another
+/// thread's memory, which glibc makes under the owning arena's lock (docs/BENCHMARKS.md,
+/// "Tenth pass").
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The texts, one after the other, in the order of [`AuditRecord::TEXTS`].
+    text: Box<str>,
+    /// Where each text ends in `text`; [`AuditRecord::NULL`] for a `None`.
+    ends: [u32; AuditRecord::TEXTS],
+    at: i64,
+    status: i64,
+    upstream_status: Option<i64>,
+    duration_ms: Option<i64>,
+}
+
+impl AuditRecord {
+    const TEXTS: usize = 11;
+    const NULL: u32 = u32::MAX;
+
+    /// The record's texts copied into one allocation.
+    pub fn new(e: &NewAuditEvent<'_>) -> Self {
+        let texts: [Option<&str>; Self::TEXTS] = [
+            Some(e.id),
+            Some(e.tenant_id),
+            Some(e.kind),
+            Some(e.action),
+            e.api_key_id,
+            e.account_id,
+            e.install_id,
+            e.connector_id,
+            e.code,
+            e.request_id,
+            e.patient_hash,
+        ];
+        let mut text = String::with_capacity(texts.iter().flatten().map(|t| t.len()).sum());
+        let ends = texts.map(|t| match t {
+            Some(t) => {
+                text.push_str(t);
+                u32::try_from(text.len()).expect("an audit record's texts fit in 4 GiB")
+            }
+            None => Self::NULL,
+        });
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+            at: e.at,
+            status: e.status,
+            upstream_status: e.upstream_status,
+            duration_ms: e.duration_ms,
+        }
+    }
+
+    /// The `i`th text: from the end of the last one present before it to its own end.
+    fn text(&self, i: usize) -> Option<&str> {
+        let end = self.ends[i];
+        if end == Self::NULL {
+            return None;
+        }
+        let start = self.ends[..i]
+            .iter()
+            .rev()
+            .find(|e| **e != Self::NULL)
+            .map_or(0, |e| *e as usize);
+        Some(&self.text[start..end as usize])
+    }
+
+    /// The record, borrowed, to insert.
+    pub fn as_new(&self) -> NewAuditEvent<'_> {
+        let t = |i| self.text(i);
+        let required = |i| t(i).unwrap_or_default();
+        NewAuditEvent {
+            id: required(0),
+            tenant_id: required(1),
+            at: self.at,
+            kind: required(2),
+            action: required(3),
+            api_key_id: t(4),
+            account_id: t(5),
+            install_id: t(6),
+            connector_id: t(7),
+            status: self.status,
+            code: t(8),
+            upstream_status: self.upstream_status,
+            duration_ms: self.duration_ms,
+            request_id: t(9),
+            patient_hash: t(10),
+        }
+    }
+}
+
+/// Ids and outcome only: the patient hash and the request id stay out of logs.
+impl fmt::Debug for AuditRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.as_new();
+        f.debug_struct("AuditRecord")
+            .field("id", &e.id)
+            .field("action", &e.action)
+            .field("status", &e.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A tenant's patient-hash key, sealed with the key ring. `Debug` shows only its size.
@@ -484,4 +634,56 @@ pub struct CapabilityCheck {
     pub warnings: String,
     pub error: Option<String>,
     pub checked_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A packed record gives back every field as it was given: present, absent (`None`) and
+    /// empty texts in every position, the first and the last among them.
+    #[test]
+    fn an_audit_record_gives_back_what_it_was_made_of() {
+        let full = NewAuditEvent {
+            id: "aud_1",
+            tenant_id: "ten_a",
+            at: i64::MIN,
+            kind: "method_call",
+            action: "get_patient",
+            api_key_id: Some("key_1"),
+            account_id: Some("acc"),
+            install_id: Some("ins_1"),
+            connector_id: Some("canvas"),
+            status: 502,
+            code: Some("upstream_error"),
+            upstream_status: Some(500),
+            duration_ms: Some(i64::MAX),
+            request_id: Some("req_1"),
+            patient_hash: Some("ab"),
+        };
+        let sparse = NewAuditEvent {
+            id: "",
+            kind: "admin",
+            api_key_id: None,
+            account_id: Some(""),
+            install_id: None,
+            connector_id: None,
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: Some("é 漢字"),
+            patient_hash: None,
+            ..full
+        };
+        let empty_last = NewAuditEvent {
+            tenant_id: "",
+            patient_hash: Some(""),
+            ..sparse
+        };
+        for e in [full, sparse, empty_last] {
+            assert_eq!(AuditRecord::new(&e).as_new(), e);
+        }
+        let debug = format!("{:?}", AuditRecord::new(&full));
+        assert!(debug.contains("aud_1") && !debug.contains("req_1") && !debug.contains("ab\""));
+    }
 }

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use switchboard_crypto::KeyRing;
 
 use switchboard_config::AuditSettings;
-use switchboard_db::{repo, AuditEvent, Db};
+use switchboard_db::{repo, AuditEvent, AuditRecord, Db, NewAuditEvent};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::ServiceError;
@@ -108,7 +108,7 @@ pub const BATCH_MAX: usize = 1_000;
 pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 enum Msg {
-    Record(Box<AuditEvent>),
+    Record(AuditRecord),
     /// Write everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
     /// Write everything queued before this, answer, and stop.
@@ -319,14 +319,15 @@ impl AuditLog {
         switchboard_core::time_ordered_id("aud", switchboard_core::now_ms())
     }
 
-    /// Queues one record without waiting. A full buffer drops it (counted), or with
-    /// `audit.fail_closed` refuses it with a retryable 503.
-    pub fn record(&self, event: AuditEvent) -> Result<(), ServiceError> {
+    /// Queues one record without waiting (its texts copied into one allocation: an
+    /// [`AuditRecord`]). A full buffer drops it (counted), or with `audit.fail_closed` refuses
+    /// it with a retryable 503.
+    pub fn record(&self, event: NewAuditEvent<'_>) -> Result<(), ServiceError> {
         if !self.enabled {
             return Ok(());
         }
         // The writer sets the queue-depth gauge when it takes a batch: no metric lookup here.
-        match self.tx.try_send(Msg::Record(Box::new(event))) {
+        match self.tx.try_send(Msg::Record(AuditRecord::new(&event))) {
             Ok(()) => {
                 if self.tx.max_capacity() - self.tx.capacity() >= self.wake_at {
                     self.wake.notify_one();
@@ -375,21 +376,22 @@ impl AuditLog {
         if !self.enabled {
             return Ok(());
         }
-        self.record(AuditEvent {
-            id: Self::new_id(),
-            tenant_id: tenant_id.to_owned(),
+        let id = Self::new_id();
+        self.record(NewAuditEvent {
+            id: &id,
+            tenant_id,
             at: switchboard_core::now_ms(),
-            kind: "admin".into(),
-            action: action.to_owned(),
-            api_key_id: by.api_key_id,
-            account_id: target.account_id,
-            install_id: target.install_id,
-            connector_id: target.connector_id,
+            kind: "admin",
+            action,
+            api_key_id: by.api_key_id.as_deref(),
+            account_id: target.account_id.as_deref(),
+            install_id: target.install_id.as_deref(),
+            connector_id: target.connector_id.as_deref(),
             status: i64::from(status),
             code: None,
             upstream_status: None,
             duration_ms: None,
-            request_id: by.request_id,
+            request_id: by.request_id.as_deref(),
             patient_hash: None,
         })
     }
@@ -434,7 +436,7 @@ impl AuditLog {
 /// waiting. Senders never wake it per record.
 async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
     let mut writer = None;
-    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH_MAX);
+    let mut batch: Vec<AuditRecord> = Vec::with_capacity(BATCH_MAX);
     // A full batch was written and more was queued: drain again at once.
     let mut backlog = false;
     while let Some(first) = rx.recv().await {
@@ -452,7 +454,7 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
         switchboard_metrics::audit_queue_depth(rx.len());
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Record(e) => batch.push(*e),
+                Msg::Record(e) => batch.push(e),
                 Msg::Flush(done) => {
                     answer = Some(done);
                     break;
@@ -483,7 +485,7 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Msg>, wake: Arc<Notify>) {
 /// Writes the batch, and empties it, on the writer's own connection ([`AuditWriter`], created
 /// on first use and again after a panic) on tokio's blocking pool: the writer and the batch's
 /// buffer move there and back.
-async fn write(db: &Db, writer: &mut Option<AuditWriter>, batch: &mut Vec<AuditEvent>) {
+async fn write(db: &Db, writer: &mut Option<AuditWriter>, batch: &mut Vec<AuditRecord>) {
     if batch.is_empty() {
         return;
     }
@@ -493,7 +495,9 @@ async fn write(db: &Db, writer: &mut Option<AuditWriter>, batch: &mut Vec<AuditE
         .unwrap_or_else(|| AuditWriter::new(db.clone()));
     let mut rows = std::mem::take(batch);
     let done = tokio::task::spawn_blocking(move || {
-        let result = w.insert(&rows);
+        let borrowed: Vec<NewAuditEvent<'_>> = rows.iter().map(AuditRecord::as_new).collect();
+        let result = w.insert(&borrowed);
+        drop(borrowed);
         rows.clear();
         (w, rows, result)
     })
@@ -613,9 +617,12 @@ mod tests {
                 e
             })
             .collect();
-        db.run(move |c| repo::audit::insert_batch(c, &rows))
-            .await
-            .unwrap();
+        db.run(move |c| {
+            let rows: Vec<_> = rows.iter().map(AuditEvent::as_new).collect();
+            repo::audit::insert_batch(c, &rows)
+        })
+        .await
+        .unwrap();
         let audit = log(&db, 16, false);
         let mut lines = Vec::new();
         let n = audit
@@ -650,8 +657,8 @@ mod tests {
         let (db, path) = db();
         // Fail open: the second record does not fit (no writer yet) and is dropped, not an error.
         let open = log(&db, 1, false);
-        open.record(event("a")).unwrap();
-        open.record(event("b")).unwrap();
+        open.record(event("a").as_new()).unwrap();
+        open.record(event("b").as_new()).unwrap();
         let writer = tokio::spawn(open.writer().unwrap());
         open.shutdown().await;
         writer.await.unwrap();
@@ -659,13 +666,13 @@ mod tests {
 
         // Fail closed: the same overflow is a retryable 503.
         let closed = log(&db, 1, true);
-        closed.record(event("c")).unwrap();
-        let err = closed.record(event("d")).unwrap_err();
+        closed.record(event("c").as_new()).unwrap();
+        let err = closed.record(event("d").as_new()).unwrap_err();
         assert_eq!(err.code(), switchboard_core::ErrorCode::ServiceUnavailable);
         let writer = tokio::spawn(closed.writer().unwrap());
         closed.flush().await;
         assert_eq!(count(&db).await, 2, "flush waits for the write");
-        closed.record(event("e")).unwrap();
+        closed.record(event("e").as_new()).unwrap();
         closed.shutdown().await;
         writer.await.unwrap();
         assert_eq!(count(&db).await, 3, "shutdown drains the queue");

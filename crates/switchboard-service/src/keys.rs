@@ -235,10 +235,7 @@ impl KeyService {
                         },
                     )?;
                     if let Some(event) = &record {
-                        switchboard_db::repo::audit::insert_batch(
-                            conn,
-                            std::slice::from_ref(event),
-                        )?;
+                        switchboard_db::repo::audit::insert_batch(conn, &[event.as_new()])?;
                     }
                     Ok(())
                 })

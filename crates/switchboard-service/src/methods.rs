@@ -447,26 +447,27 @@ impl MethodService {
             ),
             Err(e) => (
                 e.code().status(),
-                Some(e.code().code().to_owned()),
+                Some(e.code().code()),
                 seen.upstream_status.map(i64::from),
             ),
         };
-        self.audit.record(switchboard_db::AuditEvent {
-            id: crate::audit::AuditLog::new_id(),
-            tenant_id: t.tenant_id().to_owned(),
+        let id = crate::audit::AuditLog::new_id();
+        self.audit.record(switchboard_db::NewAuditEvent {
+            id: &id,
+            tenant_id: t.tenant_id(),
             at: switchboard_core::now_ms(),
-            kind: "method_call".into(),
-            action: method_id.to_string(),
-            api_key_id: Some(t.key_id().to_owned()),
-            account_id: Some(account_id.to_string()),
-            install_id: Some(install_id.to_string()),
-            connector_id: seen.connector_id,
+            kind: "method_call",
+            action: method_id.as_str(),
+            api_key_id: Some(t.key_id()),
+            account_id: Some(account_id.as_str()),
+            install_id: Some(install_id.as_str()),
+            connector_id: seen.connector_id.as_deref(),
             status: i64::from(status),
             code,
             upstream_status,
             duration_ms: i64::try_from(started.elapsed().as_millis()).ok(),
-            request_id: t.request_id().map(str::to_owned),
-            patient_hash,
+            request_id: t.request_id(),
+            patient_hash: patient_hash.as_deref(),
         })?;
         result.map(reply)
     }

@@ -4,11 +4,11 @@
 
 use diesel::prelude::*;
 
-use crate::models::{AuditEvent, AuditKey};
+use crate::models::{AuditEvent, AuditKey, NewAuditEvent};
 use crate::repo::page::{fetch_count, After, AnyBackend, Page};
 use crate::schema::audit_events::dsl as a;
 use crate::schema::audit_keys::dsl as ak;
-use crate::{AnyConnection, Db, DbError};
+use crate::{AnyConnection, Db, DbError, Dedicated};
 
 /// Which of a tenant's records a page holds. Every field narrows; `None` does not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +47,7 @@ const WRITER_SQLITE_PRAGMAS: &str = "PRAGMA cache_size = -8192;";
 /// `spawn_blocking` task.
 pub struct AuditWriter {
     db: Db,
-    conn: Option<AnyConnection>,
+    conn: Option<Dedicated>,
 }
 
 impl AuditWriter {
@@ -55,23 +55,26 @@ impl AuditWriter {
         Self { db, conn: None }
     }
 
-    /// [`insert_batch`] on the writer's connection (opened now if needed).
-    pub fn insert(&mut self, rows: &[AuditEvent]) -> Result<usize, DbError> {
+    /// Inserts the batch in one transaction on the writer's connection (opened now if needed):
+    /// on SQLite `insert_sqlite` (rusqlite), on PostgreSQL [`insert_batch`] (one COPY).
+    pub fn insert(&mut self, rows: &[NewAuditEvent<'_>]) -> Result<usize, DbError> {
         if rows.is_empty() {
             return Ok(0);
         }
         let conn = match &mut self.conn {
             Some(c) => c,
             None => {
-                let mut c = self.db.dedicated()?;
-                if let AnyConnection::Sqlite(s) = &mut c {
-                    use diesel::connection::SimpleConnection;
-                    s.batch_execute(WRITER_SQLITE_PRAGMAS)?;
+                let c = self.db.dedicated()?;
+                if let Dedicated::Sqlite(s) = &c {
+                    s.execute_batch(WRITER_SQLITE_PRAGMAS)?;
                 }
                 self.conn.insert(c)
             }
         };
-        let result = insert_batch(conn, rows);
+        let result = match conn {
+            Dedicated::Sqlite(c) => insert_sqlite(c, rows),
+            Dedicated::Postgres(c) => insert_batch(c, rows),
+        };
         if result.is_err() {
             self.conn = None;
         }
@@ -79,9 +82,100 @@ impl AuditWriter {
     }
 }
 
+/// Rows per multi-row INSERT of the SQLite audit writer (fifteen bound values each).
+const ROWS_PER_INSERT: usize = 32;
+
+/// The columns of `audit_events` in the order [`bind_row`] binds them.
+const INSERT_INTO: &str = "INSERT INTO audit_events (id, tenant_id, at, kind, action, \
+    api_key_id, account_id, install_id, connector_id, status, code, upstream_status, \
+    duration_ms, request_id, patient_hash) VALUES ";
+
+/// `INSERT INTO audit_events (…) VALUES (?, …), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let mut sql = String::with_capacity(INSERT_INTO.len() + rows * (row.len() + 1));
+    sql.push_str(INSERT_INTO);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(row);
+    }
+    sql
+}
+
+/// The SQLite writer's batch in one IMMEDIATE transaction: INSERTs of [`ROWS_PER_INSERT`]
+/// rows, then single-row INSERTs for the rest. Each statement text is prepared once per
+/// connection (rusqlite's statement cache), then only bound and stepped: a multi-row INSERT of
+/// the whole batch would be parsed and compiled anew for every batch, about a fifth of SQLite's
+/// work per record (docs/BENCHMARKS.md, "Audit cost, second pass"), and one statement per row
+/// pays a step and a reset per record ("Eighth pass"). The values are bound straight from the
+/// borrowed records: diesel's multi-row insert of a fixed row count needs owned rows, and its
+/// bind collection cost about 10% more CPU per record ("Tenth pass"). The table's constraints
+/// are `ON CONFLICT ROLLBACK` (migration `audit_conflict_rollback`), so a multi-row statement
+/// needs no statement journal, and a conflict ends the transaction: the batch lands whole or
+/// not at all.
+fn insert_sqlite(
+    c: &mut rusqlite::Connection,
+    rows: &[NewAuditEvent<'_>],
+) -> Result<usize, DbError> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut n = 0;
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut insert = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        for chunk in chunks.by_ref() {
+            for (i, row) in chunk.iter().enumerate() {
+                bind_row(&mut insert, i * COLUMNS, row)?;
+            }
+            n += insert.raw_execute()?;
+        }
+    }
+    if !chunks.remainder().is_empty() {
+        let mut insert = tx.prepare_cached(&insert_sql(1))?;
+        for row in chunks.remainder() {
+            bind_row(&mut insert, 0, row)?;
+            n += insert.raw_execute()?;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+/// Columns of `audit_events`, bound per row.
+const COLUMNS: usize = 15;
+
+/// Binds one row's values to parameters `first + 1 ..= first + COLUMNS` (`None` binds NULL).
+fn bind_row(
+    st: &mut rusqlite::Statement<'_>,
+    first: usize,
+    r: &NewAuditEvent<'_>,
+) -> rusqlite::Result<()> {
+    st.raw_bind_parameter(first + 1, r.id)?;
+    st.raw_bind_parameter(first + 2, r.tenant_id)?;
+    st.raw_bind_parameter(first + 3, r.at)?;
+    st.raw_bind_parameter(first + 4, r.kind)?;
+    st.raw_bind_parameter(first + 5, r.action)?;
+    st.raw_bind_parameter(first + 6, r.api_key_id)?;
+    st.raw_bind_parameter(first + 7, r.account_id)?;
+    st.raw_bind_parameter(first + 8, r.install_id)?;
+    st.raw_bind_parameter(first + 9, r.connector_id)?;
+    st.raw_bind_parameter(first + 10, r.status)?;
+    st.raw_bind_parameter(first + 11, r.code)?;
+    st.raw_bind_parameter(first + 12, r.upstream_status)?;
+    st.raw_bind_parameter(first + 13, r.duration_ms)?;
+    st.raw_bind_parameter(first + 14, r.request_id)?;
+    st.raw_bind_parameter(first + 15, r.patient_hash)
+}
+
 /// Inserts the records in one transaction (IMMEDIATE on SQLite; on PostgreSQL one COPY, which
-/// is atomic by itself). Returns rows inserted.
-pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usize, DbError> {
+/// is atomic by itself) on a diesel connection: the administrative records written inside
+/// another transaction (a tenant's creation, a key rotation), and tests. The service's writer
+/// uses [`AuditWriter`]. Returns rows inserted.
+pub fn insert_batch(
+    conn: &mut AnyConnection,
+    rows: &[NewAuditEvent<'_>],
+) -> Result<usize, DbError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -107,37 +201,23 @@ pub fn insert_batch(conn: &mut AnyConnection, rows: &[AuditEvent]) -> Result<usi
     }
 }
 
-/// SQLite: the batch in INSERTs of [`ROWS_PER_INSERT`] rows, then single-row INSERTs for the
-/// rest. Each statement's text has a fixed row count (diesel gives an array insert a static
-/// query id), so it is prepared once per connection (diesel's statement cache) and only bound
-/// and stepped per use. A multi-row INSERT of the whole batch would not be: its text depends
-/// on the batch's size, and SQLite parsed and compiled it anew for every batch, about a fifth
-/// of its work per record (docs/BENCHMARKS.md, "Audit cost, second pass"); one statement per
-/// row pays a step, a reset and a statement-cache lookup per record ("Eighth pass"). The
-/// table's constraints are `ON CONFLICT ROLLBACK` (migration `audit_conflict_rollback`), so a
-/// multi-row statement needs no statement journal: one would copy every page it touches.
+/// SQLite on a diesel connection: one INSERT per row. These batches are small (one record,
+/// or one per tenant for a key rotation); the writer's large ones go through [`insert_sqlite`].
 /// PostgreSQL takes the batch as one binary `COPY … FROM STDIN` (one round trip, no statement
 /// to parse or plan: about a third less server CPU per record than the multi-row INSERT it
 /// replaced, "Audit cost, third pass").
-fn insert_each(c: &mut diesel::SqliteConnection, rows: &[AuditEvent]) -> Result<usize, DbError> {
+fn insert_each(
+    c: &mut diesel::SqliteConnection,
+    rows: &[NewAuditEvent<'_>],
+) -> Result<usize, DbError> {
     let mut n = 0;
-    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-    for chunk in chunks.by_ref() {
-        let chunk: &[AuditEvent; ROWS_PER_INSERT] = chunk.try_into().expect("an exact chunk");
-        n += diesel::insert_into(a::audit_events)
-            .values(chunk)
-            .execute(c)?;
-    }
-    for row in chunks.remainder() {
+    for row in rows {
         n += diesel::insert_into(a::audit_events)
             .values(row)
             .execute(c)?;
     }
     Ok(n)
 }
-
-/// Rows per multi-row INSERT of the SQLite audit writer (fifteen bound values each).
-const ROWS_PER_INSERT: usize = 32;
 
 /// One page of the tenant's records matching `filter`, in `(at, id)` order, after `after`
 /// (whose `created_at` is an `at`).

@@ -289,5 +289,6 @@ pub fn record_rotation(conn: &mut AnyConnection, kid: &str, now: i64) -> Result<
             patient_hash: None,
         })
         .collect();
-    crate::repo::audit::insert_batch(conn, &events)
+    let rows: Vec<_> = events.iter().map(crate::AuditEvent::as_new).collect();
+    crate::repo::audit::insert_batch(conn, &rows)
 }

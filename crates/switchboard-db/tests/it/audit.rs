@@ -2,7 +2,7 @@
 //! walk and the retention purge.
 
 use switchboard_db::repo::audit::{AuditFilter, Outcome};
-use switchboard_db::{repo, AuditEvent, AuditKey, Db};
+use switchboard_db::{repo, AuditEvent, AuditKey, Db, NewAuditEvent};
 use switchboard_testkit::both_backends;
 
 both_backends!(
@@ -36,12 +36,36 @@ fn event(tenant: &str, id: &str, at: i64, status: i64) -> AuditEvent {
     }
 }
 
-/// A batch reads back exactly as written on both backends (SQLite's bound rows, PostgreSQL's
-/// binary COPY): texts that a text format would have to escape or that are empty, every NULL
-/// column, and integers at the ends of their range.
+/// A batch reads back exactly as written on both backends, through the service's writer
+/// ([`repo::audit::AuditWriter`]: SQLite's multi-row and single-row INSERTs, PostgreSQL's
+/// binary COPY) and through [`repo::audit::insert_batch`] on a pooled connection (the records
+/// written inside another transaction): texts that a text format would have to escape or that
+/// are empty, every NULL column, and integers at the ends of their range.
 fn audit_rows_read_back_every_value_as_written(db: &Db) {
     let mut c = db.get().unwrap();
-    let mut odd = event("ten_odd", "aud_odd", 1, 200);
+    let mut w = repo::audit::AuditWriter::new(db.clone());
+    for (tenant, through_writer) in [("ten_w", true), ("ten_p", false)] {
+        let rows = odd_rows(tenant);
+        let n = if through_writer {
+            w.insert(&new(&rows)).unwrap()
+        } else {
+            repo::audit::insert_batch(&mut c, &new(&rows)).unwrap()
+        };
+        assert_eq!(n, 67);
+        let page =
+            repo::audit::list_page(&mut c, tenant, &AuditFilter::default(), None, 100).unwrap();
+        let mut want = rows;
+        want.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        assert_eq!(page.rows, want, "{tenant}");
+    }
+}
+
+/// 67 records of `tenant` with awkward values: more rows than one multi-row INSERT of the
+/// SQLite writer takes (32), so two such INSERTs and three single-row ones, with every integer
+/// different from row to row, so that a value bound to the wrong row or column in either kind
+/// of statement shows.
+fn odd_rows(tenant: &str) -> Vec<AuditEvent> {
+    let mut odd = event(tenant, "aud_odd", 1, 200);
     odd.kind = "admin".to_owned();
     odd.action = "quote \" backslash \\ slash / tab \t nl \n nul-free \u{1} \u{7f}".to_owned();
     odd.api_key_id = Some("é ü 漢字 🩺 \u{2028}\u{2029}".to_owned());
@@ -53,16 +77,13 @@ fn audit_rows_read_back_every_value_as_written(db: &Db) {
     odd.duration_ms = Some(i64::MAX);
     odd.request_id = Some("  leading and trailing  ".to_owned());
     odd.patient_hash = None;
-    let mut big = event("ten_odd", "aud_big", i64::MAX - 1, 599);
+    let mut big = event(tenant, "aud_big", i64::MAX - 1, 599);
     big.status = -1;
     big.upstream_status = Some(i64::MIN);
     big.duration_ms = None;
     big.request_id = None;
     big.api_key_id = None;
-    // More rows than one multi-row INSERT of the SQLite writer takes (32): two such INSERTs
-    // and three single-row ones, with every integer different from row to row, so that a
-    // value bound to the wrong row or column in either kind of statement shows.
-    let rows: Vec<AuditEvent> = (0..67)
+    (0..67)
         .map(|i| {
             let mut r = if i % 2 == 0 { odd.clone() } else { big.clone() };
             r.id = format!("{}_{i:03}", r.id);
@@ -70,13 +91,12 @@ fn audit_rows_read_back_every_value_as_written(db: &Db) {
             r.status += i;
             r
         })
-        .collect();
-    assert_eq!(repo::audit::insert_batch(&mut c, &rows).unwrap(), 67);
-    let page =
-        repo::audit::list_page(&mut c, "ten_odd", &AuditFilter::default(), None, 100).unwrap();
-    let mut want = rows;
-    want.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-    assert_eq!(page.rows, want);
+        .collect()
+}
+
+/// The records in the shape they are inserted in.
+fn new(rows: &[AuditEvent]) -> Vec<NewAuditEvent<'_>> {
+    rows.iter().map(AuditEvent::as_new).collect()
 }
 
 fn ids(rows: &[AuditEvent]) -> Vec<&str> {
@@ -89,14 +109,17 @@ fn audit_batches_page_by_at_then_id_within_the_tenant(db: &Db) {
     let many: Vec<_> = (0..1_200)
         .map(|i| event("ten_a", &format!("bulk_{i:04}"), 100 + i, 200))
         .collect();
-    assert_eq!(repo::audit::insert_batch(&mut c, &many).unwrap(), 1_200);
+    assert_eq!(
+        repo::audit::insert_batch(&mut c, &new(&many)).unwrap(),
+        1_200
+    );
     let rows = vec![
         event("ten_a", "z", 10, 200),
         event("ten_a", "m", 20, 200),
         event("ten_a", "b", 20, 502),
         event("ten_b", "a", 15, 200),
     ];
-    assert_eq!(repo::audit::insert_batch(&mut c, &rows).unwrap(), 4);
+    assert_eq!(repo::audit::insert_batch(&mut c, &new(&rows)).unwrap(), 4);
     assert_eq!(repo::audit::insert_batch(&mut c, &[]).unwrap(), 0);
 
     let all = AuditFilter::default();
@@ -147,7 +170,7 @@ fn audit_filters_narrow_the_page(db: &Db) {
         event("ten_a", "y", 20, 502),
         other,
     ];
-    repo::audit::insert_batch(&mut c, &rows).unwrap();
+    repo::audit::insert_batch(&mut c, &new(&rows)).unwrap();
     let page = |c: &mut _, f: AuditFilter| {
         let p = repo::audit::list_page(c, "ten_a", &f, None, 10).unwrap();
         p.rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
@@ -194,7 +217,7 @@ fn audit_purge_deletes_only_older_rows(db: &Db) {
         event("ten_b", "old_b", 19, 200),
         event("ten_a", "new", 20, 200),
     ];
-    repo::audit::insert_batch(&mut c, &rows).unwrap();
+    repo::audit::insert_batch(&mut c, &new(&rows)).unwrap();
     assert_eq!(repo::audit::purge_before(&mut c, 20).unwrap(), 2);
     let left = export_all(&mut c, 0);
     assert_eq!(ids(&left), ["new"]);
@@ -205,15 +228,15 @@ fn audit_writer_batches_land_whole_and_it_recovers_after_an_error(db: &Db) {
     let mut w = repo::audit::AuditWriter::new(db.clone());
     assert_eq!(w.insert(&[]).unwrap(), 0);
     let rows = [event("ten_a", "a", 10, 200), event("ten_a", "b", 11, 502)];
-    assert_eq!(w.insert(&rows).unwrap(), 2);
+    assert_eq!(w.insert(&new(&rows)).unwrap(), 2);
     // A batch that fails (a duplicate primary key: tenant, time and id) leaves nothing of
     // itself behind...
     let bad = [event("ten_a", "c", 12, 200), event("ten_a", "a", 10, 200)];
-    assert!(w.insert(&bad).is_err());
+    assert!(w.insert(&new(&bad)).is_err());
     let mut c = db.get().unwrap();
     assert_eq!(ids(&export_all(&mut c, 0)), ["a", "b"]);
     // ...and the next batch goes through on a fresh connection.
-    assert_eq!(w.insert(&[event("ten_a", "c", 12, 200)]).unwrap(), 1);
+    assert_eq!(w.insert(&new(&[event("ten_a", "c", 12, 200)])).unwrap(), 1);
     let all = export_all(&mut c, 0);
     assert_eq!(ids(&all), ["a", "b", "c"]);
     assert_eq!(all[1], rows[1], "every column reads back");
@@ -309,14 +332,14 @@ fn insert_cost(db: &Db) {
             .collect()
     };
     // The first batch opens the writer's connection; then its PostgreSQL backend is known.
-    assert_eq!(writer.insert(&batch()).unwrap(), per_batch);
+    assert_eq!(writer.insert(&new(&batch())).unwrap(), per_batch);
     let server = server_pids(&mut conn);
     let mut per_record = Vec::with_capacity(batches);
     let mut server_share = Vec::with_capacity(batches);
     for _ in 1..batches {
         let rows = batch();
         let (client0, server0) = (thread_cpu_ns(), cpu_ns(&server));
-        assert_eq!(writer.insert(&rows).unwrap(), per_batch);
+        assert_eq!(writer.insert(&new(&rows)).unwrap(), per_batch);
         let (client1, server1) = (thread_cpu_ns(), cpu_ns(&server));
         per_record
             .push(((client1 - client0) + (server1 - server0)) as f64 / 1e3 / per_batch as f64);
@@ -416,7 +439,7 @@ fn audit_keys_order_by_their_bytes(db: &Db) {
         .iter()
         .map(|id| event("ten_a", id, 50, 200))
         .collect();
-    repo::audit::insert_batch(&mut c, &rows).unwrap();
+    repo::audit::insert_batch(&mut c, &new(&rows)).unwrap();
     ids_in.sort_unstable();
     let page = repo::audit::list_page(&mut c, "ten_a", &AuditFilter::default(), None, 3).unwrap();
     assert_eq!(ids(&page.rows), ids_in[..3]);
@@ -522,7 +545,7 @@ fn audit_filters_read_their_own_index(db: &Db) {
             e
         })
         .collect();
-    repo::audit::insert_batch(&mut c, &rows).unwrap();
+    repo::audit::insert_batch(&mut c, &new(&rows)).unwrap();
     if let switchboard_db::AnyConnection::Postgresql(pg) = &mut *c {
         use diesel::connection::SimpleConnection;
         pg.batch_execute("ANALYZE audit_events").unwrap();

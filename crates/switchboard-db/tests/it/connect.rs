@@ -171,8 +171,23 @@ fn sqlite_connections_are_configured() {
     for mut c in conns {
         assert_configured(&mut c);
     }
-    // The audit writer's connection, outside the pool.
-    assert_configured(&mut db.dedicated().unwrap());
+    // The audit writer's connection, outside the pool (rusqlite).
+    let switchboard_db::Dedicated::Sqlite(w) = db.dedicated().unwrap() else {
+        panic!("a SQLite database gives a SQLite connection");
+    };
+    let pragma = |name: &str| -> String {
+        w.pragma_query_value(None, name, |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+    };
+    assert_eq!(pragma("foreign_keys"), "1");
+    assert_eq!(pragma("journal_mode"), "wal");
+    assert_eq!(pragma("busy_timeout"), "10000");
+    assert_eq!(pragma("wal_autocheckpoint"), "10000");
 }
 
 /// The bundled SQLite is built with the options of `.cargo/config.toml` (`LIBSQLITE3_FLAGS`):
