@@ -111,7 +111,7 @@ fn insert_sql(rows: usize) -> String {
 /// work per record (docs/BENCHMARKS.md, "Audit cost, second pass"), and one statement per row
 /// pays a step and a reset per record ("Eighth pass"). The values are bound straight from the
 /// borrowed records: diesel's multi-row insert of a fixed row count needs owned rows, and its
-/// bind collection cost about 10% more CPU per record ("Tenth pass"). The table's constraints
+/// bind collection cost 4 to 12% more CPU per record ("Tenth pass"). The table's constraints
 /// are `ON CONFLICT ROLLBACK` (migration `audit_conflict_rollback`), so a multi-row statement
 /// needs no statement journal, and a conflict ends the transaction: the batch lands whole or
 /// not at all.
