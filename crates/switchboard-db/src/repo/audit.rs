@@ -2,6 +2,8 @@
 //! trail in `(at, id)` order, the export walk and the retention purge. Append-only: there is no
 //! update, and rows are deleted only by age.
 
+use std::sync::LazyLock;
+
 use diesel::prelude::*;
 
 use crate::models::{AuditEvent, AuditKey, NewAuditEvent};
@@ -92,17 +94,14 @@ const INSERT_INTO: &str = "INSERT INTO audit_events (id, tenant_id, at, kind, ac
 
 /// `INSERT INTO audit_events (…) VALUES (?, …), …` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-    let mut sql = String::with_capacity(INSERT_INTO.len() + rows * (row.len() + 1));
-    sql.push_str(INSERT_INTO);
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(row);
-    }
-    sql
+    let row = format!("({})", vec!["?"; COLUMNS].join(","));
+    format!("{INSERT_INTO}{}", vec![row; rows].join(","))
 }
+
+/// The writer's two statement texts, made once per process: rusqlite's statement cache is
+/// keyed by the text, so each batch only looks them up.
+static INSERT_CHUNK: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
 
 /// The SQLite writer's batch in one IMMEDIATE transaction: INSERTs of [`ROWS_PER_INSERT`]
 /// rows, then single-row INSERTs for the rest. Each statement text is prepared once per
@@ -123,7 +122,7 @@ fn insert_sqlite(
     let mut n = 0;
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
-        let mut insert = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        let mut insert = tx.prepare_cached(&INSERT_CHUNK)?;
         for chunk in chunks.by_ref() {
             for (i, row) in chunk.iter().enumerate() {
                 bind_row(&mut insert, i * COLUMNS, row)?;
@@ -132,7 +131,7 @@ fn insert_sqlite(
         }
     }
     if !chunks.remainder().is_empty() {
-        let mut insert = tx.prepare_cached(&insert_sql(1))?;
+        let mut insert = tx.prepare_cached(&INSERT_ONE)?;
         for row in chunks.remainder() {
             bind_row(&mut insert, 0, row)?;
             n += insert.raw_execute()?;
