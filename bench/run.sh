@@ -46,6 +46,10 @@
 #                       perf.data and, with inferno on the PATH, a flame graph SVG go to OUT_DIR
 #   PG_LOCALE=C         the PostgreSQL cluster's locale (e.g. en_US.UTF-8, if the system has it:
 #                       text compares through strcoll, as on many production clusters)
+#   PG_CPUS=""          e.g. 1: PostgreSQL runs on these CPUs (taskset list) and everything else
+#                       (load generator, nginx, Switchboard) on the others: the database on
+#                       cores of its own, as a production deployment's separate database server.
+#                       Empty: everything shares every core
 # Only 127.0.0.1 is ever contacted. Every process and temp directory is removed on exit.
 set -euo pipefail
 
@@ -70,6 +74,7 @@ PROFILE=${PROFILE:-0}
 PROFILE_CONNS=${PROFILE_CONNS:-32}
 CALLGRIND=${CALLGRIND:-0}
 PG_LOCALE=${PG_LOCALE:-C}
+PG_CPUS=${PG_CPUS:-}
 case $AUDIT in
 on) AUDIT_MODES="on" ;;
 off) AUDIT_MODES="off" ;;
@@ -87,6 +92,21 @@ die() { log "error: $*"; exit 1; }
 PIDS=()
 PG_CTL=""
 PG_DATA=""
+# PG_CPUS: this script (and so all it starts but PostgreSQL) moves to the other CPUs.
+HOST_CPUS=""
+if [ -n "$PG_CPUS" ]; then
+    HOST_CPUS=$(python3 - "$PG_CPUS" "$(nproc)" <<'PY'
+import sys
+pg = set()
+for part in sys.argv[1].split(","):
+    lo, _, hi = part.partition("-")
+    pg.update(range(int(lo), int(hi or lo) + 1))
+print(",".join(str(c) for c in range(int(sys.argv[2])) if c not in pg))
+PY
+    ) || die "PG_CPUS=$PG_CPUS is not a CPU list"
+    [ -n "$HOST_CPUS" ] || die "PG_CPUS=$PG_CPUS leaves no CPU for the rest"
+    taskset -pc "$HOST_CPUS" $$ >/dev/null || die "taskset failed"
+fi
 TMP=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
 
 as_postgres() {
@@ -365,7 +385,9 @@ start_postgres() {
     local port
     port=$(free_port)
     PG_DATA="$dir/data"
-    as_postgres "$PG_CTL" start -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o \
+    local pin=()
+    [ -n "$PG_CPUS" ] && pin=(taskset -c "$PG_CPUS")
+    as_postgres "${pin[@]}" "$PG_CTL" start -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o \
         "-p $port -c listen_addresses=127.0.0.1 -k $dir/sock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB" \
         >/dev/null || die "PostgreSQL did not start: $(cat "$dir/postgres.log")"
     PG_PSQL="$bin/psql"
@@ -582,7 +604,11 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitte
 {
     echo "Run $STAMP: $(nproc) cores ($cpu), $mem, $os, kernel $(uname -r)."
     echo "Switchboard $commit (release), nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') with worker_processes $NGINX_WORKERS, $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), at most $THREADS wrk threads, ${DURATION}s per point after ${WARMUP}s warm-up; Switchboard server.workers=$SB_WORKERS (0 = one per core)${PG_VERSION:+, PostgreSQL $PG_VERSION (locale $PG_LOCALE)}."
-    echo "Load generator, nginx, Switchboard (and PostgreSQL) all share the same cores."
+    if [ -n "$PG_CPUS" ]; then
+        echo "Load generator, nginx and Switchboard share CPUs $HOST_CPUS; PostgreSQL has CPUs $PG_CPUS to itself."
+    else
+        echo "Load generator, nginx, Switchboard (and PostgreSQL) all share the same cores."
+    fi
     echo
     echo "Audit trail: $AUDIT. Rounds: $ROUNDS (each figure is the median over the rounds; [min-max] is the spread of req/s; ratios are the median of the per-round ratios)."
     echo
