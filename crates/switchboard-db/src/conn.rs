@@ -294,14 +294,14 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 }
 
 impl Db {
-    /// [`Db::connect_with`] with the default pool timeout ([`DEFAULT_POOL_TIMEOUT`]).
+    /// [`Db::connect_with`] with the default pool timeout (`DEFAULT_POOL_TIMEOUT`).
     pub fn connect(url: &str, pool_size: u32) -> Result<Db, DbError> {
         Self::connect_with(url, pool_size, DEFAULT_POOL_TIMEOUT)
     }
 
     /// Opens a pool of at most `pool_size` connections to `url` (see [`AnyConnectionManager::new`]).
     /// For SQLite the parent directory of the file is created, and the file itself 0600
-    /// ([`create_private`]). Blocks until one connection is established, so a wrong URL fails
+    /// (`create_private`). Blocks until one connection is established, so a wrong URL fails
     /// here rather than on the first request. Later, a caller
     /// that cannot get a connection within `pool_timeout` (the database is down, or every
     /// connection is busy) gets [`DbError::Pool`], which callers report as "unavailable".

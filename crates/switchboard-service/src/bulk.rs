@@ -1,5 +1,5 @@
 //! FHIR Bulk Data export jobs (Bulk Data Access 2.0), a part of method calls: the kick-off of a
-//! `kind = "bulk_export"` method ([`MethodService::kick_off`], called by `call_method`), the
+//! `kind = "bulk_export"` method (`MethodService::kick_off`, called by `call_method`), the
 //! tenant's view of its jobs (get, list, cancel), the output files streamed through chunk by
 //! chunk, and the [`BulkPoller`] the server spawns: any replica claims a due job with a lease,
 //! polls its status URL with the install's token (refreshed once on a 401), honours

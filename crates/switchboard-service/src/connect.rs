@@ -353,7 +353,7 @@ impl InstallService {
         }
     }
 
-    /// The page of a pending link (see [`InstallService::pending_session`] for the refusals).
+    /// The page of a pending link (see `InstallService::pending_session` for the refusals).
     pub async fn connect_page(&self, token: &str) -> Result<ConnectPage, ServiceError> {
         let row = self.pending_session(token).await?;
         self.page_of(&row).await
