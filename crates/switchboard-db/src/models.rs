@@ -363,6 +363,31 @@ pub struct NewAuditEvent<'a> {
     pub patient_hash: Option<&'a str>,
 }
 
+impl<'a> NewAuditEvent<'a> {
+    /// An administrative change's record (`kind` "admin"): who made it and what it touched
+    /// (API key, request, account, install, connector) are absent until the caller sets them;
+    /// no upstream, duration or patient.
+    pub fn admin(id: &'a str, tenant_id: &'a str, at: i64, action: &'a str, status: i64) -> Self {
+        NewAuditEvent {
+            id,
+            tenant_id,
+            at,
+            kind: "admin",
+            action,
+            api_key_id: None,
+            account_id: None,
+            install_id: None,
+            connector_id: None,
+            status,
+            code: None,
+            upstream_status: None,
+            duration_ms: None,
+            request_id: None,
+            patient_hash: None,
+        }
+    }
+}
+
 /// An audit record on its way to the writer: a [`NewAuditEvent`] that owns its eleven texts
 /// in one allocation. A method call's record is made on a worker thread and freed on the
 /// writer's. As eleven `String`s it cost eleven allocations, and eleven frees of another

@@ -377,22 +377,14 @@ impl AuditLog {
             return Ok(());
         }
         let id = Self::new_id();
+        let now = switchboard_core::now_ms();
         self.record(NewAuditEvent {
-            id: &id,
-            tenant_id,
-            at: switchboard_core::now_ms(),
-            kind: "admin",
-            action,
             api_key_id: by.api_key_id.as_deref(),
             account_id: target.account_id.as_deref(),
             install_id: target.install_id.as_deref(),
             connector_id: target.connector_id.as_deref(),
-            status: i64::from(status),
-            code: None,
-            upstream_status: None,
-            duration_ms: None,
             request_id: by.request_id.as_deref(),
-            patient_hash: None,
+            ..NewAuditEvent::admin(&id, tenant_id, now, action, i64::from(status))
         })
     }
 

@@ -194,22 +194,11 @@ impl KeyService {
         let (t, k) = (tenant_id.clone(), key_id);
         // The first key's creation is an administrative change like any other key's. It is
         // written with the tenant (the CLI that runs this has no audit writer task), never the key.
-        let record = self.audit.enabled().then(|| switchboard_db::AuditEvent {
-            id: crate::audit::AuditLog::new_id(),
-            tenant_id: t.clone(),
-            at: now,
-            kind: "admin".into(),
-            action: format!("api_key.created:{k}"),
-            api_key_id: None,
-            account_id: None,
-            install_id: None,
-            connector_id: None,
-            status: 201,
-            code: None,
-            upstream_status: None,
-            duration_ms: None,
-            request_id: None,
-            patient_hash: None,
+        let record = self.audit.enabled().then(|| {
+            (
+                crate::audit::AuditLog::new_id(),
+                format!("api_key.created:{k}"),
+            )
         });
         self.db
             .run(move |conn| {
@@ -227,15 +216,16 @@ impl KeyService {
                         conn,
                         &NewApiKey {
                             id: k,
-                            tenant_id: t,
+                            tenant_id: t.clone(),
                             name: "initial".into(),
                             prefix,
                             key_hash: key_hash.clone(),
                             created_at: now,
                         },
                     )?;
-                    if let Some(event) = &record {
-                        switchboard_db::repo::audit::insert_batch(conn, &[event.as_new()])?;
+                    if let Some((id, action)) = &record {
+                        let event = switchboard_db::NewAuditEvent::admin(id, &t, now, action, 201);
+                        switchboard_db::repo::audit::insert_batch(conn, &[event])?;
                     }
                     Ok(())
                 })

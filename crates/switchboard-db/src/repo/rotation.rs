@@ -269,26 +269,15 @@ pub fn mark_verified(conn: &mut AnyConnection, column: &str) -> Result<(), DbErr
 pub fn record_rotation(conn: &mut AnyConnection, kid: &str, now: i64) -> Result<usize, DbError> {
     use crate::schema::tenants::dsl as t;
     let tenants: Vec<String> = t::tenants.select(t::id).load(conn)?;
-    let events: Vec<crate::AuditEvent> = tenants
-        .into_iter()
-        .map(|tenant_id| crate::AuditEvent {
-            id: switchboard_core::time_ordered_id("aud", now),
-            tenant_id,
-            at: now,
-            kind: "admin".to_owned(),
-            action: format!("keys.rotated:{kid}"),
-            api_key_id: None,
-            account_id: None,
-            install_id: None,
-            connector_id: None,
-            status: 200,
-            code: None,
-            upstream_status: None,
-            duration_ms: None,
-            request_id: None,
-            patient_hash: None,
-        })
+    let action = format!("keys.rotated:{kid}");
+    let ids: Vec<String> = tenants
+        .iter()
+        .map(|_| switchboard_core::time_ordered_id("aud", now))
         .collect();
-    let rows: Vec<_> = events.iter().map(crate::AuditEvent::as_new).collect();
+    let rows: Vec<_> = tenants
+        .iter()
+        .zip(&ids)
+        .map(|(tenant, id)| crate::NewAuditEvent::admin(id, tenant, now, &action, 200))
+        .collect();
     crate::repo::audit::insert_batch(conn, &rows)
 }
