@@ -142,24 +142,35 @@ struct CompileOption {
     compile_options: String,
 }
 
-/// The pragmas every SQLite connection gets (`conn.rs`), read back.
-fn assert_configured(c: &mut AnyConnection) {
-    let fk: Pragma = diesel::sql_query("PRAGMA foreign_keys")
-        .get_result(c)
-        .unwrap();
-    assert_eq!(fk.foreign_keys, 1);
-    let j: Journal = diesel::sql_query("PRAGMA journal_mode")
-        .get_result(c)
-        .unwrap();
-    assert_eq!(j.journal_mode, "wal");
-    let t: Timeout = diesel::sql_query("PRAGMA busy_timeout")
-        .get_result(c)
-        .unwrap();
-    assert_eq!(t.timeout, 10_000);
-    let w: Checkpoint = diesel::sql_query("PRAGMA wal_autocheckpoint")
-        .get_result(c)
-        .unwrap();
-    assert_eq!(w.wal_autocheckpoint, 10_000);
+/// The pragmas every SQLite connection gets (`conn.rs`), as SQLite reports them.
+const CONFIGURED: [(&str, &str); 4] = [
+    ("foreign_keys", "1"),
+    ("journal_mode", "wal"),
+    ("busy_timeout", "10000"),
+    ("wal_autocheckpoint", "10000"),
+];
+
+/// Reads every pragma of [`CONFIGURED`] back through `pragma` (its value as text).
+fn assert_configured(mut pragma: impl FnMut(&str) -> String) {
+    for (name, want) in CONFIGURED {
+        assert_eq!(pragma(name), want, "PRAGMA {name}");
+    }
+}
+
+/// `PRAGMA name` on a pooled (diesel) connection, as text.
+fn pooled_pragma(c: &mut AnyConnection, name: &str) -> String {
+    let q = diesel::sql_query(format!("PRAGMA {name}"));
+    match name {
+        "foreign_keys" => q.get_result::<Pragma>(c).unwrap().foreign_keys.to_string(),
+        "journal_mode" => q.get_result::<Journal>(c).unwrap().journal_mode,
+        "busy_timeout" => q.get_result::<Timeout>(c).unwrap().timeout.to_string(),
+        "wal_autocheckpoint" => q
+            .get_result::<Checkpoint>(c)
+            .unwrap()
+            .wal_autocheckpoint
+            .to_string(),
+        other => panic!("no reader for PRAGMA {other}"),
+    }
 }
 
 #[test]
@@ -169,13 +180,13 @@ fn sqlite_connections_are_configured() {
     // Every pooled connection, not just the first.
     let conns: Vec<_> = (0..4).map(|_| db.get().unwrap()).collect();
     for mut c in conns {
-        assert_configured(&mut c);
+        assert_configured(|name| pooled_pragma(&mut c, name));
     }
     // The audit writer's connection, outside the pool (rusqlite).
     let switchboard_db::Dedicated::Sqlite(w) = db.dedicated().unwrap() else {
         panic!("a SQLite database gives a SQLite connection");
     };
-    let pragma = |name: &str| -> String {
+    assert_configured(|name| {
         w.pragma_query_value(None, name, |r| r.get::<_, rusqlite::types::Value>(0))
             .map(|v| match v {
                 rusqlite::types::Value::Integer(i) => i.to_string(),
@@ -183,11 +194,7 @@ fn sqlite_connections_are_configured() {
                 other => format!("{other:?}"),
             })
             .unwrap()
-    };
-    assert_eq!(pragma("foreign_keys"), "1");
-    assert_eq!(pragma("journal_mode"), "wal");
-    assert_eq!(pragma("busy_timeout"), "10000");
-    assert_eq!(pragma("wal_autocheckpoint"), "10000");
+    });
 }
 
 /// The bundled SQLite is built with the options of `.cargo/config.toml` (`LIBSQLITE3_FLAGS`):
